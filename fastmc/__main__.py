@@ -1,0 +1,3 @@
+from fastmc.cli import main
+
+raise SystemExit(main())

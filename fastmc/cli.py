@@ -1,0 +1,345 @@
+"""Command-line interface: ``fastmc project | inspect | bench | env``.
+
+Holds no physics.  JAX is imported lazily inside the commands so ``fastmc --help`` and
+``fastmc --version`` are instant.  Logs and progress go to stderr; tables and JSON to stdout.
+Every bad input (run card, model, flag value, output path) ends with a one-line message on
+stderr and exit status 2, and writes nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from fastmc import __version__
+
+EXIT_USAGE = 2
+
+
+class UsageError(Exception):
+    """Bad command-line input: one line, exit 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line instead of usage + message
+        self.exit(EXIT_USAGE, f"fastmc: error: {message} (see 'fastmc {self.prog.split()[-1]} --help')\n")
+
+
+def _positive_float(flag: str):
+    def parse(text: str) -> float:
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag} = {text!r}: must be a number") from None
+        if not math.isfinite(v) or v <= 0:
+            raise argparse.ArgumentTypeError(f"{flag} = {text!r}: must be a finite number > 0")
+        return v
+
+    return parse
+
+
+def _int_in(flag: str, lo: int, hi: int):
+    def parse(text: str) -> int:
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag} = {text!r}: must be an integer") from None
+        if not math.isfinite(v) or not v.is_integer() or not lo <= v <= hi:
+            raise argparse.ArgumentTypeError(f"{flag} = {text!r}: must be an integer in [{lo}, {hi}]")
+        return int(v)
+
+    return parse
+
+
+def _chunk_range(text: str) -> tuple[int, int | None]:
+    try:
+        a, b = text.split(":")
+        start = int(a) if a else 0
+        stop = int(b) if b else None
+        if start < 0 or (stop is not None and stop <= start):
+            raise ValueError
+        return start, stop
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--chunks = {text!r}: must be START:STOP with 0 <= START < STOP") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="fastmc", description="Fast importance-sampled Monte Carlo of NA64μ backgrounds.")
+    p.add_argument("--version", action="version", version=f"fastmc {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    pr = sub.add_parser("project", help="simulate a run card and print the background table")
+    pr.add_argument("card", help="run card (runs/*.toml)")
+    pr.add_argument("--mot", type=_positive_float("--mot"), help="muons on target to project to (default: the card's)")
+    pr.add_argument("--n-muons", type=_int_in("--n-muons", 1, 10**15), help="primaries to generate (default: the card's)")
+    pr.add_argument("--seed", type=_int_in("--seed", 0, 2**32 - 1), help="random seed (default: the card's)")
+    pr.add_argument("--chunk-size", type=_int_in("--chunk-size", 1, 2**24), help="muons per chunk (default: the card's)")
+    pr.add_argument("--chunks", type=_chunk_range, metavar="START:STOP", help="simulate only this chunk range")
+    pr.add_argument("-o", "--output", type=Path, help="write the HDF5 output here")
+    pr.add_argument("--json", action="store_true", help="print one JSON object to stdout (table goes to stderr)")
+    pr.add_argument("--no-progress", action="store_true", help="no progress bar")
+    pr.add_argument("--save-events", action="store_true", help="store the selected events in the output")
+
+    ins = sub.add_parser("inspect", help="summarise a fastmc HDF5 output file")
+    ins.add_argument("file", type=Path)
+    ins.add_argument("--json", action="store_true", help="print the stored projection as JSON")
+
+    be = sub.add_parser("bench", help="measure the throughput of the full chain (muons/s)")
+    be.add_argument("card", nargs="?", default=None, help="run card (default: runs/quickstart.toml of the source tree)")
+    be.add_argument("--n-muons", type=_int_in("--n-muons", 1, 10**12), default=None)
+    be.add_argument("--chunk-size", type=_int_in("--chunk-size", 1, 2**24), action="append",
+                    help="chunk size(s) to time (repeatable; default: the card's)")
+    be.add_argument("--repeats", type=_int_in("--repeats", 1, 1000), default=5, help="timed chunks per chunk size")
+    be.add_argument("--json", action="store_true")
+
+    sub.add_parser("env", help="print versions, JAX backend and devices")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    from fastmc.config import ConfigError
+
+    try:
+        return {
+            "project": cmd_project,
+            "inspect": cmd_inspect,
+            "bench": cmd_bench,
+            "env": cmd_env,
+        }[args.command](args)
+    except (ConfigError, UsageError) as err:
+        print(f"fastmc: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("fastmc: interrupted", file=sys.stderr)
+        return 130
+
+
+# ----------------------------------------------------------------------------------------
+
+
+def _load_card(args) -> Any:
+    from fastmc.config import load_run
+
+    cfg = load_run(args.card)
+    changes: dict[str, Any] = {}
+    if getattr(args, "n_muons", None) is not None:
+        changes["n_muons"] = args.n_muons
+    if getattr(args, "seed", None) is not None:
+        changes["seed"] = args.seed
+    if getattr(args, "chunk_size", None) is not None and not isinstance(args.chunk_size, list):
+        changes["chunk_size"] = args.chunk_size
+    if getattr(args, "mot", None) is not None:
+        changes["mot"] = args.mot
+    if getattr(args, "save_events", False):
+        changes["save_events"] = True
+    return cfg.with_overrides(**changes) if changes else cfg
+
+
+def _check_output(path: Path | None) -> None:
+    if path is None:
+        return
+    if path.exists() and path.is_dir():
+        raise UsageError(f"-o = {str(path)!r}: is a directory")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise UsageError(f"-o = {str(path)!r}: folder {str(parent)!r} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise UsageError(f"-o = {str(path)!r}: folder {str(parent)!r} is not writable")
+    if path.suffix not in (".h5", ".hdf5"):
+        raise UsageError(f"-o = {str(path)!r}: output must end in .h5 or .hdf5")
+
+
+def format_table(proj: dict[str, Any]) -> str:
+    lines = [
+        f"fastmc background projection — region '{proj['region']}', MOT = {proj['mot']:.3g}",
+        f"{'channel':<28}{'expected':>12}{'stat err':>11}{'rel err':>9}{'n sel':>9}{'n gen':>12}{'ESS':>10}{'max w share':>13}",
+    ]
+    for name, c in proj["channels"].items():
+        if c["n_selected"] == 0:
+            lines.append(
+                f"{name:<28}{'< ' + format(c['upper_limit_90'], '.3g'):>12}{'(90% CL)':>11}{'-':>9}{0:>9}"
+                f"{c['n_generated']:>12}{'-':>10}{'-':>13}"
+            )
+        else:
+            lines.append(
+                f"{name:<28}{c['expected']:>12.4g}{c['stat_err']:>11.3g}{c['rel_err']:>9.1%}{c['n_selected']:>9}"
+                f"{c['n_generated']:>12}{c['ess']:>10.4g}{c['max_weight_share']:>13.3g}"
+            )
+    t = proj["total"]
+    lines.append(f"{'total':<28}{t['expected']:>12.4g}{t['stat_err']:>11.3g}")
+    return "\n".join(lines)
+
+
+def format_cutflow(proj: dict[str, Any]) -> str:
+    lines = []
+    for ch, regions in proj["cutflow"].items():
+        for region, steps in regions.items():
+            lines.append(f"cut flow [{ch}] region '{region}':")
+            for s in steps:
+                frac = s["n_selected"] / s["n_generated"] if s["n_generated"] else 0.0
+                lines.append(f"  {s['step']:>2}  {s['cut']:<40}{s['n_selected']:>10}  ({frac:.3g} of generated)")
+    return "\n".join(lines)
+
+
+def _warnings(proj: dict[str, Any], result, cfg) -> list[str]:
+    out = []
+    n_total = int(result.n_gen.sum())
+    for ci, ch in enumerate(result.channels):
+        over = int(result.overflow[:, ci].sum())
+        if over and over / n_total > cfg.physics.overflow_tolerance:
+            out.append(
+                f"channel {ch}: {over} interaction-slot overflows in {n_total} muons exceed "
+                f"physics.overflow_tolerance = {cfg.physics.overflow_tolerance:g}; raise physics.max_interactions"
+            )
+        elif over:
+            out.append(f"channel {ch}: {over} interaction-slot overflow(s) in {n_total} muons (cap reached; counted)")
+    for name, c in proj["channels"].items():
+        if c["n_selected"] and c["max_weight_share"] is not None and c["max_weight_share"] > 0.5 and c["n_selected"] > 1:
+            out.append(f"channel {name}: one event carries {c['max_weight_share']:.0%} of Σw — estimate not trustworthy")
+    return out
+
+
+def cmd_project(args) -> int:
+    cfg = _load_card(args)
+    _check_output(args.output)
+    from fastmc.io import write_result
+    from fastmc.run import prepare, projection, run
+
+    prep = prepare(cfg)
+    start, stop = args.chunks if args.chunks else (0, None)
+    from fastmc.run import n_chunks
+
+    if start >= n_chunks(cfg):
+        raise UsageError(f"--chunks = {start}:{stop}: the run has only {n_chunks(cfg)} chunks")
+    result = run(cfg, prep, start, stop, progress=not args.no_progress)
+    proj = projection(cfg, result)
+    out_path = None
+    if args.output is not None:
+        out_path = str(write_result(args.output, cfg, result, proj, prep, " ".join(["fastmc"] + sys.argv[1:])))
+    proj_out = {k: v for k, v in proj.items() if k != "cutflow"}
+    proj_out["output"] = out_path
+    table = format_table(proj)
+    for w in _warnings(proj, result, cfg):
+        print(f"fastmc: warning: {w}", file=sys.stderr)
+    rate = int(result.n_gen.sum()) / max(result.seconds, 1e-9)
+    log = f"{int(result.n_gen.sum())} muons in {result.seconds:.1f} s ({rate:.3g} muons/s)"
+    if args.json:
+        print(table, file=sys.stderr)
+        print(log, file=sys.stderr)
+        print(json.dumps(proj_out))
+    else:
+        print(table)
+        print(format_cutflow(proj))
+        print(log, file=sys.stderr)
+        if out_path:
+            print(f"wrote {out_path}", file=sys.stderr)
+    return 0
+
+
+def cmd_inspect(args) -> int:
+    from fastmc.io import read_result
+
+    try:
+        data = read_result(args.file)
+    except (FileNotFoundError, ValueError) as err:
+        raise UsageError(str(err)) from None
+    if args.json:
+        print(json.dumps(data["projection"]))
+        return 0
+    a, p = data["attrs"], data["provenance"]
+    print(f"{args.file}: fastmc {a['fastmc_version']} (schema {a['schema_version']}), created {a['created']}")
+    print(f"  command: {a.get('command_line', '')}")
+    print(f"  config: {p['config_path']} (sha256 {str(p['config_sha256'])[:12]}…), model {p['model_path']}")
+    print(f"  seed {p['seed']}, chunk size {p['chunk_size']}, chunks {p['chunk_range']}, backend {p['backend']}, "
+          f"jax {p['jax']}, git {p['git_describe'] or '-'}")
+    if data["has_events"]:
+        print(f"  events stored: {data['n_events']}")
+    print(format_table(data["projection"]))
+    return 0
+
+
+def cmd_env(args) -> int:
+    import platform
+
+    import h5py
+    import jax
+    import jaxlib
+    import numpy
+    import particle
+
+    info = {
+        "fastmc": __version__,
+        "python": platform.python_version(),
+        "jax": jax.__version__,
+        "jaxlib": jaxlib.__version__,
+        "numpy": numpy.__version__,
+        "particle": particle.__version__,
+        "h5py": h5py.__version__,
+        "backend": jax.default_backend(),
+        "devices": [str(d) for d in jax.devices()],
+        "x64": bool(jax.config.jax_enable_x64),
+        "cache": os.environ.get("FASTMC_CACHE", str(Path.home() / ".cache" / "fastmc")),
+    }
+    for k, v in info.items():
+        print(f"{k:<10} {v}")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    import dataclasses
+
+    import jax
+
+    from fastmc.config import load_run
+    from fastmc.rng import chunk_key
+    from fastmc.run import prepare, simulate_chunk
+
+    card = args.card or str(Path(__file__).resolve().parent.parent / "runs" / "quickstart.toml")
+    cfg = load_run(card)
+    sizes = args.chunk_size or [cfg.chunk_size]
+    t0 = time.perf_counter()
+    prep = prepare(cfg)
+    t_prep = time.perf_counter() - t0
+    rows = []
+    for cs in sizes:
+        import jax.numpy as jnp
+
+        t0 = time.perf_counter()
+        opts = dataclasses.replace(prep.options, chunk_size=cs)
+        out = simulate_chunk(prep.setup, prep.physics, prep.selection, chunk_key(cfg.seed, 0), jnp.int32(cs), opts)
+        jax.block_until_ready(out)
+        t_compile = time.perf_counter() - t0
+        reps = args.repeats if args.n_muons is None else max(1, -(-args.n_muons // cs))
+        t0 = time.perf_counter()
+        for c in range(1, reps + 1):
+            out = simulate_chunk(prep.setup, prep.physics, prep.selection, chunk_key(cfg.seed, c), jnp.int32(cs), opts)
+        jax.block_until_ready(out)
+        dt = time.perf_counter() - t0
+        rows.append({"chunk_size": cs, "chunks": reps, "muons": reps * cs, "seconds": dt,
+                     "muons_per_s": reps * cs / dt, "first_call_s": t_compile})
+    res = {"card": card, "backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()],
+           "tables_and_setup_s": t_prep, "results": rows}
+    if args.json:
+        print(json.dumps(res))
+    else:
+        print(f"fastmc bench — full chain (beam, transport, response, reconstruction, selection, tally)")
+        print(f"card {card}; backend {res['backend']}; tables+setup {t_prep:.2f} s")
+        print(f"{'chunk size':>11}{'muons':>12}{'seconds':>10}{'muons/s':>14}{'first call (compile) s':>25}")
+        for r in rows:
+            print(f"{r['chunk_size']:>11}{r['muons']:>12}{r['seconds']:>10.2f}{r['muons_per_s']:>14.4g}{r['first_call_s']:>25.2f}")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -1,0 +1,600 @@
+"""Strict TOML configuration: run cards (runs/*.toml) and setup models (models/*.toml).
+
+Both are read with :mod:`tomllib`, checked key by key, converted to CLHEP units exactly once and
+returned as frozen dataclasses.  Every problem raises :class:`ConfigError` whose message is one
+line naming the file, the key path and the offending value, e.g.::
+
+    models/na64mu_2022.toml: elements[3].thickness_mm = -2.0: must be > 0
+
+Conventions
+-----------
+* ``schema_version`` is required at the top of every file and must equal
+  :data:`fastmc.SCHEMA_VERSION`.
+* Unknown keys are errors (typos must not silently fall back to defaults).
+* Keys carry their unit as a suffix (``_mm``, ``_m``, ``_GeV``, ``_MeV``, ``_mrad``, ``_Tm``);
+  dimensionless keys carry none.  Values are converted to internal units here and nowhere else.
+* Relative paths inside a run card (``model``) are resolved against the card's folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+import tomllib
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from fastmc import SCHEMA_VERSION
+from fastmc import units as u
+
+__all__ = [
+    "ConfigError",
+    "BeamConfig",
+    "ElementConfig",
+    "SpectrometerConfig",
+    "ModelConfig",
+    "CutConfig",
+    "PhysicsSettings",
+    "RunConfig",
+    "load_model",
+    "load_run",
+    "file_sha256",
+]
+
+
+class ConfigError(ValueError):
+    """A malformed configuration; ``str(err)`` is a single line naming file, key and value."""
+
+
+_MISSING = object()
+
+
+class _Section:
+    """A TOML table being consumed: typed getters that remember which keys were used."""
+
+    def __init__(self, path: Path, prefix: str, data: dict[str, Any]):
+        self.path = path
+        self.prefix = prefix
+        self.data = data
+        self.used: set[str] = set()
+
+    def key(self, name: str) -> str:
+        return f"{self.prefix}{name}" if not self.prefix else f"{self.prefix}.{name}"
+
+    def fail(self, name: str, value: Any, why: str) -> ConfigError:
+        return ConfigError(f"{self.path}: {self.key(name)} = {value!r}: {why}")
+
+    def _raw(self, name: str, default: Any) -> Any:
+        self.used.add(name)
+        if name in self.data:
+            return self.data[name]
+        if default is _MISSING:
+            raise ConfigError(f"{self.path}: {self.key(name)}: required key is missing")
+        return default
+
+    def number(
+        self,
+        name: str,
+        default: Any = _MISSING,
+        *,
+        gt: float | None = None,
+        ge: float | None = None,
+        lt: float | None = None,
+        le: float | None = None,
+        integer: bool = False,
+    ) -> Any:
+        value = self._raw(name, default)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise self.fail(name, value, "must be a number")
+        if integer:
+            if isinstance(value, float):
+                if not value.is_integer():
+                    raise self.fail(name, value, "must be an integer")
+                value = int(value)
+        elif not math.isfinite(value):
+            raise self.fail(name, value, "must be finite")
+        if gt is not None and not value > gt:
+            raise self.fail(name, value, f"must be > {gt:g}")
+        if ge is not None and not value >= ge:
+            raise self.fail(name, value, f"must be >= {ge:g}")
+        if lt is not None and not value < lt:
+            raise self.fail(name, value, f"must be < {lt:g}")
+        if le is not None and not value <= le:
+            raise self.fail(name, value, f"must be <= {le:g}")
+        return value
+
+    def string(self, name: str, default: Any = _MISSING, choices: Sequence[str] | None = None) -> Any:
+        value = self._raw(name, default)
+        if value is None:
+            return None
+        if not isinstance(value, str):
+            raise self.fail(name, value, "must be a string")
+        if choices is not None and value not in choices:
+            raise self.fail(name, value, f"must be one of {', '.join(choices)}")
+        return value
+
+    def boolean(self, name: str, default: Any = _MISSING) -> bool:
+        value = self._raw(name, default)
+        if not isinstance(value, bool):
+            raise self.fail(name, value, "must be true or false")
+        return value
+
+    def strings(self, name: str, default: Any = _MISSING) -> tuple[str, ...]:
+        value = self._raw(name, default)
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise self.fail(name, value, "must be a list of strings")
+        return tuple(value)
+
+    def table(self, name: str, default: Any = _MISSING) -> _Section:
+        value = self._raw(name, default)
+        if not isinstance(value, dict):
+            raise self.fail(name, value, "must be a table")
+        return _Section(self.path, self.key(name), value)
+
+    def tables(self, name: str, default: Any = _MISSING) -> list[_Section]:
+        value = self._raw(name, default)
+        if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+            raise self.fail(name, value, "must be an array of tables")
+        return [_Section(self.path, f"{self.key(name)}[{i}]", v) for i, v in enumerate(value)]
+
+    def finish(self) -> None:
+        unknown = sorted(set(self.data) - self.used)
+        if unknown:
+            k = unknown[0]
+            raise ConfigError(f"{self.path}: {self.key(k)} = {self.data[k]!r}: unknown key")
+
+
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _read_toml(path: Path) -> _Section:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: file not found")
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path}: not valid TOML: {err}") from None
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read: {err.strerror}") from None
+    root = _Section(path, "", data)
+    version = root.number("schema_version", integer=True)
+    if version != SCHEMA_VERSION:
+        raise root.fail("schema_version", version, f"this fastmc reads schema_version {SCHEMA_VERSION}")
+    return root
+
+
+# ----------------------------------------------------------------------------------------
+# Setup model
+# ----------------------------------------------------------------------------------------
+
+ELEMENT_KINDS = ("tracker", "slab", "magnet")
+READOUT_KINDS = ("none", "calorimeter", "counter")
+PARTICLES = {"mu+": -13, "mu-": 13}
+
+
+@dataclasses.dataclass(frozen=True)
+class BeamConfig:
+    particle: str
+    pdg: int
+    momentum: float  # MeV/c, nominal
+    momentum_spread_rel: float  # Gaussian σ_p / p
+    spot_sigma: float  # mm, per projection
+    divergence_sigma: float  # rad, per projection
+    z_start: float  # mm
+    rate_per_s: float  # muons per second on target (pile-up; reporting)
+
+
+@dataclasses.dataclass(frozen=True)
+class ElementConfig:
+    name: str
+    kind: str  # tracker | slab | magnet
+    z: float  # mm, upstream face
+    thickness: float  # mm along z
+    material: str  # fastmc material name, or mixture_name(layers); "" for magnets (gap medium)
+    layers: tuple[tuple[str, float], ...] = ()  # (material, thickness_mm) of one sampling cell
+    n_layers: int = 0
+    # tracker
+    resolution: float = 0.0  # mm, per projection
+    efficiency: float = 1.0
+    # magnet
+    field_integral: float = 0.0  # T·m
+    bend_plane: str = "x"
+    # readout (slab)
+    readout: str = "none"
+    group: str = ""
+    stochastic_term: float = 0.0  # √GeV  (σ/E = a/√E ⊕ b ⊕ c/E)
+    constant_term: float = 0.0
+    noise: float = 0.0  # MeV
+    response_scale: float = 1.0
+    source: str = ""
+
+    @property
+    def z_end(self) -> float:
+        return self.z + self.thickness
+
+
+@dataclasses.dataclass(frozen=True)
+class SpectrometerConfig:
+    name: str
+    output: str  # name of the reconstructed variable: "p_in" or "p_out"
+    plane: str  # bend plane "x" or "y"
+    magnets: tuple[str, ...]
+    upstream: tuple[str, ...]
+    downstream: tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    path: Path
+    sha256: str
+    name: str
+    description: str
+    gap_material: str
+    gap_density_scale: float
+    beam: BeamConfig
+    elements: tuple[ElementConfig, ...]
+    spectrometers: tuple[SpectrometerConfig, ...]
+
+    def element(self, name: str) -> ElementConfig:
+        for e in self.elements:
+            if e.name == name:
+                return e
+        raise KeyError(name)
+
+
+def _known_materials() -> tuple[str, ...]:
+    from fastmc.materials import MATERIAL_NAMES
+
+    return tuple(MATERIAL_NAMES)
+
+
+def _parse_beam(sec: _Section) -> BeamConfig:
+    particle = sec.string("particle", "mu+", choices=tuple(PARTICLES))
+    beam = BeamConfig(
+        particle=particle,
+        pdg=PARTICLES[particle],
+        momentum=sec.number("momentum_GeV", gt=0.2, le=1e4) * u.GeV,
+        momentum_spread_rel=sec.number("momentum_spread_rel", ge=0.0, lt=0.3),
+        spot_sigma=sec.number("spot_sigma_mm", ge=0.0, le=1e3) * u.mm,
+        divergence_sigma=sec.number("divergence_sigma_mrad", ge=0.0, le=100.0) * u.mrad,
+        z_start=sec.number("z_start_m", le=0.0) * u.m,
+        rate_per_s=sec.number("rate_per_s", 1e6, gt=0.0),
+    )
+    sec.string("source", "")
+    sec.finish()
+    return beam
+
+
+def mixture_name(layers: Sequence[tuple[str, float]]) -> str:
+    """Canonical name of a sampling cell's homogenised mixture, e.g. 'lead1.5mm+scintillator1.5mm'."""
+    return "+".join(f"{m}{t:g}mm" for m, t in layers)
+
+
+def _parse_element(sec: _Section, materials: tuple[str, ...]) -> ElementConfig:
+    name = sec.string("name")
+    kind = sec.string("kind", choices=ELEMENT_KINDS)
+    z = sec.number("z_m") * u.m
+    source = sec.string("source", "")
+    kw: dict[str, Any] = {}
+
+    def material_name(key: str, value: str) -> str:
+        if value not in materials:
+            raise sec.fail(key, value, f"unknown material (known: {', '.join(materials)})")
+        return value
+
+    if kind == "magnet":
+        kw["thickness"] = sec.number("length_m", gt=0.0, le=100.0) * u.m
+        kw["material"] = ""
+        kw["field_integral"] = sec.number("field_integral_Tm", ge=-100.0, le=100.0)
+        kw["bend_plane"] = sec.string("bend_plane", choices=("x", "y"))
+    else:
+        if "layers" in sec.data:
+            raw = sec._raw("layers", _MISSING)
+            ok = isinstance(raw, list) and raw and all(
+                isinstance(x, list) and len(x) == 2 and isinstance(x[0], str)
+                and isinstance(x[1], (int, float)) and not isinstance(x[1], bool) and x[1] > 0
+                and math.isfinite(x[1])
+                for x in raw
+            )
+            if not ok:
+                raise sec.fail("layers", raw, 'must be a list of ["material", thickness_mm > 0] pairs')
+            layers = tuple((material_name("layers", m), float(t)) for m, t in raw)
+            n_layers = sec.number("n_layers", integer=True, ge=1, le=100000)
+            kw["layers"] = layers
+            kw["n_layers"] = n_layers
+            kw["thickness"] = n_layers * sum(t for _, t in layers) * u.mm
+            kw["material"] = mixture_name(layers)
+            if "thickness_mm" in sec.data or "material" in sec.data:
+                raise sec.fail("layers", raw, "give either layers + n_layers or material + thickness_mm")
+        else:
+            kw["material"] = material_name("material", sec.string("material"))
+            kw["thickness"] = sec.number("thickness_mm", gt=0.0, le=1e5) * u.mm
+    if kind == "tracker":
+        kw["resolution"] = sec.number("resolution_mm", gt=0.0, le=100.0) * u.mm
+        kw["efficiency"] = sec.number("efficiency", 1.0, gt=0.0, le=1.0)
+    if kind == "slab":
+        ro = sec.table("readout", {})
+        readout = ro.string("kind", "none", choices=READOUT_KINDS)
+        kw["readout"] = readout
+        if readout != "none":
+            kw["group"] = ro.string("group", name.lower())
+            kw["stochastic_term"] = ro.number("stochastic_term", 0.0, ge=0.0, le=10.0)
+            kw["constant_term"] = ro.number("constant_term", 0.0, ge=0.0, le=1.0)
+            kw["noise"] = ro.number("noise_MeV", 0.0, ge=0.0, le=1e5) * u.MeV
+            kw["response_scale"] = ro.number("response_scale", 1.0, gt=0.0, le=10.0)
+            ro.string("source", "")
+        ro.finish()
+    sec.finish()
+    return ElementConfig(name=name, kind=kind, z=z, source=source, **kw)
+
+
+def _parse_spectrometer(sec: _Section, elements: dict[str, ElementConfig]) -> SpectrometerConfig:
+    name = sec.string("name")
+    output = sec.string("output", choices=("p_in", "p_out"))
+    plane = sec.string("bend_plane", choices=("x", "y"))
+    lists = {}
+    for key, kind, minimum in (("magnets", "magnet", 1), ("upstream", "tracker", 2), ("downstream", "tracker", 2)):
+        names = sec.strings(key)
+        if len(names) < minimum:
+            raise sec.fail(key, list(names), f"needs at least {minimum} {kind} element(s)")
+        for n in names:
+            if n not in elements or elements[n].kind != kind:
+                raise sec.fail(key, list(names), f"{n!r} is not a {kind} element of this model")
+        lists[key] = names
+    zs_up = [elements[n].z for n in lists["upstream"]]
+    zs_mag = [elements[n].z for n in lists["magnets"]]
+    zs_dn = [elements[n].z for n in lists["downstream"]]
+    if not (max(zs_up) < min(zs_mag) and max(zs_mag) < min(zs_dn)):
+        raise sec.fail("magnets", list(lists["magnets"]), "upstream trackers, magnets, downstream trackers must be ordered in z")
+    for m in lists["magnets"]:
+        if elements[m].bend_plane != plane:
+            raise sec.fail("bend_plane", plane, f"magnet {m!r} bends in {elements[m].bend_plane}")
+    sec.string("source", "")
+    sec.finish()
+    return SpectrometerConfig(name=name, output=output, plane=plane, **lists)
+
+
+def load_model(path: str | Path) -> ModelConfig:
+    """Read and validate a setup model; raises :class:`ConfigError` with a one-line message."""
+    path = Path(path)
+    root = _read_toml(path)
+    materials = _known_materials()
+    name = root.string("name")
+    description = root.string("description", "")
+    gap_material = root.string("gap_material", "air")
+    if gap_material not in materials:
+        raise root.fail("gap_material", gap_material, f"unknown material (known: {', '.join(materials)})")
+    gap_scale = root.number("gap_density_scale", 1.0, ge=0.0, le=1.0)
+    beam = _parse_beam(root.table("beam"))
+    elements = tuple(_parse_element(s, materials) for s in root.tables("elements"))
+    if not elements:
+        raise root.fail("elements", [], "needs at least one element")
+    seen: dict[str, ElementConfig] = {}
+    previous: ElementConfig | None = None
+    for i, e in enumerate(elements):
+        if e.name in seen:
+            raise ConfigError(f"{path}: elements[{i}].name = {e.name!r}: duplicate element name")
+        if e.z < beam.z_start:
+            raise ConfigError(f"{path}: elements[{i}].z_m = {e.z / u.m!r}: upstream of beam.z_start_m")
+        if previous is not None and e.z < previous.z_end - 1e-9:
+            raise ConfigError(
+                f"{path}: elements[{i}].z_m = {e.z / u.m!r}: overlaps or precedes {previous.name!r} "
+                f"(which ends at z = {previous.z_end / u.m:g} m); elements must be ordered along z"
+            )
+        seen[e.name] = e
+        previous = e
+    spectrometers = tuple(_parse_spectrometer(s, seen) for s in root.tables("spectrometers", []))
+    outputs = [s.output for s in spectrometers]
+    if len(set(outputs)) != len(outputs):
+        raise root.fail("spectrometers", outputs, "each output (p_in, p_out) may be produced once")
+    root.string("source", "")
+    root.finish()
+    return ModelConfig(
+        path=path,
+        sha256=file_sha256(path),
+        name=name,
+        description=description,
+        gap_material=gap_material,
+        gap_density_scale=gap_scale,
+        beam=beam,
+        elements=elements,
+        spectrometers=spectrometers,
+    )
+
+
+# ----------------------------------------------------------------------------------------
+# Run card
+# ----------------------------------------------------------------------------------------
+
+CHANNELS = ("analog",)
+SCATTERING_MODELS = ("highland", "highland_single")
+
+
+@dataclasses.dataclass(frozen=True)
+class CutConfig:
+    var: str
+    min: float | None
+    max: float | None
+
+    def describe(self) -> str:
+        if self.min is not None and self.max is not None:
+            return f"{self.min:g} <= {self.var} <= {self.max:g}"
+        if self.min is not None:
+            return f"{self.var} >= {self.min:g}"
+        return f"{self.var} <= {self.max:g}"
+
+
+@dataclasses.dataclass(frozen=True)
+class PhysicsSettings:
+    v_cut: float = 1e-3
+    e_cut: float = 50.0 * u.MeV
+    ionisation: str = "ionisation.bbk"
+    brems: str = "brems.kkp"
+    pair: str = "pair.kp"
+    photonuclear: str = "photonuclear.bb"
+    scattering: str = "highland_single"
+    max_interactions: int = 8
+    overflow_tolerance: float = 1e-3
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    path: Path
+    sha256: str
+    model: ModelConfig
+    n_muons: int
+    chunk_size: int
+    seed: int
+    mot: float
+    channels: tuple[str, ...]
+    physics: PhysicsSettings
+    regions: tuple[tuple[str, tuple[CutConfig, ...]], ...]
+    save_events: bool
+
+    def with_overrides(self, **changes: Any) -> RunConfig:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Resolved configuration (internal units spelled out in the key names) for provenance."""
+
+        def conv(obj: Any) -> Any:
+            if dataclasses.is_dataclass(obj):
+                return {f.name: conv(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+            if isinstance(obj, (list, tuple)):
+                return [conv(x) for x in obj]
+            if isinstance(obj, Path):
+                return str(obj)
+            return obj
+
+        d = conv(self)
+        d["units"] = "CLHEP: lengths mm, energies/momenta MeV, angles rad, field integrals T·m"
+        return d
+
+
+VARIABLE_HELP = {
+    "p_in_GeV": "momentum reconstructed by the upstream spectrometer (MS1)",
+    "p_out_GeV": "momentum reconstructed by the downstream spectrometer (MS2)",
+    "in_ok": "1 if the upstream track was reconstructed (enough hits), else 0",
+    "out_ok": "1 if the downstream track was reconstructed, else 0",
+    "e_<group>_GeV": "visible energy summed over the readout group (e.g. e_ecal_GeV, e_hcal_GeV)",
+    "e_<group>_MeV": "same in MeV (convenient for counters, e.g. e_veto_MeV)",
+}
+
+
+def selection_variables(model: ModelConfig) -> tuple[str, ...]:
+    """The names a cut may use for this model."""
+    names = ["in_ok", "out_ok"]
+    for s in model.spectrometers:
+        names.append(f"{s.output}_GeV")
+    groups = sorted({e.group for e in model.elements if e.kind == "slab" and e.readout != "none"})
+    for g in groups:
+        names += [f"e_{g}_GeV", f"e_{g}_MeV"]
+    return tuple(names)
+
+
+def _parse_cut(sec: _Section, variables: tuple[str, ...]) -> CutConfig:
+    var = sec.string("var")
+    if var not in variables:
+        raise sec.fail("var", var, f"unknown selection variable (known: {', '.join(variables)})")
+    lo = sec.number("min", None)
+    hi = sec.number("max", None)
+    if lo is None and hi is None:
+        raise sec.fail("var", var, "a cut needs min, max or both")
+    if lo is not None and hi is not None and not lo < hi:
+        raise sec.fail("max", hi, f"must be > min = {lo:g}")
+    sec.finish()
+    return CutConfig(var=var, min=lo, max=hi)
+
+
+def load_run(path: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """Read and validate a run card (and the model it names)."""
+    path = Path(path)
+    root = _read_toml(path)
+    run = root.table("run")
+    model_ref = run.string("model")
+    model_path = (path.parent / model_ref) if not Path(model_ref).is_absolute() else Path(model_ref)
+    if not model_path.is_file():
+        raise run.fail("model", model_ref, f"model file not found ({model_path})")
+    model = load_model(model_path)
+    n_muons = run.number("n_muons", integer=True, ge=1, le=10**15)
+    chunk_size = run.number("chunk_size", 65536, integer=True, ge=1, le=2**24)
+    seed = run.number("seed", 0, integer=True, ge=0, lt=2**32)
+    mot = run.number("mot", gt=0.0)
+    channels = run.strings("channels", ["analog"])
+    for ch in channels:
+        if ch not in CHANNELS:
+            raise run.fail("channels", list(channels), f"unknown channel {ch!r} (known: {', '.join(CHANNELS)})")
+    if not channels or len(set(channels)) != len(channels):
+        raise run.fail("channels", list(channels), "must be a non-empty list without repeats")
+    save_events = run.boolean("save_events", False)
+    run.finish()
+
+    ph = root.table("physics", {})
+    defaults = PhysicsSettings()
+    physics = PhysicsSettings(
+        v_cut=ph.number("v_cut", defaults.v_cut, gt=0.0, lt=0.5),
+        e_cut=ph.number("e_cut_MeV", defaults.e_cut / u.MeV, gt=0.0, le=1e5) * u.MeV,
+        ionisation=ph.string("ionisation", defaults.ionisation),
+        brems=ph.string("brems", defaults.brems),
+        pair=ph.string("pair", defaults.pair),
+        photonuclear=ph.string("photonuclear", defaults.photonuclear),
+        scattering=ph.string("scattering", defaults.scattering, choices=SCATTERING_MODELS),
+        max_interactions=ph.number("max_interactions", defaults.max_interactions, integer=True, ge=0, le=64),
+        overflow_tolerance=ph.number("overflow_tolerance", defaults.overflow_tolerance, ge=0.0, le=1.0),
+    )
+    _check_process_names(ph, physics)
+    ph.finish()
+
+    variables = selection_variables(model)
+    sel = root.table("selection")
+    regions = []
+    for region_name in list(sel.data):
+        region = sel.table(region_name)
+        cuts = tuple(_parse_cut(c, variables) for c in region.tables("cuts"))
+        if not cuts:
+            raise region.fail("cuts", [], "a region needs at least one cut")
+        region.finish()
+        regions.append((region_name, cuts))
+    if not regions:
+        raise ConfigError(f"{path}: selection: needs at least one region (e.g. [selection.signal])")
+    sel.finish()
+    root.finish()
+    cfg = RunConfig(
+        path=path,
+        sha256=file_sha256(path),
+        model=model,
+        n_muons=n_muons,
+        chunk_size=chunk_size,
+        seed=seed,
+        mot=float(mot),
+        channels=channels,
+        physics=physics,
+        regions=tuple(regions),
+        save_events=save_events,
+    )
+    return cfg
+
+
+def _check_process_names(sec: _Section, physics: PhysicsSettings) -> None:
+    try:
+        from fastmc.physics import PROCESSES
+    except ImportError:  # pragma: no cover - physics package always present
+        return
+    for key in ("ionisation", "brems", "pair", "photonuclear"):
+        value = getattr(physics, key)
+        known = sorted(k for k in PROCESSES if k.split(".")[0] == value.split(".")[0])
+        if value not in PROCESSES:
+            raise sec.fail(key, value, f"unknown parametrisation (known: {', '.join(known) or 'none'})")
+
+
+def validate_override(name: str, value: Any, check: Callable[[Any], bool], why: str, flag: str) -> None:
+    """Raise a one-line ConfigError for a bad command-line override."""
+    if not check(value):
+        raise ConfigError(f"command line: {flag} = {value!r}: {why}")

@@ -1,0 +1,187 @@
+"""The setup as a pytree: static structure (names, kinds, order), every number an array leaf.
+
+:class:`Setup` is built once from a validated :class:`fastmc.config.ModelConfig`.  Element
+names, kinds, bend planes and readout kinds are static (changing them
+recompiles); positions, thicknesses, resolutions, efficiencies, field integrals, calorimeter
+resolution terms and material indices are leaves (changing them never recompiles — the
+optimisation studies rely on that).
+
+Materials: every distinct material of the model (a named material, or the homogenised mixture
+of a sampling calorimeter's cell, named by :func:`fastmc.config.mixture_name`, e.g.
+``"lead1.5mm+scintillator1.5mm"``) gets an index into the physics
+tables; :func:`setup_materials` returns them in index order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax.numpy as jnp
+import numpy as np
+
+from fastmc._pytree import pytree_dataclass, static_field
+from fastmc.config import ModelConfig
+
+__all__ = ["Element", "Beam", "Spectrometer", "Setup", "build_setup", "setup_materials"]
+
+
+@pytree_dataclass
+class Element:
+    z: jnp.ndarray  # mm, upstream face
+    thickness: jnp.ndarray  # mm
+    material: jnp.ndarray  # int32 index into the physics tables (magnets: gap medium)
+    density_scale: jnp.ndarray  # multiplies the material's density (magnets: gap density scale)
+    resolution: jnp.ndarray  # mm (trackers)
+    efficiency: jnp.ndarray  # (trackers)
+    field_integral: jnp.ndarray  # T·m (magnets)
+    stochastic_term: jnp.ndarray  # √GeV (readout)
+    constant_term: jnp.ndarray
+    noise: jnp.ndarray  # MeV
+    response_scale: jnp.ndarray
+    name: str = static_field()
+    kind: str = static_field()  # tracker | slab | magnet
+    bend_plane: str = static_field(default="x")
+    readout: str = static_field(default="none")
+    group: str = static_field(default="")
+
+
+@pytree_dataclass
+class Beam:
+    momentum: jnp.ndarray  # MeV/c
+    momentum_spread_rel: jnp.ndarray
+    spot_sigma: jnp.ndarray  # mm
+    divergence_sigma: jnp.ndarray  # rad
+    z_start: jnp.ndarray  # mm
+    charge: int = static_field(default=1)
+
+
+@pytree_dataclass
+class Spectrometer:
+    """Names only: which trackers and magnets make a momentum measurement (static)."""
+
+    name: str = static_field()
+    output: str = static_field()
+    plane: str = static_field()
+    magnets: tuple[str, ...] = static_field()
+    upstream: tuple[str, ...] = static_field()
+    downstream: tuple[str, ...] = static_field()
+
+
+@pytree_dataclass
+class Setup:
+    elements: tuple[Element, ...]
+    beam: Beam
+    gap_material: jnp.ndarray
+    gap_density_scale: jnp.ndarray
+    spectrometers: tuple[Spectrometer, ...] = static_field()
+    name: str = static_field(default="")
+
+    def element(self, name: str) -> Element:
+        for e in self.elements:
+            if e.name == name:
+                return e
+        raise KeyError(name)
+
+    def index(self, name: str) -> int:
+        for i, e in enumerate(self.elements):
+            if e.name == name:
+                return i
+        raise KeyError(name)
+
+    @property
+    def readout_groups(self) -> tuple[str, ...]:
+        seen: list[str] = []
+        for e in self.elements:
+            if e.kind == "slab" and e.readout != "none" and e.group not in seen:
+                seen.append(e.group)
+        return tuple(seen)
+
+    @property
+    def trackers(self) -> tuple[str, ...]:
+        return tuple(e.name for e in self.elements if e.kind == "tracker")
+
+
+def setup_materials(model: ModelConfig) -> tuple[list, dict[str, int]]:
+    """Materials used by the model, in table order, and the name → index map."""
+    from fastmc.materials import get_material, homogenise
+
+    mats: list = []
+    index: dict[str, int] = {}
+
+    def add(name: str, build) -> int:
+        if name not in index:
+            index[name] = len(mats)
+            mats.append(build())
+        return index[name]
+
+    add(model.gap_material, lambda: get_material(model.gap_material))
+    for e in model.elements:
+        if e.kind == "magnet":
+            continue
+        if e.layers:
+            add(e.material, lambda e=e: homogenise(e.material, list(e.layers)))
+        else:
+            add(e.material, lambda e=e: get_material(e.material))
+    return mats, index
+
+
+def build_setup(model: ModelConfig, material_index: dict[str, int]) -> Setup:
+    """Arrays (float32 on device unless x64 is enabled) from a validated model."""
+    f = lambda v: jnp.asarray(v, dtype=jnp.result_type(float))  # noqa: E731
+    gap = material_index[model.gap_material]
+    elements = []
+    for e in model.elements:
+        is_magnet = e.kind == "magnet"
+        elements.append(
+            Element(
+                z=f(e.z),
+                thickness=f(e.thickness),
+                material=jnp.asarray(gap if is_magnet else material_index[e.material], dtype=jnp.int32),
+                density_scale=f(model.gap_density_scale if is_magnet else 1.0),
+                resolution=f(e.resolution),
+                efficiency=f(e.efficiency),
+                field_integral=f(e.field_integral),
+                stochastic_term=f(e.stochastic_term),
+                constant_term=f(e.constant_term),
+                noise=f(e.noise),
+                response_scale=f(e.response_scale),
+                name=e.name,
+                kind=e.kind,
+                bend_plane=e.bend_plane,
+                readout=e.readout,
+                group=e.group,
+            )
+        )
+    b = model.beam
+    beam = Beam(
+        momentum=f(b.momentum),
+        momentum_spread_rel=f(b.momentum_spread_rel),
+        spot_sigma=f(b.spot_sigma),
+        divergence_sigma=f(b.divergence_sigma),
+        z_start=f(b.z_start),
+        charge=1 if b.pdg < 0 else -1,  # PDG: -13 is μ⁺
+    )
+    spectrometers = tuple(
+        Spectrometer(
+            name=s.name,
+            output=s.output,
+            plane=s.plane,
+            magnets=s.magnets,
+            upstream=s.upstream,
+            downstream=s.downstream,
+        )
+        for s in model.spectrometers
+    )
+    return Setup(
+        elements=tuple(elements),
+        beam=beam,
+        gap_material=jnp.asarray(gap, dtype=jnp.int32),
+        gap_density_scale=f(model.gap_density_scale),
+        spectrometers=spectrometers,
+        name=model.name,
+    )
+
+
+def element_z_table(setup: Setup, names: Sequence[str]) -> np.ndarray:
+    """Concrete z positions (mm) of the named elements' measurement planes (exit face)."""
+    return np.array([float(setup.element(n).z + setup.element(n).thickness) for n in names])

@@ -1,0 +1,174 @@
+"""HDF5 output (DESIGN.md §5) with provenance; readable with plain h5py.
+
+Layout::
+
+    /                      attrs: fastmc_version, schema_version, created, command_line
+    /provenance            attrs: jax, jaxlib, numpy, particle, h5py versions, backend, devices,
+                           seed, chunk_size, chunk_range, config_sha256, model_sha256,
+                           table_hash, git_describe, wall_seconds
+    /config                attrs: json (resolved run card + model, internal units)
+    /chunks                ids (n_c,), n_gen (n_c,), rows (n_c, n_channels, n_slots, 4),
+                           overflow (n_c, n_channels);  attrs: channels, slots (JSON)
+    /tallies/<channel>/<region>
+                           datasets log_sw, log_sw2, n, log_wmax, n_gen (one entry per cut step)
+                           and derived expected, stat_err, ess, max_weight_share, upper_limit_90
+                           (NaN where undefined); attrs: mot, cuts (JSON)
+    /events                (optional) chunk, index, channel, log_w, and one dataset per variable
+
+Files are written to a temporary name beside the target and renamed into place, so a failure
+never leaves a half-written file over a good one.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import fastmc
+
+
+def provenance(cfg, result, prepared=None) -> dict[str, Any]:
+    import h5py
+    import jax
+    import jaxlib
+    import particle
+
+    try:
+        git = subprocess.run(
+            ["git", "describe", "--always", "--dirty", "--tags"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        git = ""
+    return {
+        "fastmc": fastmc.__version__,
+        "jax": jax.__version__,
+        "jaxlib": jaxlib.__version__,
+        "numpy": np.__version__,
+        "particle": particle.__version__,
+        "h5py": h5py.__version__,
+        "python": sys.version.split()[0],
+        "backend": jax.default_backend(),
+        "devices": ", ".join(str(d) for d in jax.devices()),
+        "x64": bool(jax.config.jax_enable_x64),
+        "seed": cfg.seed,
+        "chunk_size": cfg.chunk_size,
+        "chunk_range": [int(result.chunk_ids.min()), int(result.chunk_ids.max()) + 1] if len(result.chunk_ids) else [0, 0],
+        "n_chunks": int(len(result.chunk_ids)),
+        "config_path": str(cfg.path),
+        "config_sha256": cfg.sha256,
+        "model_path": str(cfg.model.path),
+        "model_sha256": cfg.model.sha256,
+        "table_hash": prepared.table_hash if prepared is not None else "",
+        "materials": list(prepared.material_names) if prepared is not None else [],
+        "git_describe": git,
+        "wall_seconds": float(result.seconds),
+    }
+
+
+def write_result(path: str | Path, cfg, result, projection: dict, prepared=None, command_line: str = "") -> Path:
+    """Write a run to HDF5 atomically (temp file + rename)."""
+    import h5py
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with h5py.File(tmp, "w") as f:
+            f.attrs["fastmc_version"] = fastmc.__version__
+            f.attrs["schema_version"] = fastmc.SCHEMA_VERSION
+            f.attrs["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat()
+            f.attrs["command_line"] = command_line or " ".join(sys.argv)
+            prov = f.create_group("provenance")
+            for k, v in provenance(cfg, result, prepared).items():
+                prov.attrs[k] = json.dumps(v) if isinstance(v, (list, dict)) else v
+            g = f.create_group("config")
+            g.attrs["json"] = json.dumps(cfg.to_dict())
+            g.attrs["run_card"] = Path(cfg.path).read_text() if Path(cfg.path).is_file() else ""
+            g.attrs["model"] = Path(cfg.model.path).read_text() if Path(cfg.model.path).is_file() else ""
+            ch = f.create_group("chunks")
+            ch.create_dataset("ids", data=result.chunk_ids.astype(np.int64))
+            ch.create_dataset("n_gen", data=result.n_gen.astype(np.int64))
+            ch.create_dataset("rows", data=result.rows.astype(np.float64), compression="gzip")
+            ch.create_dataset("overflow", data=result.overflow.astype(np.int64))
+            ch.attrs["channels"] = json.dumps(list(result.channels))
+            ch.attrs["slots"] = json.dumps([list(s) for s in result.slots])
+            ch.attrs["fields"] = json.dumps(["log_sw", "log_sw2", "n", "log_wmax"])
+            tg = f.create_group("tallies")
+            tallies = result.tallies()
+            mot = projection["mot"]
+            for chname, tl in tallies.items():
+                cg = tg.create_group(chname)
+                regions: dict[str, list[int]] = {}
+                for s, (region, _step, _label) in enumerate(result.slots):
+                    regions.setdefault(region, []).append(s)
+                for region, idx in regions.items():
+                    rg = cg.create_group(region)
+                    ts = [tl[s] for s in idx]
+                    ests = [t.estimate(mot) for t in ts]
+                    rg.create_dataset("log_sw", data=np.array([t.log_sw for t in ts]))
+                    rg.create_dataset("log_sw2", data=np.array([t.log_sw2 for t in ts]))
+                    rg.create_dataset("n", data=np.array([t.n for t in ts], dtype=np.int64))
+                    rg.create_dataset("log_wmax", data=np.array([t.log_wmax for t in ts]))
+                    rg.create_dataset("n_gen", data=np.array([t.n_gen for t in ts], dtype=np.int64))
+                    for key in ("expected", "stat_err", "ess", "max_weight_share", "upper_limit_90"):
+                        rg.create_dataset(key, data=np.array([np.nan if e[key] is None else e[key] for e in ests]))
+                    rg.attrs["mot"] = mot
+                    rg.attrs["cuts"] = json.dumps([result.slots[s][2] for s in idx])
+            f.attrs["projection_json"] = json.dumps(projection)
+            if result.events is not None:
+                eg = f.create_group("events")
+                for key in ("chunk", "index", "channel", "log_w"):
+                    eg.create_dataset(key, data=np.asarray(result.events[key]))
+                for key, val in result.events["variables"].items():
+                    eg.create_dataset(key, data=np.asarray(val))
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def read_result(path: str | Path) -> dict[str, Any]:
+    """Read a fastmc HDF5 file back into plain Python/numpy objects (for inspect/merge)."""
+    import h5py
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: file not found")
+    try:
+        with h5py.File(path, "r") as f:
+            if "fastmc_version" not in f.attrs:
+                raise ValueError(f"{path}: not a fastmc output file (no fastmc_version attribute)")
+            out = {
+                "attrs": {k: _py(v) for k, v in f.attrs.items()},
+                "provenance": {k: _py(v) for k, v in f["provenance"].attrs.items()},
+                "config": json.loads(f["config"].attrs["json"]),
+                "chunks": {k: np.asarray(f["chunks"][k]) for k in f["chunks"]},
+                "chunk_attrs": {k: json.loads(v) for k, v in f["chunks"].attrs.items()},
+                "projection": json.loads(f.attrs["projection_json"]),
+                "has_events": "events" in f,
+            }
+            if "events" in f:
+                out["n_events"] = int(f["events"]["log_w"].shape[0])
+    except OSError as err:
+        raise ValueError(f"{path}: not a readable HDF5 file ({err})") from None
+    return out
+
+
+def _py(v: Any) -> Any:
+    if isinstance(v, np.generic):
+        return v.item()
+    if isinstance(v, bytes):
+        return v.decode()
+    return v

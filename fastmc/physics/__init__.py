@@ -1,0 +1,57 @@
+"""Muon energy-loss physics: per-process cross sections, tables, device look-ups.
+
+Processes (registry names ``<interaction>.<parametrisation>``, see :mod:`.registry`):
+``ionisation.bbk`` (Bethe–Bloch + knock-ons + KKP radiative correction), ``ionisation.bb``,
+``brems.kkp``, ``pair.kp``, ``photonuclear.bb`` (Bezrukov–Bugaev), ``photonuclear.bp``
+(Borog–Petrukhin as in Geant4).  Importing it imports JAX (PhysicsTables is a pytree) but
+builds no tables: build_tables is explicit and cached on disk.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from fastmc.physics.registry import INTERACTIONS, get_process, processes
+from fastmc.physics.tables import (
+    TABLES_VERSION,
+    PhysicsConfig,
+    PhysicsTables,
+    build_tables,
+    continuous_dedx,
+    continuous_ekin_after,
+    continuous_straggling_var,
+    csda_range,
+    dsigma_dv,
+    energy_loss_coefficients,
+    sample_v_from_u,
+    stochastic_xs,
+)
+
+PROCESSES: dict = processes()
+
+
+def propagate(material: str, thickness_mm: float, ekin_GeV: float, n: int, seed: int) -> np.ndarray:
+    """Final kinetic energies [GeV] of ``n`` muons after a slab (delegates to the transport)."""
+    from fastmc.transport import propagate_slab
+
+    return propagate_slab(material, thickness_mm, ekin_GeV, n, seed)
+
+
+__all__ = [
+    "INTERACTIONS",
+    "PROCESSES",
+    "TABLES_VERSION",
+    "PhysicsConfig",
+    "PhysicsTables",
+    "build_tables",
+    "continuous_dedx",
+    "continuous_ekin_after",
+    "continuous_straggling_var",
+    "csda_range",
+    "dsigma_dv",
+    "energy_loss_coefficients",
+    "get_process",
+    "propagate",
+    "sample_v_from_u",
+    "stochastic_xs",
+]

@@ -1,0 +1,84 @@
+"""The cut flow as data.
+
+A run card defines named regions, each an ordered list of cuts ``min <= var <= max`` on the
+reconstructed variables (:func:`fastmc.config.selection_variables`).  :class:`Selection` is a
+pytree: variable names and region names are static, cut values are leaves (moving a cut never
+recompiles).  Hard cuts (this module) make every reported number; the smooth relaxation used by
+optimisation lives beside them and is never used for a projection.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+from fastmc._pytree import pytree_dataclass, static_field
+from fastmc.config import RunConfig
+
+
+@pytree_dataclass
+class Cut:
+    lo: jnp.ndarray
+    hi: jnp.ndarray
+    var: str = static_field()
+
+
+@pytree_dataclass
+class Region:
+    cuts: tuple[Cut, ...]
+    name: str = static_field()
+
+
+@pytree_dataclass
+class Selection:
+    regions: tuple[Region, ...]
+
+    def slots(self) -> list[tuple[str, int, str]]:
+        """(region, step, label) of every tally slot: step 0 = all generated, j = after j cuts."""
+        out = []
+        for r in self.regions:
+            out.append((r.name, 0, "generated"))
+            for j, c in enumerate(r.cuts):
+                out.append((r.name, j + 1, _describe(c)))
+        return out
+
+
+def _describe(c: Cut) -> str:
+    lo, hi = float(c.lo), float(c.hi)
+    if jnp.isfinite(lo) and jnp.isfinite(hi):
+        return f"{lo:g} <= {c.var} <= {hi:g}"
+    if jnp.isfinite(lo):
+        return f"{c.var} >= {lo:g}"
+    return f"{c.var} <= {hi:g}"
+
+
+def build_selection(cfg: RunConfig) -> Selection:
+    dtype = jnp.result_type(float)
+    regions = []
+    for name, cuts in cfg.regions:
+        regions.append(
+            Region(
+                name=name,
+                cuts=tuple(
+                    Cut(
+                        lo=jnp.asarray(-jnp.inf if c.min is None else c.min, dtype),
+                        hi=jnp.asarray(jnp.inf if c.max is None else c.max, dtype),
+                        var=c.var,
+                    )
+                    for c in cuts
+                ),
+            )
+        )
+    return Selection(regions=tuple(regions))
+
+
+def pass_masks(selection: Selection, variables: dict[str, jnp.ndarray], valid: jnp.ndarray) -> jnp.ndarray:
+    """(n_slots, B) boolean masks, cumulative along each region's cut flow (hard cuts)."""
+    masks = []
+    for r in selection.regions:
+        m = valid
+        masks.append(m)
+        for c in r.cuts:
+            v = variables[c.var]
+            m = m & (v >= c.lo) & (v <= c.hi)
+            masks.append(m)
+    return jnp.stack(masks)

@@ -1,0 +1,34 @@
+"""Shared fixtures.  Physics tables are cached per test session in a temporary folder unless
+FASTMC_CACHE is set (CI sets nothing: the first test that needs tables builds them)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+RUNS = ROOT / "runs"
+MODELS = ROOT / "models"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _table_cache(tmp_path_factory):
+    if "FASTMC_CACHE" not in os.environ:
+        os.environ["FASTMC_CACHE"] = str(tmp_path_factory.mktemp("fastmc_cache"))
+    yield
+
+
+@pytest.fixture
+def quickstart_card() -> Path:
+    return RUNS / "quickstart.toml"
+
+
+def write_card(tmp_path: Path, text: str, model_text: str | None = None, name: str = "card.toml") -> Path:
+    """Write a run card (and optionally a model next to it, referenced as model.toml)."""
+    if model_text is not None:
+        (tmp_path / "model.toml").write_text(model_text)
+    p = tmp_path / name
+    p.write_text(text)
+    return p

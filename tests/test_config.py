@@ -1,0 +1,99 @@
+"""Strict configuration: every malformed input → ConfigError naming file, key and value."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from fastmc import units as u
+from fastmc.config import ConfigError, load_model, load_run
+
+from .conftest import MODELS, RUNS
+
+CARD = (RUNS / "quickstart.toml").read_text()
+MODEL = (MODELS / "na64mu_2022.toml").read_text()
+
+
+def _card(tmp_path: Path, card: str = CARD, model: str = MODEL) -> Path:
+    (tmp_path / "model.toml").write_text(model)
+    p = tmp_path / "card.toml"
+    p.write_text(card.replace('model = "../models/na64mu_2022.toml"', 'model = "model.toml"'))
+    return p
+
+
+def test_config_quickstart_loads_with_units():
+    cfg = load_run(RUNS / "quickstart.toml")
+    assert cfg.model.beam.momentum == pytest.approx(160 * u.GeV)
+    assert cfg.model.element("ECAL").thickness == pytest.approx(450.0)  # 150 × 3 mm
+    assert cfg.model.element("MM1").z == pytest.approx(-2000.0)
+    assert cfg.model.beam.divergence_sigma == pytest.approx(0.5e-3)
+    assert [r for r, _ in cfg.regions] == ["signal", "control"]
+    assert len(cfg.sha256) == 64
+
+
+CASES = [
+    # (description, transform(card, model) -> (card, model), expected key, expected value text)
+    ("unknown run key", lambda c, m: (c.replace("seed = 20221", "seed = 20221\nsede = 3"), m), "run.sede", "3"),
+    ("wrong type", lambda c, m: (c.replace("seed = 20221", 'seed = "abc"'), m), "run.seed", "'abc'"),
+    ("negative n_muons", lambda c, m: (c.replace("n_muons = 262144", "n_muons = -5"), m), "run.n_muons", "-5"),
+    ("non-finite mot", lambda c, m: (c.replace("mot = 1.98e10", "mot = nan"), m), "run.mot", "nan"),
+    ("inf mot", lambda c, m: (c.replace("mot = 1.98e10", "mot = inf"), m), "run.mot", "inf"),
+    ("unknown channel", lambda c, m: (c.replace('channels = ["analog"]', 'channels = ["analogue"]'), m), "run.channels", "analogue"),
+    ("bad cut variable", lambda c, m: (c.replace('var = "p_out_GeV", max = 80.0', 'var = "p_outt", max = 80.0'), m),
+     "selection.signal.cuts[3].var", "p_outt"),
+    ("cut without bounds", lambda c, m: (c.replace('{ var = "p_out_GeV", max = 80.0 }', '{ var = "p_out_GeV" }'), m),
+     "selection.signal.cuts[3].var", "p_out_GeV"),
+    ("bad scattering model", lambda c, m: (c.replace('scattering = "highland_single"', 'scattering = "moliere"'), m),
+     "physics.scattering", "moliere"),
+    ("bad process", lambda c, m: (c.replace("v_cut = 1e-3", 'v_cut = 1e-3\nbrems = "brems.xyz"'), m), "physics.brems", "brems.xyz"),
+    ("v_cut out of range", lambda c, m: (c.replace("v_cut = 1e-3", "v_cut = 0.9"), m), "physics.v_cut", "0.9"),
+    ("missing model", lambda c, m: (c.replace('model = "../models/na64mu_2022.toml"', 'model = "nope.toml"'), m), "run.model", "nope.toml"),
+    ("schema version", lambda c, m: (c.replace("schema_version = 1", "schema_version = 7"), m), "schema_version", "7"),
+    ("model negative thickness", lambda c, m: (c, m.replace("thickness_mm = 20.0", "thickness_mm = -20.0")),
+     "elements[10].thickness_mm", "-20.0"),
+    ("model unknown material", lambda c, m: (c, m.replace('material = "scintillator"\nthickness_mm = 20.0', 'material = "unobtainium"\nthickness_mm = 20.0')),
+     "elements[10].material", "unobtainium"),
+    ("model unknown key", lambda c, m: (c, m.replace("efficiency = 0.98             # approx.", "efficency = 0.98")),
+     "elements[0].efficency", "0.98"),
+    ("model overlapping elements", lambda c, m: (c, m.replace("z_m = 0.50", "z_m = 0.30")), "elements[10].z_m", "0.3"),
+    ("model efficiency > 1", lambda c, m: (c, m.replace("efficiency = 0.98             # approx.", "efficiency = 1.5")),
+     "elements[0].efficiency", "1.5"),
+    ("model bad layers", lambda c, m: (c, m.replace('layers = [["lead", 1.5], ["scintillator", 1.5]]', 'layers = [["lead", -1.5]]')),
+     "elements[9].layers", "-1.5"),
+    ("model spectrometer wrong tracker", lambda c, m: (c, m.replace('upstream = ["MM3", "MM4"]', 'upstream = ["MM3", "ECAL"]')),
+     "spectrometers[1].upstream", "ECAL"),
+    ("model beam momentum", lambda c, m: (c, m.replace("momentum_GeV = 160.0", "momentum_GeV = -160.0")), "beam.momentum_GeV", "-160.0"),
+]
+
+
+@pytest.mark.parametrize("desc,transform,key,value", CASES, ids=[c[0] for c in CASES])
+def test_config_malformed_one_line_error(tmp_path, desc, transform, key, value):
+    card, model = transform(CARD, MODEL)
+    path = _card(tmp_path, card, model)
+    with pytest.raises(ConfigError) as err:
+        load_run(path)
+    msg = str(err.value)
+    assert "\n" not in msg
+    assert key in msg, msg
+    assert value in msg, msg
+    assert re.match(r"^\S+\.toml: ", msg), msg  # names the file
+
+
+def test_config_not_toml(tmp_path):
+    p = tmp_path / "broken.toml"
+    p.write_text("schema_version = 1\n[run\n")
+    with pytest.raises(ConfigError, match=r"broken\.toml: not valid TOML"):
+        load_run(p)
+
+
+def test_config_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="file not found"):
+        load_model(tmp_path / "absent.toml")
+
+
+def test_config_mixture_materials_are_shared():
+    cfg = load_run(RUNS / "quickstart.toml")
+    hcal = {cfg.model.element(f"HCAL{i}").material for i in range(1, 5)}
+    assert hcal == {"iron25mm+scintillator4mm"}

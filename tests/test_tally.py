@@ -1,0 +1,80 @@
+"""Log-space tallies: device reduction vs direct float64 sums, ordering, diagnostics."""
+
+from __future__ import annotations
+
+import math
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fastmc.tally import ZERO_EVENT_UL90, Tally, chunk_tally, reduce_chunks
+
+
+def _direct(mask, log_w):
+    w = np.exp(np.asarray(log_w, np.float64))[mask]
+    return w.sum(), (w**2).sum(), mask.sum(), w.max() if w.size else 0.0
+
+
+def test_tally_chunk_matches_direct_sums():
+    rng = np.random.default_rng(1)
+    log_w = rng.normal(-20.0, 3.0, 4096).astype(np.float32)
+    masks = rng.random((3, 4096)) < np.array([[0.5], [0.01], [0.0]])
+    rows = np.asarray(chunk_tally(jnp.asarray(masks), jnp.asarray(log_w)), np.float64)
+    for s in range(3):
+        sw, sw2, n, wmax = _direct(masks[s], log_w)
+        assert rows[s, 2] == n
+        if n:
+            # float32 log-sum-exp: relative precision ~1e-6 per term, accumulated over ≤ 4096 terms
+            assert math.exp(rows[s, 0]) == pytest.approx(sw, rel=1e-5)
+            assert math.exp(rows[s, 1]) == pytest.approx(sw2, rel=1e-5)
+            assert math.exp(rows[s, 3]) == pytest.approx(wmax, rel=1e-6)
+        else:
+            assert rows[s, 0] == -np.inf and rows[s, 1] == -np.inf
+
+
+def test_tally_reduce_is_order_independent_and_refuses_overlap():
+    rng = np.random.default_rng(2)
+    rows = np.log(rng.random((7, 2, 4)) + 0.1)
+    rows[..., 2] = rng.integers(1, 50, (7, 2))
+    ids = np.arange(10, 17)
+    n_gen = np.full(7, 1000)
+    a = reduce_chunks(ids, rows, n_gen)
+    perm = rng.permutation(7)
+    b = reduce_chunks(ids[perm], rows[perm], n_gen[perm])
+    for ta, tb in zip(a, b):
+        assert (ta.log_sw, ta.log_sw2, ta.n, ta.log_wmax, ta.n_gen) == (tb.log_sw, tb.log_sw2, tb.n, tb.log_wmax, tb.n_gen)
+    with pytest.raises(ValueError, match="overlapping"):
+        reduce_chunks(np.array([1, 2, 2]), rows[:3], n_gen[:3])
+
+
+def test_tally_analog_estimate_is_binomial():
+    n, n_gen, mot = 37, 10_000, 2e10
+    t = Tally(log_sw=math.log(n), log_sw2=math.log(n), n=n, log_wmax=0.0, n_gen=n_gen)
+    est = t.estimate(mot)
+    p = n / n_gen
+    assert est["expected"] == pytest.approx(mot * p)
+    # independent reference: binomial standard deviation of the count, scaled
+    assert est["stat_err"] == pytest.approx(mot * math.sqrt(n_gen * p * (1 - p)) / n_gen)
+    assert est["ess"] == pytest.approx(n)
+    assert est["max_weight_share"] == pytest.approx(1 / n)
+    assert est["upper_limit_90"] is None
+
+
+def test_tally_zero_events_gives_upper_limit_not_zero_error():
+    t = Tally(n_gen=262144)
+    est = t.estimate(1.98e10)
+    assert est["n_selected"] == 0
+    assert est["upper_limit_90"] == pytest.approx(2.302585 * 1.98e10 / 262144, rel=1e-6)
+    assert ZERO_EVENT_UL90 == pytest.approx(-math.log(0.1))
+    assert est["rel_err"] is None
+
+
+def test_tally_heavy_tail_diagnostics():
+    # 999 small weights and one that dominates: ESS ≈ 1, max share ≈ 1
+    log_w = np.concatenate([np.full(999, -10.0), [0.0]])
+    rows = np.asarray(chunk_tally(jnp.ones((1, 1000), bool), jnp.asarray(log_w, jnp.float32)), np.float64)
+    t = reduce_chunks(np.array([0]), rows[None], np.array([1000]))[0]
+    est = t.estimate(1.0)
+    assert est["max_weight_share"] > 0.95
+    assert est["ess"] < 1.1
