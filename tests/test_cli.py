@@ -1,0 +1,133 @@
+"""The command line as a user runs it: exit codes, one-line errors, JSON schema, output files."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from fastmc.cli import main
+
+from .conftest import ROOT
+
+SMALL = ["--n-muons", "8192", "--chunk-size", "4096", "--no-progress"]
+
+
+def run_cli(args, capsys):
+    code = main(args)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_cli_version_is_fast_and_lazy():
+    t0 = time.perf_counter()
+    r = subprocess.run([sys.executable, "-m", "fastmc", "--version"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout.startswith("fastmc ")
+    # and it does not import JAX (what makes it instant)
+    r2 = subprocess.run(
+        [sys.executable, "-c", "import sys; from fastmc.cli import build_parser; build_parser(); print('jax' in sys.modules)"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert r2.stdout.strip() == "False"
+    assert time.perf_counter() - t0 < 30
+
+
+def test_cli_project_json_has_all_fields(tmp_path, capsys):
+    out_h5 = tmp_path / "q.h5"
+    code, out, err = run_cli(["project", str(ROOT / "runs" / "quickstart.toml"), "--json", "-o", str(out_h5), *SMALL], capsys)
+    assert code == 0, err
+    d = json.loads(out)
+    assert set(d) >= {"mot", "channels", "total", "output"}
+    assert d["output"] == str(out_h5)
+    assert isinstance(d["mot"], float) and d["mot"] == pytest.approx(1.98e10)
+    ch = d["channels"]["analog"]
+    for key, typ in [("expected", float), ("stat_err", float), ("n_selected", int), ("n_generated", int),
+                     ("ess", float), ("max_weight_share", (float, type(None))), ("upper_limit_90", (float, type(None)))]:
+        assert isinstance(ch[key], typ), (key, ch[key])
+    assert ch["n_generated"] == 8192
+    # zero signal events in 8192 muons → an explicit upper limit, not 0 ± 0
+    assert ch["n_selected"] == 0 and ch["upper_limit_90"] == pytest.approx(2.302585 * 1.98e10 / 8192, rel=1e-6)
+    assert set(d["total"]) == {"expected", "stat_err"}
+    # the HDF5 file is readable with plain h5py and carries provenance
+    with h5py.File(out_h5) as f:
+        assert f.attrs["schema_version"] == 1
+        for key in ("jax", "numpy", "seed", "chunk_size", "config_sha256", "table_hash", "backend", "git_describe"):
+            assert key in f["provenance"].attrs, key
+        assert json.loads(f["config"].attrs["json"])["n_muons"] == 8192
+        assert f["tallies/analog/signal/n"][0] == 8192
+        assert f["chunks/rows"].shape == (2, 1, 9 + 5, 4)  # (chunks, channels, slots: 1+8 signal, 1+4 control, fields)
+    # inspect round trip
+    code, out2, _ = run_cli(["inspect", str(out_h5), "--json"], capsys)
+    assert code == 0 and json.loads(out2)["channels"]["analog"] == d["channels"]["analog"]
+    code, text, _ = run_cli(["inspect", str(out_h5)], capsys)
+    assert code == 0 and "analog" in text and "seed" in text
+
+
+BAD_FLAGS = [
+    (["--mot", "-1"], "--mot"),
+    (["--mot", "nan"], "--mot"),
+    (["--n-muons", "1.5"], "--n-muons"),
+    (["--seed", "-3"], "--seed"),
+    (["--chunk-size", "0"], "--chunk-size"),
+    (["--chunks", "5:2"], "--chunks"),
+    (["--bogus"], "unrecognized"),
+]
+
+
+@pytest.mark.parametrize("flags,needle", BAD_FLAGS, ids=[" ".join(f) for f, _ in BAD_FLAGS])
+def test_cli_bad_flags_exit_2_one_line(flags, needle, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["project", str(ROOT / "runs" / "quickstart.toml"), *flags])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and needle in err, err
+
+
+def test_cli_malformed_card_exit_2_and_nothing_written(tmp_path, capsys):
+    good = tmp_path / "good.h5"
+    good.write_bytes(b"previous good output")
+    card = tmp_path / "card.toml"
+    card.write_text((ROOT / "runs" / "quickstart.toml").read_text()
+                    .replace('"../models/', f'"{ROOT}/models/').replace("seed = 20221", "seed = -4"))
+    code, out, err = run_cli(["project", str(card), "-o", str(good)], capsys)
+    assert code == 2
+    assert err.count("\n") == 1 and "run.seed = -4" in err and str(card) in err
+    assert good.read_bytes() == b"previous good output"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["card.toml", "good.h5"]  # no temp or partial files
+
+
+def test_cli_bad_output_path_exit_2(tmp_path, capsys):
+    code, _, err = run_cli(["project", str(ROOT / "runs" / "quickstart.toml"), "-o", str(tmp_path / "no" / "x.h5")], capsys)
+    assert code == 2 and "does not exist" in err and err.count("\n") == 1
+
+
+def test_cli_inspect_not_a_file(tmp_path, capsys):
+    bad = tmp_path / "x.h5"
+    bad.write_text("not hdf5")
+    code, _, err = run_cli(["inspect", str(bad)], capsys)
+    assert code == 2 and err.count("\n") == 1
+
+
+def test_cli_subprocess_exit_code_for_missing_card():
+    r = subprocess.run([sys.executable, "-m", "fastmc", "project", "does/not/exist.toml"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2
+    assert r.stderr.strip().count("\n") == 0 and "file not found" in r.stderr
+
+
+def test_readme_commands_match_ci():
+    """The README's two set-up commands are exactly what .ci/run executes."""
+    readme = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```(?:bash|sh)?\n(.*?)```", readme, flags=re.S)
+    first = [line for line in blocks[0].splitlines() if line.strip() and not line.startswith("#")]
+    assert len(first) == 2, first
+    ci = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
+    for cmd in first:
+        assert cmd.strip() in ci, cmd
