@@ -391,23 +391,38 @@ REC_KEYS = ("e_cont", "e_proc", "hardest", "hardest_proc")
 # --------------------------------------------------------------------------------------
 
 
+def resolve_material(name: str):
+    """A material by name, or the homogenised cell named by :func:`fastmc.config.mixture_name`
+    (e.g. ``"lead1.5mm+scintillator1.5mm"``)."""
+    import re
+
+    from fastmc.materials import get_material, homogenise
+
+    try:
+        return get_material(name)
+    except ValueError:
+        parts = [re.fullmatch(r"([a-z_]+?)([0-9.]+)mm", t) for t in name.split("+")]
+        if len(parts) < 2 or not all(parts):
+            raise
+        return homogenise(name, [(m.group(1), float(m.group(2))) for m in parts])
+
+
 @functools.lru_cache(maxsize=32)
-def _slab_physics(material: str, settings_key: tuple) -> tuple[Physics, int]:
-    from fastmc.materials import get_material
+def _layers_physics(materials: tuple[str, ...], settings_key: tuple) -> Physics:
     from fastmc.physics import PhysicsConfig, build_tables
     from fastmc.physics.scattering import build_scattering_params
 
     v_cut, e_cut, ion, brems, pair, pn, scat_model = settings_key
-    mat = get_material(material)
+    mats = [resolve_material(m) for m in materials]
     cfg = PhysicsConfig(v_cut=v_cut, e_cut_MeV=e_cut, ionisation=ion, brems=brems, pair=pair, photonuclear=pn)
     dtype = jnp.result_type(float)
-    tables = build_tables([mat], cfg).device(dtype)
-    scat = build_scattering_params([mat]).device(dtype)
-    return Physics(tables, scat, scat_model), 0
+    tables = build_tables(mats, cfg).device(dtype)
+    scat = build_scattering_params(mats).device(dtype)
+    return Physics(tables, scat, scat_model)
 
 
-@functools.partial(jax.jit, static_argnames=("n", "k"))
-def _propagate_chunk(physics, key, ekin0, length, n: int, k: int):
+@functools.partial(jax.jit, static_argnames=("n", "ks"))
+def _propagate_chunk(physics, key, ekin0, mats, lengths, n: int, ks: tuple[int, ...]):
     dtype = jnp.result_type(float)
     state = {
         "x": jnp.zeros((n,), dtype),
@@ -417,14 +432,24 @@ def _propagate_chunk(physics, key, ekin0, length, n: int, k: int):
         "ekin": jnp.full((n,), ekin0, dtype),
         "alive": jnp.ones((n,), bool),
     }
-    uu = uniforms(key, (n, n_step_uniforms(k)), dtype)
-    new, rec = material_step(physics, state, jnp.int32(0), length, jnp.asarray(1.0, dtype), k, uu)
-    return new, rec
+    total = None
+    for i, k in enumerate(ks):
+        uu = uniforms(jax.random.fold_in(key, i), (n, n_step_uniforms(k)), dtype)
+        state, rec = material_step(physics, state, mats[i], lengths[i], jnp.asarray(1.0, dtype), k, uu)
+        if total is None:
+            total = dict(rec)
+        else:
+            total["e_cont"] = total["e_cont"] + rec["e_cont"]
+            total["e_proc"] = total["e_proc"] + rec["e_proc"]
+            harder = rec["hardest"] > total["hardest"]
+            total["hardest"] = jnp.where(harder, rec["hardest"], total["hardest"])
+            total["hardest_proc"] = jnp.where(harder, rec["hardest_proc"], total["hardest_proc"])
+            total["overflow"] = total["overflow"] | rec["overflow"]
+    return state, total
 
 
-def propagate_slab(
-    material: str,
-    thickness_mm: float,
+def propagate_layers(
+    layers,
     ekin_GeV: float,
     n: int,
     seed: int,
@@ -434,33 +459,40 @@ def propagate_slab(
     return_record: bool = False,
     max_interactions: int | None = None,
 ):
-    """Final kinetic energies (GeV, numpy) of ``n`` muons after ``thickness_mm`` of ``material``.
+    """Final kinetic energies (GeV, numpy) of ``n`` muons after a sequence of slabs.
 
-    Full stochastic physics (the run card's default :class:`~fastmc.config.PhysicsSettings`
-    unless ``settings`` is given).  Randomness is chunk-keyed from ``seed``: the first m
-    results for n ≥ m are identical.  With ``return_record`` also returns the exit slopes and
-    displacements (tx, ty, x, y) and the per-process truth.
+    ``layers`` is a sequence of ``(material, thickness_mm)``; a material is a fastmc name or a
+    homogenised cell (:func:`resolve_material`).  Full stochastic physics with the run card's
+    default :class:`~fastmc.config.PhysicsSettings` unless ``settings`` is given; the muons start
+    at x = y = 0 along z.  Randomness is chunk-keyed from ``seed`` (the first m results for n ≥ m
+    are identical).  The interaction-slot cap of each layer is set from its expected count λ as
+    ⌈λ + 8√λ + 4⌉ (overflow probability < 1e-9) unless ``max_interactions`` is given.  With
+    ``return_record``, also returns a dict with the exit state (``tx``, ``ty``, ``x``, ``y``) and
+    the summed truth record (``rec_e_cont``, ``rec_e_proc``, ``rec_hardest``, ...).
     """
     from fastmc.config import PhysicsSettings
+    from fastmc.physics import stochastic_xs
     from fastmc.rng import chunk_key
 
     s = settings or PhysicsSettings()
-    physics, _ = _slab_physics(
-        material, (s.v_cut, s.e_cut / u.MeV, s.ionisation, s.brems, s.pair, s.photonuclear, s.scattering)
+    names = tuple(m for m, _ in layers)
+    uniq = tuple(dict.fromkeys(names))
+    physics = _layers_physics(
+        uniq, (s.v_cut, s.e_cut / u.MeV, s.ionisation, s.brems, s.pair, s.photonuclear, s.scattering)
     )
-    # enough slots that the cap is essentially never reached: Poisson quantile of the mean count
-    from fastmc.physics import stochastic_xs
-
-    xs = float(jnp.sum(stochastic_xs(physics.tables, jnp.int32(0), jnp.asarray([ekin_GeV * u.GeV]))))
-    lam = xs * thickness_mm
-    k = max_interactions if max_interactions is not None else int(max(4, np.ceil(lam + 8.0 * np.sqrt(lam) + 4)))
+    dtype = jnp.result_type(float)
+    mats = jnp.asarray([uniq.index(m) for m in names], jnp.int32)
+    lengths = jnp.asarray([float(t) for _, t in layers], dtype)
+    ks = []
+    for m, t in layers:
+        xs = float(jnp.max(jnp.sum(stochastic_xs(physics.tables, uniq.index(m), jnp.geomspace(1e3, ekin_GeV * u.GeV, 16)), -1)))
+        lam = xs * float(t)
+        ks.append(max_interactions if max_interactions is not None else int(max(1, np.ceil(lam + 8.0 * np.sqrt(lam) + 4))))
     outs: list[dict] = []
     n_chunks = -(-n // chunk_size)
     for c in range(n_chunks):
         m = min(chunk_size, n - c * chunk_size)
-        new, rec = _propagate_chunk(
-            physics, chunk_key(seed, c), ekin_GeV * u.GeV, jnp.asarray(thickness_mm, jnp.result_type(float)), chunk_size, k
-        )
+        new, rec = _propagate_chunk(physics, chunk_key(seed, c), ekin_GeV * u.GeV, mats, lengths, chunk_size, tuple(ks))
         out = {key: np.asarray(val)[:m] for key, val in new.items()}
         if return_record:
             out.update({f"rec_{key}": np.asarray(val)[:m] for key, val in rec.items()})
@@ -470,3 +502,8 @@ def propagate_slab(
     if return_record:
         return ekin_out, merged
     return ekin_out
+
+
+def propagate_slab(material: str, thickness_mm: float, ekin_GeV: float, n: int, seed: int, **kw):
+    """:func:`propagate_layers` for one slab (the public ``fastmc.physics.propagate``)."""
+    return propagate_layers([(material, thickness_mm)], ekin_GeV, n, seed, **kw)
