@@ -1,4 +1,4 @@
-"""Command-line interface: ``fastmc project | inspect | bench | env``.
+"""Command-line interface: ``fastmc project | inspect | merge | bench | env``.
 
 Holds no physics.  JAX is imported lazily inside the commands so ``fastmc --help`` and
 ``fastmc --version`` are instant.  Logs and progress go to stderr; tables and JSON to stdout.
@@ -98,6 +98,11 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--repeats", type=_int_in("--repeats", 1, 1000), default=5, help="timed chunks per chunk size")
     be.add_argument("--json", action="store_true")
 
+    mg = sub.add_parser("merge", help="merge outputs of disjoint chunk ranges of one run card, exactly")
+    mg.add_argument("inputs", type=Path, nargs="+", help="fastmc HDF5 files (same card, seed, chunk size)")
+    mg.add_argument("-o", "--output", type=Path, required=True, help="merged HDF5 file")
+    mg.add_argument("--json", action="store_true", help="print the merged projection as JSON")
+
     sub.add_parser("env", help="print versions, JAX backend and devices")
     return p
 
@@ -116,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
             "inspect": cmd_inspect,
             "bench": cmd_bench,
             "env": cmd_env,
+            "merge": cmd_merge,
         }[args.command](args)
     except (ConfigError, UsageError) as err:
         print(f"fastmc: error: {err}", file=sys.stderr)
@@ -266,6 +272,24 @@ def cmd_inspect(args) -> int:
     if data["has_events"]:
         print(f"  events stored: {data['n_events']}")
     print(format_table(data["projection"]))
+    return 0
+
+
+def cmd_merge(args) -> int:
+    from fastmc.io import merge_files
+
+    _check_output(args.output)
+    if args.output.resolve() in [p.resolve() for p in args.inputs]:
+        raise UsageError(f"-o = {str(args.output)!r}: must not be one of the inputs")
+    try:
+        proj = merge_files(list(args.inputs), args.output, " ".join(["fastmc"] + sys.argv[1:]))
+    except (FileNotFoundError, ValueError) as err:
+        raise UsageError(str(err)) from None
+    if args.json:
+        print(json.dumps({**{k: v for k, v in proj.items() if k != "cutflow"}, "output": str(args.output)}))
+    else:
+        print(format_table(proj))
+        print(f"wrote {args.output}", file=sys.stderr)
     return 0
 
 

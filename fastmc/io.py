@@ -96,47 +96,52 @@ def write_result(path: str | Path, cfg, result, projection: dict, prepared=None,
             g.attrs["json"] = json.dumps(cfg.to_dict())
             g.attrs["run_card"] = Path(cfg.path).read_text() if Path(cfg.path).is_file() else ""
             g.attrs["model"] = Path(cfg.model.path).read_text() if Path(cfg.model.path).is_file() else ""
-            ch = f.create_group("chunks")
-            ch.create_dataset("ids", data=result.chunk_ids.astype(np.int64))
-            ch.create_dataset("n_gen", data=result.n_gen.astype(np.int64))
-            ch.create_dataset("rows", data=result.rows.astype(np.float64), compression="gzip")
-            ch.create_dataset("overflow", data=result.overflow.astype(np.int64))
-            ch.attrs["channels"] = json.dumps(list(result.channels))
-            ch.attrs["slots"] = json.dumps([list(s) for s in result.slots])
-            ch.attrs["fields"] = json.dumps(["log_sw", "log_sw2", "n", "log_wmax"])
-            tg = f.create_group("tallies")
-            tallies = result.tallies()
-            mot = projection["mot"]
-            for chname, tl in tallies.items():
-                cg = tg.create_group(chname)
-                regions: dict[str, list[int]] = {}
-                for s, (region, _step, _label) in enumerate(result.slots):
-                    regions.setdefault(region, []).append(s)
-                for region, idx in regions.items():
-                    rg = cg.create_group(region)
-                    ts = [tl[s] for s in idx]
-                    ests = [t.estimate(mot) for t in ts]
-                    rg.create_dataset("log_sw", data=np.array([t.log_sw for t in ts]))
-                    rg.create_dataset("log_sw2", data=np.array([t.log_sw2 for t in ts]))
-                    rg.create_dataset("n", data=np.array([t.n for t in ts], dtype=np.int64))
-                    rg.create_dataset("log_wmax", data=np.array([t.log_wmax for t in ts]))
-                    rg.create_dataset("n_gen", data=np.array([t.n_gen for t in ts], dtype=np.int64))
-                    for key in ("expected", "stat_err", "ess", "max_weight_share", "upper_limit_90"):
-                        rg.create_dataset(key, data=np.array([np.nan if e[key] is None else e[key] for e in ests]))
-                    rg.attrs["mot"] = mot
-                    rg.attrs["cuts"] = json.dumps([result.slots[s][2] for s in idx])
-            f.attrs["projection_json"] = json.dumps(projection)
-            if result.events is not None:
-                eg = f.create_group("events")
-                for key in ("chunk", "index", "channel", "log_w"):
-                    eg.create_dataset(key, data=np.asarray(result.events[key]))
-                for key, val in result.events["variables"].items():
-                    eg.create_dataset(key, data=np.asarray(val))
+            _write_run_groups(f, result, projection)
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
     return path
+
+
+def _write_run_groups(f, result, projection: dict) -> None:
+    """/chunks, /tallies, the projection JSON and /events of a (possibly merged) result."""
+    ch = f.create_group("chunks")
+    ch.create_dataset("ids", data=result.chunk_ids.astype(np.int64))
+    ch.create_dataset("n_gen", data=result.n_gen.astype(np.int64))
+    ch.create_dataset("rows", data=result.rows.astype(np.float64), compression="gzip")
+    ch.create_dataset("overflow", data=result.overflow.astype(np.int64))
+    ch.attrs["channels"] = json.dumps(list(result.channels))
+    ch.attrs["slots"] = json.dumps([list(s) for s in result.slots])
+    ch.attrs["fields"] = json.dumps(["log_sw", "log_sw2", "n", "log_wmax"])
+    tg = f.create_group("tallies")
+    tallies = result.tallies()
+    mot = projection["mot"]
+    for chname, tl in tallies.items():
+        cg = tg.create_group(chname)
+        regions: dict[str, list[int]] = {}
+        for s, (region, _step, _label) in enumerate(result.slots):
+            regions.setdefault(region, []).append(s)
+        for region, idx in regions.items():
+            rg = cg.create_group(region)
+            ts = [tl[s] for s in idx]
+            ests = [t.estimate(mot) for t in ts]
+            rg.create_dataset("log_sw", data=np.array([t.log_sw for t in ts]))
+            rg.create_dataset("log_sw2", data=np.array([t.log_sw2 for t in ts]))
+            rg.create_dataset("n", data=np.array([t.n for t in ts], dtype=np.int64))
+            rg.create_dataset("log_wmax", data=np.array([t.log_wmax for t in ts]))
+            rg.create_dataset("n_gen", data=np.array([t.n_gen for t in ts], dtype=np.int64))
+            for key in ("expected", "stat_err", "ess", "max_weight_share", "upper_limit_90"):
+                rg.create_dataset(key, data=np.array([np.nan if e[key] is None else e[key] for e in ests]))
+            rg.attrs["mot"] = mot
+            rg.attrs["cuts"] = json.dumps([result.slots[s][2] for s in idx])
+    f.attrs["projection_json"] = json.dumps(projection)
+    if result.events is not None:
+        eg = f.create_group("events")
+        for key in ("chunk", "index", "channel", "log_w"):
+            eg.create_dataset(key, data=np.asarray(result.events[key]))
+        for key, val in result.events["variables"].items():
+            eg.create_dataset(key, data=np.asarray(val))
 
 
 def read_result(path: str | Path) -> dict[str, Any]:
@@ -172,3 +177,65 @@ def _py(v: Any) -> Any:
     if isinstance(v, bytes):
         return v.decode()
     return v
+
+
+def merge_files(inputs: list[Path], output: Path, command_line: str = "") -> dict[str, Any]:
+    """Merge fastmc outputs of disjoint chunk ranges of the same configuration, exactly.
+
+    Refuses files whose run card, model, seed, chunk size, channels or selection differ, and
+    overlapping chunk ranges (double counting).  Per-chunk rows are concatenated and reduced in
+    chunk order, so the merge equals the single-job result bit for bit.  Returns the projection.
+    """
+    import h5py
+
+    from fastmc.run import RunResult, projection_from
+
+    if len(inputs) < 2:
+        raise ValueError("merge needs at least two input files")
+    parts = []
+    ref = None
+    for p in inputs:
+        d = read_result(p)
+        key = (d["provenance"]["config_sha256"], d["provenance"]["model_sha256"], d["provenance"]["seed"],
+               d["provenance"]["chunk_size"], json.dumps(d["chunk_attrs"]["channels"]), json.dumps(d["chunk_attrs"]["slots"]),
+               d["projection"]["mot"])
+        if ref is None:
+            ref = key
+        elif key != ref:
+            names = ("run card", "model", "seed", "chunk size", "channels", "selection", "MOT")
+            what = next(n for n, x, y in zip(names, key, ref) if x != y)
+            raise ValueError(f"{p}: {what} differs from {inputs[0]}: refusing to merge mismatched configurations")
+        c = d["chunks"]
+        parts.append(RunResult(channels=tuple(d["chunk_attrs"]["channels"]),
+                               slots=[tuple(s) for s in d["chunk_attrs"]["slots"]],
+                               chunk_ids=c["ids"], rows=c["rows"], n_gen=c["n_gen"], overflow=c["overflow"],
+                               seconds=float(d["provenance"].get("wall_seconds", 0.0))))
+    merged = parts[0]
+    for i, r in enumerate(parts[1:], start=1):
+        try:
+            merged = merged.merge(r)
+        except ValueError as err:
+            raise ValueError(f"{inputs[i]}: {err}") from None
+    d0 = read_result(inputs[0])
+    proj = projection_from(d0["projection"]["mot"], d0["projection"]["region"], merged)
+    output = Path(output)
+    tmp = output.with_name(f".{output.name}.tmp-{os.getpid()}")
+    try:
+        with h5py.File(inputs[0], "r") as src, h5py.File(tmp, "w") as f:
+            for k, v in src.attrs.items():
+                f.attrs[k] = v
+            f.attrs["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat()
+            f.attrs["command_line"] = command_line or " ".join(sys.argv)
+            src.copy("provenance", f)
+            src.copy("config", f)
+            ids = np.sort(merged.chunk_ids)
+            f["provenance"].attrs["chunk_range"] = json.dumps([int(ids.min()), int(ids.max()) + 1])
+            f["provenance"].attrs["n_chunks"] = int(len(ids))
+            f["provenance"].attrs["merged_from"] = json.dumps([str(p) for p in inputs])
+            f["provenance"].attrs["wall_seconds"] = float(merged.seconds)
+            _write_run_groups(f, merged, proj)
+        os.replace(tmp, output)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return proj

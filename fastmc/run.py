@@ -268,9 +268,12 @@ def _stack_events(events: dict[str, list]) -> dict[str, Any]:
 
 def projection(cfg: RunConfig, result: RunResult, mot: float | None = None) -> dict[str, Any]:
     """The background table as a JSON-able dict (schema of ``fastmc project --json``)."""
-    mot = float(cfg.mot if mot is None else mot)
+    return projection_from(float(cfg.mot if mot is None else mot), cfg.regions[0][0], result)
+
+
+def projection_from(mot: float, region0: str, result: RunResult) -> dict[str, Any]:
+    """:func:`projection` from the stored numbers alone (used by ``fastmc merge``)."""
     tallies = result.tallies()
-    region0 = cfg.regions[0][0]
     final = [i for i, s in enumerate(result.slots) if s[0] == region0][-1]
     channels: dict[str, Any] = {}
     tot = 0.0

@@ -131,3 +131,25 @@ def test_readme_commands_match_ci():
     ci = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
     for cmd in first:
         assert cmd.strip() in ci, cmd
+
+
+def test_cli_chunk_ranges_merge_to_the_single_job(tmp_path, capsys):
+    card = str(ROOT / "runs" / "quickstart.toml")
+    small = ["--n-muons", "12288", "--chunk-size", "4096", "--no-progress", "--json"]
+    whole, a, b, merged = (tmp_path / f"{n}.h5" for n in ("whole", "a", "b", "merged"))
+    assert main(["project", card, *small, "-o", str(whole)]) == 0
+    assert main(["project", card, *small, "--chunks", "0:1", "-o", str(a)]) == 0
+    assert main(["project", card, *small, "--chunks", "1:3", "-o", str(b)]) == 0
+    capsys.readouterr()
+    assert main(["merge", str(b), str(a), "-o", str(merged), "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    with h5py.File(whole) as fw, h5py.File(merged) as fm:
+        for key in ("log_sw", "log_sw2", "n", "n_gen"):
+            for region in ("signal", "control"):
+                assert np.array_equal(fw[f"tallies/analog/{region}/{key}"][:], fm[f"tallies/analog/{region}/{key}"][:])
+        assert json.loads(fm["provenance"].attrs["chunk_range"]) == [0, 3]
+    assert d["channels"]["analog"]["n_generated"] == 12288
+    # overlapping ranges are refused, nothing written
+    bad = tmp_path / "bad.h5"
+    assert main(["merge", str(a), str(whole), "-o", str(bad)]) == 2
+    assert "overlapping" in capsys.readouterr().err and not bad.exists()
