@@ -104,6 +104,17 @@ def build_parser() -> argparse.ArgumentParser:
     mg.add_argument("--json", action="store_true", help="print the merged projection as JSON")
 
     sub.add_parser("env", help="print versions, JAX backend and devices")
+
+    va = sub.add_parser("validate", help="compare fastmc with the Geant4 reference tables (calibration/)")
+    va.add_argument("--suite", default="all", metavar="NAME",
+                    help="eloss, deflection, decay or all (default: all)")
+    va.add_argument("--report", type=Path, metavar="DIR", help="write DIR/summary.json and one PNG per observable")
+    va.add_argument("--stat-scale", type=_positive_float("--stat-scale"), default=1.0, metavar="F",
+                    help="fastmc statistics = F x the table's n_events (default: 1)")
+    va.add_argument("--seed", type=_int_in("--seed", 0, 2**31 - 1), default=1, help="random seed (default: 1)")
+    va.add_argument("--tables", type=Path, metavar="DIR", help="folder with eloss.h5, deflection.h5, decay.h5 "
+                    "(default: calibration/ of the source tree; its tolerances.toml is used if present)")
+    va.add_argument("--json", action="store_true", help="print the summary JSON to stdout (table goes to stderr)")
     return p
 
 
@@ -210,9 +221,10 @@ def _warnings(proj: dict[str, Any], result, cfg) -> list[str]:
             )
         elif over:
             out.append(f"channel {ch}: {over} interaction-slot overflow(s) in {n_total} muons (cap reached; counted)")
+    from fastmc.tally import diagnose
+
     for name, c in proj["channels"].items():
-        if c["n_selected"] and c["max_weight_share"] is not None and c["max_weight_share"] > 0.5 and c["n_selected"] > 1:
-            out.append(f"channel {name}: one event carries {c['max_weight_share']:.0%} of Σw — estimate not trustworthy")
+        out += diagnose(f"channel {name}", c)
     return out
 
 
@@ -363,6 +375,40 @@ def cmd_bench(args) -> int:
         for r in rows:
             print(f"{r['chunk_size']:>11}{r['muons']:>12}{r['seconds']:>10.2f}{r['muons_per_s']:>14.4g}{r['first_call_s']:>25.2f}")
     return 0
+
+
+def cmd_validate(args) -> int:
+    from fastmc.validate import SUITES, TableError, format_summary, format_timing, run_validation, write_report
+
+    if args.suite != "all" and args.suite not in SUITES:
+        raise UsageError(f"--suite = {args.suite!r}: unknown suite (known: {', '.join(SUITES)}, all)")
+    if args.tables is not None and not args.tables.is_dir():
+        raise UsageError(f"--tables = {str(args.tables)!r}: not a folder")
+    if args.report is not None:
+        if args.report.exists() and not args.report.is_dir():
+            raise UsageError(f"--report = {str(args.report)!r}: exists and is not a folder")
+        parent = args.report.parent if str(args.report.parent) else Path(".")
+        if not parent.is_dir():
+            raise UsageError(f"--report = {str(args.report)!r}: folder {str(parent)!r} does not exist")
+    try:
+        report = run_validation(args.suite, args.tables, stat_scale=args.stat_scale, seed=args.seed,
+                                log=lambda s: print(s, file=sys.stderr))
+    except TableError as err:
+        raise UsageError(str(err)) from None
+    out = sys.stderr if args.json else sys.stdout
+    print(format_summary(report), file=out)
+    print(format_timing(report), file=out)
+    if args.report is not None:
+        written = write_report(report, args.report)
+        if written["note"]:
+            print(f"fastmc: note: {written['note']}", file=sys.stderr)
+        print(f"wrote {written['json']} and {len(written['png'])} PNG(s)", file=sys.stderr)
+    if args.json:
+        from fastmc.validate import _jsonable
+
+        print(json.dumps({"passed": report["passed"], "checks": _jsonable(report["rows"]),
+                          "timing": _jsonable(report["timing"])}))
+    return 0 if report["passed"] else 1
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -113,7 +113,7 @@ def _write_run_groups(f, result, projection: dict) -> None:
     ch.create_dataset("overflow", data=result.overflow.astype(np.int64))
     ch.attrs["channels"] = json.dumps(list(result.channels))
     ch.attrs["slots"] = json.dumps([list(s) for s in result.slots])
-    ch.attrs["fields"] = json.dumps(["log_sw", "log_sw2", "n", "log_wmax"])
+    ch.attrs["fields"] = json.dumps(["log_sw", "log_sw2", "n", "log_wmax"] + [f"top_log_w_{i}" for i in range(result.rows.shape[-1] - 4)])
     tg = f.create_group("tallies")
     tallies = result.tallies()
     mot = projection["mot"]

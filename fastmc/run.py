@@ -24,7 +24,7 @@ from fastmc.config import RunConfig
 from fastmc.geometry import Setup, build_setup, setup_materials
 from fastmc.rng import STREAM_BEAM, chunk_key, stream_key
 from fastmc.selection import Selection, build_selection, pass_masks
-from fastmc.tally import Tally, chunk_tally, reduce_chunks
+from fastmc.tally import N_FIELDS, Tally, chunk_tally, reduce_chunks
 from fastmc.transport import Physics, transport
 
 
@@ -145,7 +145,7 @@ class RunResult:
     channels: tuple[str, ...]
     slots: list[tuple[str, int, str]]
     chunk_ids: np.ndarray  # (n_c,)
-    rows: np.ndarray  # (n_c, n_channels, n_slots, 4) float64
+    rows: np.ndarray  # (n_c, n_channels, n_slots, N_FIELDS) float64
     n_gen: np.ndarray  # (n_c,)
     overflow: np.ndarray  # (n_c, n_channels) interaction-slot overflows
     events: dict[str, Any] | None = None
@@ -196,7 +196,7 @@ def run(
         raise ValueError(f"empty chunk range [{chunk_start}, {stop}) of {total} chunks")
     ids = np.arange(chunk_start, stop)
     slots = prep.selection.slots()
-    rows = np.zeros((len(ids), len(cfg.channels), len(slots), 4))
+    rows = np.zeros((len(ids), len(cfg.channels), len(slots), N_FIELDS))
     overflow = np.zeros((len(ids), len(cfg.channels)), dtype=np.int64)
     n_gen = np.minimum(cfg.chunk_size, cfg.n_muons - ids * cfg.chunk_size)
     events: dict[str, list] = {"chunk": [], "index": [], "channel": [], "log_w": [], "variables": []}

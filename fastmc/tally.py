@@ -12,7 +12,8 @@ Estimates for an exposure of ``MOT`` muons on target from ``N_gen`` generated pr
 * expected  N = MOT · Σw / N_gen
 * stat_err  σ = MOT · √(Σw² − (Σw)²/N_gen) / N_gen  (the sample variance of the mean; it tends
   to MOT·√Σw²/N_gen for rare selections)
-* Kish ESS = (Σw)² / Σw²;   max_weight_share = max w / Σw
+* Kish ESS = (Σw)² / Σw²;   max_weight_share = max w / Σw;  pareto_k: tail index of the
+  largest weights (:meth:`Tally.pareto_k`)
 * zero selected events: ``upper_limit_90 = −ln(0.10) · MOT · w_scale / N_gen`` (the 90 % CL
   Poisson bound on a zero-count, 2.303 events, times the weight one more event would carry;
   ``w_scale = 1`` for analog), and ``expected = 0`` with ``stat_err = 0`` is *not* reported as
@@ -24,13 +25,17 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
 # 90 % CL upper limit on a Poisson mean for zero observed events (PDG RPP 2024 §40, Table 40.3)
 ZERO_EVENT_UL90 = -math.log(0.10)  # 2.302585...
 
-N_FIELDS = 4  # log_sw, log_sw2, n, log_wmax
+TOP_K = 32  # largest log-weights kept per slot and chunk (exactly mergeable: top-K of a union)
+N_FIELDS = 4 + TOP_K  # log_sw, log_sw2, n, log_wmax, then the TOP_K largest log w (descending, −inf padded)
+PARETO_MIN_N = 50  # fewer selected events: no tail-index estimate
+PARETO_K_WARN = 0.7  # ξ above this: the variance of the estimate is unreliable (Vehtari et al., arXiv:1507.02646, §3)
 
 
 def chunk_tally(masks: jnp.ndarray, log_w: jnp.ndarray) -> jnp.ndarray:
@@ -45,7 +50,8 @@ def chunk_tally(masks: jnp.ndarray, log_w: jnp.ndarray) -> jnp.ndarray:
     n = jnp.sum(masks, axis=1).astype(log_w.dtype)
     lsw = jnp.where(n > 0, lsw, neg)
     lsw2 = jnp.where(n > 0, lsw2, neg)
-    return jnp.stack([lsw, lsw2, n, mx], axis=1)
+    top, _ = jax.lax.top_k(lw, TOP_K)
+    return jnp.concatenate([jnp.stack([lsw, lsw2, n, mx], axis=1), top], axis=1)
 
 
 @dataclasses.dataclass
@@ -57,6 +63,7 @@ class Tally:
     n: int = 0
     log_wmax: float = -math.inf
     n_gen: int = 0
+    top: np.ndarray = dataclasses.field(default_factory=lambda: np.full(TOP_K, -np.inf))
 
     @classmethod
     def from_rows(cls, rows: np.ndarray, n_gen: np.ndarray) -> Tally:
@@ -69,7 +76,25 @@ class Tally:
             t.n += int(round(row[2]))
             t.log_wmax = float(max(t.log_wmax, row[3]))
             t.n_gen += int(ng)
+            if row.shape[0] > 4:
+                t.top = np.sort(np.concatenate([t.top, row[4:]]))[::-1][:TOP_K]
         return t
+
+    def pareto_k(self) -> float | None:
+        """Tail index ξ of the selected weights (Hill estimator on the largest M ≤ TOP_K−1 weights).
+
+        ξ̂ = (1/M) Σ_{i≤M} ln(w_(i) / w_(M+1)) (B. M. Hill, Ann. Stat. 3 (1975) 1163) estimates the
+        shape of a generalised-Pareto tail: ξ < 0.5 means finite variance; ξ > 0.7 means the
+        estimate and its error are unreliable (Vehtari, Gelman, Gabry, arXiv:1507.02646).  For
+        bounded weights (analog: all w = 1) ξ̂ = 0.  None if fewer than PARETO_MIN_N events.
+        """
+        if self.n < PARETO_MIN_N:
+            return None
+        m = min(TOP_K - 1, self.n // 5)
+        top = self.top[: m + 1]
+        if not np.all(np.isfinite(top)):
+            return None
+        return float(np.mean(top[:m] - top[m]))
 
     @property
     def sum_w(self) -> float:
@@ -95,6 +120,7 @@ class Tally:
                 "sqrt_sum_w2": 0.0,
                 "ess": 0.0,
                 "max_weight_share": None,
+                "pareto_k": None,
                 "upper_limit_90": ZERO_EVENT_UL90 * w_scale * scale,
             }
         # work relative to max w to avoid overflow of (Σw)²
@@ -113,6 +139,7 @@ class Tally:
             "sqrt_sum_w2": math.exp(0.5 * self.log_sw2),
             "ess": sw * sw / sw2,
             "max_weight_share": 1.0 / sw,
+            "pareto_k": self.pareto_k(),
             "upper_limit_90": None,
         }
 
@@ -129,3 +156,20 @@ def reduce_chunks(chunk_ids: np.ndarray, rows: np.ndarray, n_gen: np.ndarray) ->
     rows = np.asarray(rows)[order]
     n_gen = np.asarray(n_gen)[order]
     return [Tally.from_rows(rows[:, s, :], n_gen) for s in range(rows.shape[1])]
+
+
+def diagnose(name: str, est: dict) -> list[str]:
+    """Human-readable warnings for an estimate whose diagnostics say it is not trustworthy."""
+    out = []
+    n = est["n_selected"]
+    if n == 0:
+        return out
+    share = est["max_weight_share"]
+    if n > 1 and share is not None and share > 0.5:
+        out.append(f"{name}: one event carries {share:.0%} of Σw — the estimate is not trustworthy")
+    if n >= 10 and est["ess"] < 10:
+        out.append(f"{name}: effective sample size {est['ess']:.3g} from {n} events — weights too uneven")
+    k = est.get("pareto_k")
+    if k is not None and k > PARETO_K_WARN:
+        out.append(f"{name}: Pareto-k {k:.2f} > {PARETO_K_WARN} — heavy weight tail, error estimate unreliable")
+    return out

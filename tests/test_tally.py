@@ -78,3 +78,43 @@ def test_tally_heavy_tail_diagnostics():
     est = t.estimate(1.0)
     assert est["max_weight_share"] > 0.95
     assert est["ess"] < 1.1
+
+
+def _tally_of(w: np.ndarray, chunk: int = 4096) -> Tally:
+    """Tally a weight set through the device reduction in chunks, as a run would."""
+    log_w = np.log(w).astype(np.float32)
+    n_c = -(-log_w.size // chunk)
+    pad = np.full(n_c * chunk - log_w.size, -np.inf, np.float32)
+    lw = np.concatenate([log_w, pad]).reshape(n_c, chunk)
+    rows = np.stack([np.asarray(chunk_tally(jnp.asarray(np.isfinite(r))[None], jnp.asarray(np.where(np.isfinite(r), r, 0))), np.float64) for r in lw])
+    n_gen = np.array([chunk] * n_c)
+    return reduce_chunks(np.arange(n_c), rows, n_gen)[0]
+
+
+def test_tally_pareto_k_flags_heavy_tails():
+    from fastmc.tally import PARETO_K_WARN, diagnose
+
+    rng = np.random.default_rng(4)
+    n = 20000
+    # Pareto weights with tail index α: ξ = 1/α (independent reference: the generating law)
+    heavy = _tally_of(rng.pareto(1.0 / 0.9, n) + 1.0)  # ξ = 0.9: infinite variance
+    light = _tally_of(rng.uniform(0.5, 1.5, n))  # bounded: ξ ≤ 0
+    mild = _tally_of(rng.pareto(1.0 / 0.3, n) + 1.0)  # ξ = 0.3: finite variance
+    k_heavy, k_light, k_mild = heavy.pareto_k(), light.pareto_k(), mild.pareto_k()
+    # Hill estimator on the top 31 of 20000: σ(ξ̂) ≈ ξ/√31 ≈ 0.18 ξ
+    assert abs(k_heavy - 0.9) < 3 * 0.18 * 0.9, k_heavy
+    assert abs(k_mild - 0.3) < 3 * 0.18 * 0.3, k_mild
+    assert k_light < 0.1, k_light
+    est = heavy.estimate(1.0)
+    assert est["pareto_k"] > PARETO_K_WARN and any("Pareto-k" in w for w in diagnose("x", est))
+    assert not any("Pareto-k" in w for w in diagnose("x", light.estimate(1.0)))
+    # analog (all weights 1): ξ̂ = 0, ESS = n
+    analog = _tally_of(np.ones(1000))
+    assert analog.pareto_k() == 0.0 and analog.estimate(1.0)["ess"] == pytest.approx(1000)
+
+
+def test_tally_top_weights_merge_exactly():
+    rng = np.random.default_rng(9)
+    w = rng.lognormal(0, 2, 10000)
+    t = _tally_of(w, chunk=1000)
+    assert np.allclose(np.exp(t.top), np.sort(w)[::-1][:32], rtol=1e-6)
