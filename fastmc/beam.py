@@ -33,3 +33,99 @@ def sample_beam_from_u(beam: Beam, uu: jnp.ndarray) -> dict[str, jnp.ndarray]:
 
 def sample_beam(beam: Beam, key, n: int) -> dict[str, jnp.ndarray]:
     return sample_beam_from_u(beam, uniforms(key, (n, N_BEAM_UNIFORMS)))
+
+
+# ----------------------------------------------------------------------------------------
+# Beam admixture (π⁺, K⁺ per muon on target) and decay points: the hadron-capable primaries
+# ----------------------------------------------------------------------------------------
+
+import math  # noqa: E402
+
+import jax  # noqa: E402
+
+from fastmc._pytree import pytree_dataclass, static_field  # noqa: E402
+
+N_PRIMARY_UNIFORMS = N_BEAM_UNIFORMS + 2  # + species + decay point
+
+
+@pytree_dataclass
+class Admixture:
+    """Species mix of the generated primaries [μ⁺, K⁺, π⁺] and how hadron decays are sampled.
+
+    ``log_f_true``: log of the true fraction per muon on target (the run card's input);
+    ``f_gen``: generation probabilities.  A primary of species s carries log w = log f_true(s) −
+    log f_gen(s) (DESIGN.md §4), so Σw/N_gen estimates the rate per muon on target whatever f_gen.
+    Decays: ``forced = False`` — natural exponential decay point; ``forced = True`` — the decay
+    is forced inside [z_min, z_max] with weight P(decay inside) = e^{−(z_min−z_start)/λ}·(1 −
+    e^{−L/λ}), λ = βγcτ, written with expm1 for precision.
+    """
+
+    log_f_true: jnp.ndarray  # (3,)
+    f_gen: jnp.ndarray  # (3,)
+    z_min: jnp.ndarray
+    z_max: jnp.ndarray
+    forced: bool = static_field(default=False)
+
+
+def build_admixture(cfg, channel: str, z_start: float) -> Admixture:
+    """The channel's admixture from a run card (analog: generated = true fractions)."""
+    fk, fp = cfg.admixture.kaon_fraction, cfg.admixture.pion_fraction
+    f_true = [1.0 - fk - fp, fk, fp]
+    dtype = jnp.result_type(float)
+    log_true = jnp.asarray([math.log(f) if f > 0 else -math.inf for f in f_true], dtype)
+    hd = cfg.hadron_decay
+    if channel == "hadron_decay":
+        g = hd.kaon_generation_fraction
+        f_gen = [0.0, g, 1.0 - g]
+        forced = True
+    else:
+        f_gen = f_true
+        forced = False
+    z_min = z_start if hd.decay_z_min is None else hd.decay_z_min
+    return Admixture(
+        log_f_true=log_true,
+        f_gen=jnp.asarray(f_gen, dtype),
+        z_min=jnp.asarray(z_min, dtype),
+        z_max=jnp.asarray(hd.decay_z_max, dtype),
+        forced=forced,
+    )
+
+
+def sample_primaries(beam: Beam, mix: Admixture, key, n: int) -> dict[str, jnp.ndarray]:
+    """Beam primaries of mixed species with their decay points and log-weights."""
+    from fastmc.physics.decay import ctau_mm
+    from fastmc.transport import SPECIES_K, SPECIES_MU, SPECIES_PI, species_masses
+
+    uu = uniforms(key, (n, N_PRIMARY_UNIFORMS))
+    st = sample_beam_from_u(beam, uu[:, :N_BEAM_UNIFORMS])
+    dtype = st["ekin"].dtype
+    masses = species_masses()
+    cum = jnp.cumsum(mix.f_gen)
+    us = uu[:, N_BEAM_UNIFORMS]
+    species = jnp.where(us < cum[0], SPECIES_MU, jnp.where(us < cum[1], SPECIES_K, SPECIES_PI)).astype(jnp.int32)
+    # the beam line selects momentum: hadrons have the same momentum distribution as the muons
+    p_mu = jnp.sqrt(st["ekin"] * (st["ekin"] + 2 * u.muon_mass_c2))
+    m = jnp.where(species == SPECIES_K, masses[1], jnp.where(species == SPECIES_PI, masses[2], masses[0])).astype(dtype)
+    ekin = jnp.sqrt(p_mu * p_mu + m * m) - m
+    ctau = jnp.where(species == SPECIES_K, ctau_mm("K+"), ctau_mm("pi+")).astype(dtype)
+    lam = p_mu / m * ctau
+    ud = uu[:, N_BEAM_UNIFORMS + 1]
+    log_w = mix.log_f_true[species] - jnp.log(mix.f_gen[species])
+    if mix.forced:
+        length = mix.z_max - mix.z_min
+        p_in = -jnp.expm1(-length / lam)  # P(decay inside the region | reached z_min)
+        z_dec = mix.z_min - lam * jnp.log1p(-ud * p_in)
+        log_w = log_w - (mix.z_min - beam.z_start) / lam + jnp.log(p_in)
+    else:
+        z_dec = beam.z_start - lam * jnp.log(ud)
+    is_had = species != SPECIES_MU
+    st.update(
+        ekin=ekin,
+        species=species,
+        z_decay=jnp.where(is_had, z_dec, jnp.inf),
+        log_w=jnp.where(jnp.isfinite(log_w), log_w, -jnp.inf).astype(dtype),
+        e_pending=jnp.zeros((n,), dtype),
+        decayed=jnp.zeros((n,), bool),
+        hadron=is_had,
+    )
+    return st

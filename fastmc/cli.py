@@ -133,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
             "bench": cmd_bench,
             "env": cmd_env,
             "merge": cmd_merge,
+            "validate": cmd_validate,
         }[args.command](args)
     except (ConfigError, UsageError) as err:
         print(f"fastmc: error: {err}", file=sys.stderr)
@@ -195,6 +196,11 @@ def format_table(proj: dict[str, Any]) -> str:
             )
     t = proj["total"]
     lines.append(f"{'total':<28}{t['expected']:>12.4g}{t['stat_err']:>11.3g}")
+    for name, c in proj["channels"].items():
+        pu = c.get("per_unit_fraction")
+        if pu:
+            val = f"{pu['expected']:.4g} ± {pu['stat_err']:.3g}" if c["n_selected"] else f"< {pu['upper_limit_90']:.3g}"
+            lines.append(f"  {name}: per unit {pu['species']} fraction (fraction = {pu['fraction']:.3g}): {val}")
     return "\n".join(lines)
 
 

@@ -413,7 +413,7 @@ def load_model(path: str | Path) -> ModelConfig:
 # Run card
 # ----------------------------------------------------------------------------------------
 
-CHANNELS = ("analog",)
+CHANNELS = ("analog", "hadron_decay")
 SCATTERING_MODELS = ("highland", "highland_single")
 
 
@@ -445,6 +445,26 @@ class PhysicsSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class AdmixtureConfig:
+    """Beam hadrons per muon on target (true fractions): an external input, always also reported
+    per unit fraction."""
+
+    kaon_fraction: float = 0.0
+    pion_fraction: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class HadronDecayConfig:
+    """Biasing of the ``hadron_decay`` channel: only beam hadrons are generated (a K⁺ with
+    probability ``kaon_generation_fraction``, else a π⁺), their decay is forced inside
+    [decay_z_min, decay_z_max] and K⁺ decays are forced to the muonic modes."""
+
+    kaon_generation_fraction: float = 1.0
+    decay_z_min: float | None = None  # mm; default: the beam start
+    decay_z_max: float = 450.0  # mm; default: the end of the 2022 ECAL
+
+
+@dataclasses.dataclass(frozen=True)
 class RunConfig:
     path: Path
     sha256: str
@@ -457,6 +477,8 @@ class RunConfig:
     physics: PhysicsSettings
     regions: tuple[tuple[str, tuple[CutConfig, ...]], ...]
     save_events: bool
+    admixture: AdmixtureConfig = AdmixtureConfig()
+    hadron_decay: HadronDecayConfig = HadronDecayConfig()
 
     def with_overrides(self, **changes: Any) -> RunConfig:
         return dataclasses.replace(self, **changes)
@@ -485,12 +507,13 @@ VARIABLE_HELP = {
     "out_ok": "1 if the downstream track was reconstructed, else 0",
     "e_<group>_GeV": "visible energy summed over the readout group (e.g. e_ecal_GeV, e_hcal_GeV)",
     "e_<group>_MeV": "same in MeV (convenient for counters, e.g. e_veto_MeV)",
+    "truth_hadron": "TRUTH (closure/validation studies only): 1 if the primary was a beam hadron",
 }
 
 
 def selection_variables(model: ModelConfig) -> tuple[str, ...]:
     """The names a cut may use for this model."""
-    names = ["in_ok", "out_ok"]
+    names = ["in_ok", "out_ok", "truth_hadron"]
     for s in model.spectrometers:
         names.append(f"{s.output}_GeV")
     groups = sorted({e.group for e in model.elements if e.kind == "slab" and e.readout != "none"})
@@ -552,6 +575,36 @@ def load_run(path: str | Path, overrides: dict[str, Any] | None = None) -> RunCo
     _check_process_names(ph, physics)
     ph.finish()
 
+    adm = root.table("admixture", {})
+    admixture = AdmixtureConfig(
+        kaon_fraction=adm.number("kaon_fraction", 0.0, ge=0.0, lt=1.0),
+        pion_fraction=adm.number("pion_fraction", 0.0, ge=0.0, lt=1.0),
+    )
+    adm.string("source", "")
+    if admixture.kaon_fraction + admixture.pion_fraction >= 1.0:
+        raise adm.fail("pion_fraction", admixture.pion_fraction, "kaon_fraction + pion_fraction must be < 1")
+    adm.finish()
+    chs = root.table("channels", {})
+    hd = chs.table("hadron_decay", {})
+    zmin = hd.number("decay_z_min_m", None, le=0.0 + 1e3)
+    hadron_decay = HadronDecayConfig(
+        kaon_generation_fraction=hd.number("kaon_generation_fraction", 1.0, ge=0.0, le=1.0),
+        decay_z_min=None if zmin is None else zmin * u.m,
+        decay_z_max=hd.number("decay_z_max_m", 0.45, le=1e3) * u.m,
+    )
+    if hadron_decay.decay_z_min is not None and not hadron_decay.decay_z_min < hadron_decay.decay_z_max:
+        raise hd.fail("decay_z_max_m", hadron_decay.decay_z_max / u.m, "must be > decay_z_min_m")
+    if hadron_decay.decay_z_min is not None and hadron_decay.decay_z_min < model.beam.z_start:
+        raise hd.fail("decay_z_min_m", zmin, "must not be upstream of the beam start")
+    if "hadron_decay" in channels and admixture.kaon_fraction + admixture.pion_fraction == 0.0:
+        raise run.fail("channels", list(channels), "hadron_decay needs [admixture] kaon_fraction or pion_fraction > 0")
+    if "hadron_decay" in channels:
+        g = hadron_decay.kaon_generation_fraction
+        if (g > 0 and admixture.kaon_fraction == 0) or (g < 1 and admixture.pion_fraction == 0):
+            raise hd.fail("kaon_generation_fraction", g, "generates a species whose [admixture] fraction is 0")
+    hd.finish()
+    chs.finish()
+
     variables = selection_variables(model)
     sel = root.table("selection")
     regions = []
@@ -578,6 +631,8 @@ def load_run(path: str | Path, overrides: dict[str, Any] | None = None) -> RunCo
         physics=physics,
         regions=tuple(regions),
         save_events=save_events,
+        admixture=admixture,
+        hadron_decay=hadron_decay,
     )
     return cfg
 

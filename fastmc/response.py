@@ -44,7 +44,7 @@ def detector_response(setup: Setup, truth: dict, key_chunk: jax.Array) -> dict:
             hits[el.name] = (mx, my, present)
         elif el.kind == "slab" and el.readout != "none":
             rec = truth["slabs"][el.name]
-            edep = rec["e_cont"] + jnp.sum(rec["e_proc"], axis=-1)
+            edep = rec["e_cont"] + jnp.sum(rec["e_proc"], axis=-1) + rec.get("e_other", 0.0)
             uu = uniforms(jax.random.fold_in(key_r, i), (edep.shape[0], 1), edep.dtype)
             sigma = calorimeter_sigma(edep, el.stochastic_term, el.constant_term, el.noise)
             vis = el.response_scale * edep + sigma * normal_from_uniform(uu[:, 0])

@@ -35,6 +35,7 @@ class ChainOptions:
     chunk_size: int
     max_interactions: int
     branches: tuple[int, ...]
+    hadrons: bool = False  # transport beam hadrons (K⁺, π⁺) with decays in flight
 
 
 @dataclasses.dataclass
@@ -49,6 +50,7 @@ class Prepared:
     table_hash: str
     build_seconds: float
     options: ChainOptions
+    admixtures: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 def prepare(cfg: RunConfig) -> Prepared:
@@ -68,12 +70,21 @@ def prepare(cfg: RunConfig) -> Prepared:
     )
     dtype = jnp.result_type(float)
     tables = build_tables(mats, pcfg)
-    physics = Physics(tables.device(dtype), build_scattering_params(mats).device(dtype), ph.scattering)
+    hadrons = cfg.admixture.kaon_fraction + cfg.admixture.pion_fraction > 0 or "hadron_decay" in cfg.channels
+    decay = None
+    if hadrons:
+        from fastmc.physics.decay import build_decay_tables
+
+        decay = build_decay_tables().device(dtype)
+    lambda_i = jnp.asarray([m.lambda_I_mm for m in mats], dtype)
+    physics = Physics(tables.device(dtype), build_scattering_params(mats).device(dtype), ph.scattering, lambda_i, decay)
     setup = build_setup(cfg.model, index)
+    from fastmc.beam import build_admixture
     from fastmc.transport import slot_branches
 
     e_max = 1.5 * float(setup.beam.momentum)
-    options = ChainOptions(cfg.chunk_size, ph.max_interactions, slot_branches(setup, physics, e_max))
+    options = ChainOptions(cfg.chunk_size, ph.max_interactions, slot_branches(setup, physics, e_max), hadrons)
+    admixtures = {ch: build_admixture(cfg, ch, float(setup.beam.z_start)) for ch in cfg.channels}
     return Prepared(
         cfg=cfg,
         setup=setup,
@@ -83,6 +94,7 @@ def prepare(cfg: RunConfig) -> Prepared:
         table_hash=str(getattr(tables, "hash", "")),
         build_seconds=time.perf_counter() - t0,
         options=options,
+        admixtures=admixtures,
     )
 
 
@@ -91,10 +103,14 @@ def prepare(cfg: RunConfig) -> Prepared:
 # ----------------------------------------------------------------------------------------
 
 
-def simulate_events(setup: Setup, physics: Physics, key_c: jax.Array, opts: ChainOptions) -> tuple[dict, jnp.ndarray, dict]:
-    """Analog chain for one chunk: beam → transport → response → reconstruction.
+def simulate_events(
+    setup: Setup, physics: Physics, key_c: jax.Array, opts: ChainOptions, mix: Any = None
+) -> tuple[dict, jnp.ndarray, dict]:
+    """The chain for one chunk: beam → transport → response → reconstruction.
 
-    Returns (variables, log_w, extras).
+    ``mix`` (:class:`fastmc.beam.Admixture`) is the channel's biasing of the primaries (species
+    generation fractions, natural or forced decays); the analog channel of a muon-only card has
+    none.  Returns (variables, log_w, extras).
     """
     from fastmc.beam import sample_beam
     from fastmc.reconstruct import reconstruct
@@ -102,17 +118,28 @@ def simulate_events(setup: Setup, physics: Physics, key_c: jax.Array, opts: Chai
 
     dtype = jnp.result_type(float)
     chunk_size = opts.chunk_size
-    state = sample_beam(setup.beam, stream_key(key_c, STREAM_BEAM), chunk_size)
-    state = {k: v.astype(dtype) for k, v in state.items()}
+    if opts.hadrons:
+        from fastmc.beam import sample_primaries
+
+        state = sample_primaries(setup.beam, mix, stream_key(key_c, STREAM_BEAM), chunk_size)
+    else:
+        state = sample_beam(setup.beam, stream_key(key_c, STREAM_BEAM), chunk_size)
+        state = {k: v.astype(dtype) for k, v in state.items()}
     state["alive"] = jnp.ones((chunk_size,), bool)
-    final, truth = transport(setup, physics, state, key_c, opts.max_interactions, opts.branches)
+    forced = bool(mix is not None and mix.forced)
+    final, truth = transport(setup, physics, state, key_c, opts.max_interactions, opts.branches, forced)
     measured = detector_response(setup, truth, key_c)
     variables = reconstruct(setup, measured)
-    log_w = jnp.zeros((chunk_size,), dtype)
+    if opts.hadrons:
+        log_w = final["log_w"]
+        variables["truth_hadron"] = state["hadron"].astype(dtype)
+    else:
+        log_w = jnp.zeros((chunk_size,), dtype)
+        variables["truth_hadron"] = jnp.zeros((chunk_size,), dtype)
     return variables, log_w, {"n_overflow": truth["n_overflow"]}
 
 
-CHANNEL_FUNCS = {"analog": simulate_events}
+CHANNEL_FUNCS = {"analog": simulate_events, "hadron_decay": simulate_events}
 
 
 @functools.partial(jax.jit, static_argnames=("opts", "channel", "with_events"))
@@ -125,9 +152,10 @@ def simulate_chunk(
     opts: ChainOptions,
     channel: str = "analog",
     with_events: bool = False,
+    mix: Any = None,
 ):
-    """One chunk → (tally rows (n_slots, 4), overflow count, [events])."""
-    variables, log_w, extras = CHANNEL_FUNCS[channel](setup, physics, key_c, opts)
+    """One chunk → (tally rows (n_slots, N_FIELDS), overflow count, [events])."""
+    variables, log_w, extras = CHANNEL_FUNCS[channel](setup, physics, key_c, opts, mix)
     valid = jnp.arange(opts.chunk_size) < n_valid
     masks = pass_masks(selection, variables, valid)
     rows = chunk_tally(masks, log_w)
@@ -224,6 +252,7 @@ def run(
                     prep.options,
                     ch,
                     cfg.save_events,
+                    prep.admixtures.get(ch),
                 )
                 rows[i, ci] = np.asarray(r, dtype=np.float64)
                 overflow[i, ci] = int(nov)
@@ -268,7 +297,22 @@ def _stack_events(events: dict[str, list]) -> dict[str, Any]:
 
 def projection(cfg: RunConfig, result: RunResult, mot: float | None = None) -> dict[str, Any]:
     """The background table as a JSON-able dict (schema of ``fastmc project --json``)."""
-    return projection_from(float(cfg.mot if mot is None else mot), cfg.regions[0][0], result)
+    proj = projection_from(float(cfg.mot if mot is None else mot), cfg.regions[0][0], result)
+    if "hadron_decay" in proj["channels"]:
+        # the hadron fractions are external inputs: also report the rate per unit fraction
+        g = cfg.hadron_decay.kaon_generation_fraction
+        est = proj["channels"]["hadron_decay"]
+        frac = cfg.admixture.kaon_fraction if g == 1.0 else cfg.admixture.pion_fraction if g == 0.0 else None
+        label = "K+" if g == 1.0 else "pi+" if g == 0.0 else None
+        if frac:
+            est["per_unit_fraction"] = {
+                "species": label,
+                "fraction": frac,
+                "expected": est["expected"] / frac,
+                "stat_err": est["stat_err"] / frac,
+                "upper_limit_90": None if est["upper_limit_90"] is None else est["upper_limit_90"] / frac,
+            }
+    return proj
 
 
 def projection_from(mot: float, region0: str, result: RunResult) -> dict[str, Any]:
@@ -301,12 +345,15 @@ def projection_from(mot: float, region0: str, result: RunResult) -> dict[str, An
 
 def chunk_variables(prep: Prepared, chunk_index: int, channel: str = "analog") -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Event-level reconstructed variables and log-weights of one chunk (numpy), for studies and tests."""
-    out = _chunk_variables_jit(prep.setup, prep.physics, chunk_key(prep.cfg.seed, int(chunk_index)), prep.options, channel)
+    out = _chunk_variables_jit(
+        prep.setup, prep.physics, chunk_key(prep.cfg.seed, int(chunk_index)), prep.options, channel,
+        prep.admixtures.get(channel),
+    )
     variables, log_w = out
     return {k: np.asarray(v) for k, v in variables.items()}, np.asarray(log_w)
 
 
 @functools.partial(jax.jit, static_argnames=("opts", "channel"))
-def _chunk_variables_jit(setup, physics, key_c, opts, channel):
-    variables, log_w, _ = CHANNEL_FUNCS[channel](setup, physics, key_c, opts)
+def _chunk_variables_jit(setup, physics, key_c, opts, channel, mix):
+    variables, log_w, _ = CHANNEL_FUNCS[channel](setup, physics, key_c, opts, mix)
     return variables, log_w

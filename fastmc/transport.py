@@ -43,9 +43,29 @@ __all__ = ["Physics", "material_step", "drift", "transport", "element_arrays", "
 N_PROC = 4
 
 
-def kinematics(ekin: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
-    """(|p|, β) of a muon of kinetic energy ``ekin`` (MeV)."""
-    m = u.muon_mass_c2
+SPECIES_MU, SPECIES_K, SPECIES_PI = 0, 1, 2
+SPECIES_NAMES = ("mu+", "K+", "pi+")
+
+
+def species_masses() -> tuple[float, float, float]:
+    """Masses (MeV) of the transported species, from the ``particle`` package (PDG 2024)."""
+    from particle import Particle
+
+    return (u.muon_mass_c2, float(Particle.from_pdgid(321).mass), float(Particle.from_pdgid(211).mass))
+
+
+def state_mass(state: dict) -> Any:
+    """Per-particle mass (MeV): the muon mass unless the state carries hadron species."""
+    if "species" not in state:
+        return u.muon_mass_c2
+    m = species_masses()
+    sp = state["species"]
+    return jnp.where(sp == SPECIES_K, m[1], jnp.where(sp == SPECIES_PI, m[2], m[0])).astype(state["ekin"].dtype)
+
+
+def kinematics(ekin: jnp.ndarray, mass: Any = u.muon_mass_c2) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """(|p|, β) of a particle of kinetic energy ``ekin`` (MeV) and mass ``mass`` (muon by default)."""
+    m = mass
     etot = ekin + m
     pmag = jnp.sqrt(jnp.maximum(ekin * (ekin + 2.0 * m), 0.0))
     return pmag, pmag / etot
@@ -57,17 +77,26 @@ class Physics:
     Registered as a pytree (tables and params are pytrees; the settings are static).
     """
 
-    def __init__(self, tables: Any, scattering: Any, scattering_model: str = "highland_single"):
+    def __init__(
+        self,
+        tables: Any,
+        scattering: Any,
+        scattering_model: str = "highland_single",
+        lambda_i: Any = None,
+        decay: Any = None,
+    ):
         self.tables = tables
         self.scattering = scattering
         self.scattering_model = scattering_model
+        self.lambda_i = lambda_i  # (n_mat,) nuclear interaction length [mm] (hadron absorption)
+        self.decay = decay  # fastmc.physics.decay.DecayTables (hadron channels) or None
 
     def tree_flatten(self):
-        return (self.tables, self.scattering), (self.scattering_model,)
+        return (self.tables, self.scattering, self.lambda_i, self.decay), (self.scattering_model,)
 
     @classmethod
     def tree_unflatten(cls, aux, children):
-        return cls(children[0], children[1], aux[0])
+        return cls(children[0], children[1], aux[0], children[2], children[3])
 
 
 jax.tree_util.register_pytree_node(Physics, Physics.tree_flatten, Physics.tree_unflatten)
@@ -112,10 +141,16 @@ def material_step(
     m = u.muon_mass_c2
     ekin_in = state["ekin"]
     alive = state["alive"]
+    mass = state_mass(state)
+    is_mu = state["species"] == SPECIES_MU if "species" in state else jnp.ones_like(alive)
     path = length * density_scale  # mass-equivalent length at nominal density
-    safe_e = jnp.maximum(ekin_in, 1.0)
+    # Tables are muon tables.  A hadron loses energy by ionisation like a muon of the same βγ (the
+    # Bethe formula depends on βγ only), i.e. of kinetic energy m_μ(γ − 1); its radiative losses
+    # are (m_μ/M)² smaller and are neglected (no stochastic interactions for hadrons).
+    ekin_eq = jnp.where(is_mu, ekin_in, ekin_in * (m / mass))
+    safe_e = jnp.maximum(ekin_eq, 1.0)
     xs = stochastic_xs(tables, mat, safe_e) * density_scale  # (B, 4) 1/mm
-    xs = jnp.where(alive[:, None], xs, 0.0)
+    xs = jnp.where((alive & is_mu)[:, None], xs, 0.0)
     xs_tot = jnp.sum(xs, axis=-1)
     n, overflow = _poisson_count(xs_tot * length, uu[:, 0], k)
     overflow = overflow & alive
@@ -160,10 +195,10 @@ def material_step(
     e_cont = jnp.where(alive, ekin_in - ekin - e_stoch, 0.0)
 
     # multiple scattering with p = √(p_in p_out)
-    p_in, _ = kinematics(ekin_in)
-    p_out, _ = kinematics(ekin)
+    p_in, _ = kinematics(ekin_in, mass)
+    p_out, _ = kinematics(ekin, mass)
     p_mid = jnp.sqrt(p_in * jnp.maximum(p_out, 1e-3))
-    beta_mid = p_mid / jnp.sqrt(p_mid**2 + m**2)
+    beta_mid = p_mid / jnp.sqrt(p_mid**2 + mass**2)
     scat = sample_scattering_info(
         physics.scattering,
         mat,
@@ -193,13 +228,13 @@ def material_step(
     return new, rec
 
 
-def _kick_angle(ekin: jnp.ndarray, field_integral: jnp.ndarray, charge: int) -> jnp.ndarray:
+def _kick_angle(ekin: jnp.ndarray, field_integral: jnp.ndarray, charge: int, mass: Any = u.muon_mass_c2) -> jnp.ndarray:
     """Thin-lens dipole kick: Δθ = q·0.2998·∫B dl[T·m] / p[GeV/c].
 
     Applied at the magnet centre; exact in the small-angle limit for a uniform field (the exit
     position of a thin lens at the centre equals that of the uniform-field arc to O(θ²)).
     """
-    pmag, _ = kinematics(ekin)
+    pmag, _ = kinematics(ekin, mass)
     return charge * u.GEV_PER_TESLA_METRE * field_integral * u.GeV / jnp.maximum(pmag, 1.0)
 
 
@@ -216,7 +251,7 @@ def drift(physics: Physics, state: dict, mat, length, density_scale, uu: jnp.nda
     # one Euler step: the gaps of a setup hold a few g/cm² of air (relative change of dE/dx ≪ 1e-3)
     ekin = state["ekin"] - continuous_dedx(physics.tables, mat, state["ekin"]) * path
     ekin = jnp.where(state["alive"], ekin, state["ekin"])
-    pmag, beta = kinematics(jnp.maximum(ekin, 1.0))
+    pmag, beta = kinematics(jnp.maximum(ekin, 1.0), state_mass(state))
     pad = jnp.full(uu.shape[:1] + (N_SCAT_UNIFORMS - uu.shape[1],), 0.5, uu.dtype)
     dtx, dty, dx, dy = sample_scattering(
         physics.scattering, mat, pmag, beta, path, jnp.concatenate([uu, pad], axis=1), model="highland"
@@ -240,8 +275,10 @@ def element_arrays(setup: Setup) -> dict[str, jnp.ndarray]:
     slot ends at its centre, so its second half is part of the next slot's drift.
     """
     z_prev = setup.beam.z_start
-    pre, length, mats, dscale, kx, ky = [], [], [], [], [], []
+    pre, length, mats, dscale, kx, ky, z0, is_slab = [], [], [], [], [], [], [], []
     for el in setup.elements:
+        z0.append(z_prev)
+        is_slab.append(el.kind == "slab")
         if el.kind == "magnet":
             centre = el.z + 0.5 * el.thickness
             pre.append(centre - z_prev)
@@ -264,6 +301,8 @@ def element_arrays(setup: Setup) -> dict[str, jnp.ndarray]:
         "dscale": jnp.stack(dscale),
         "kick_x": jnp.stack(kx),
         "kick_y": jnp.stack(ky),
+        "z0": jnp.stack(z0),
+        "is_slab": jnp.asarray(is_slab),
     }
 
 
@@ -278,6 +317,7 @@ def transport(
     key_chunk: jax.Array,
     max_interactions: int = 8,
     branches: tuple[int, ...] | None = None,
+    forced_decay: bool = False,
 ) -> tuple[dict[str, jnp.ndarray], dict[str, Any]]:
     """Transport a batch from ``setup.beam.z_start`` through every element (``lax.scan``).
 
@@ -291,10 +331,17 @@ def transport(
     Returns the final state and the truth record: ``hits[name] = (x, y, reached)`` at each
     tracker's exit face, ``slabs[name]`` = the material-step record of every slab, and
     ``n_overflow`` (B,), the number of slots in which an interaction cap was exceeded.
+
+    Hadrons: if the state carries ``species`` (with ``z_decay``, ``log_w``, ``e_pending``), beam
+    K⁺/π⁺ are transported too (:func:`hadron_slot_before_material`): they decay at ``z_decay``
+    (sampled by the caller), are absorbed in material with probability 1 − exp(−L/λ_I), and the
+    energy of decay photons and absorbed hadrons is deposited in the next slab.
+    ``forced_decay`` (static) forces the muonic K⁺ modes (μν, π⁰μν) with weight Σ BR.
     """
     key_t = stream_key(key_chunk, STREAM_TRANSPORT)
     bsz = state["ekin"].shape[0]
     dtype = state["ekin"].dtype
+    hadrons = "species" in state
     arrays = element_arrays(setup)
     n_el = len(setup.elements)
     if branches is None:
@@ -304,6 +351,7 @@ def transport(
     gap_scale = setup.gap_density_scale
     zero = jnp.zeros((bsz,), dtype)
     empty_rec = {
+        "e_other": zero,
         "e_cont": zero,
         "e_proc": jnp.zeros((bsz, N_PROC), dtype),
         "hardest": zero,
@@ -315,6 +363,7 @@ def transport(
         def step(st, a, key):
             uu = uniforms(key, (bsz, n_step_uniforms(k)), dtype)
             st, rec = material_step(physics, st, a["mat"], a["length"], a["dscale"], k, uu)
+            rec["e_other"] = zero
             return st, {key_: rec[key_] for key_ in empty_rec}
 
         return step
@@ -326,12 +375,25 @@ def transport(
         i, br, a = xs
         key_i = jax.random.fold_in(key_t, i)
         uu = uniforms(jax.random.fold_in(key_i, 0), (bsz, 4), dtype)
-        st = drift(physics, st, gap_mat, a["pre"], gap_scale, uu)
+        if hadrons:
+            st = hadron_slot_before_material(
+                physics, st, a, gap_mat, gap_scale, uu, jax.random.fold_in(key_i, 2), forced_decay
+            )
+        else:
+            st = drift(physics, st, gap_mat, a["pre"], gap_scale, uu)
         st, rec = jax.lax.switch(br, kernels, st, a, jax.random.fold_in(key_i, 1))
+        if hadrons:
+            # energy of decay photons / absorbed hadrons lands in the first slab reached
+            dep = jnp.where(a["is_slab"] & (a["length"] > 0), st["e_pending"], 0.0)
+            rec = dict(rec)
+            rec["e_other"] = rec["e_other"] + dep
+            st = dict(st)
+            st["e_pending"] = st["e_pending"] - dep
         alive = st["alive"]
         st = dict(st)
-        st["tx"] = st["tx"] + jnp.where(alive, _kick_angle(st["ekin"], a["kick_x"], charge), 0.0)
-        st["ty"] = st["ty"] + jnp.where(alive, _kick_angle(st["ekin"], a["kick_y"], charge), 0.0)
+        mass = state_mass(st)
+        st["tx"] = st["tx"] + jnp.where(alive, _kick_angle(st["ekin"], a["kick_x"], charge, mass), 0.0)
+        st["ty"] = st["ty"] + jnp.where(alive, _kick_angle(st["ekin"], a["kick_y"], charge, mass), 0.0)
         out = {"x": st["x"], "y": st["y"], "alive": alive, **{key: rec[key] for key in REC_KEYS}}
         return (st, n_over + rec["overflow"].astype(jnp.int32)), out
 
@@ -383,7 +445,99 @@ def expected_counts(setup: Setup, physics: Physics, ekin: float) -> dict[str, fl
     return out
 
 
-REC_KEYS = ("e_cont", "e_proc", "hardest", "hardest_proc")
+REC_KEYS = ("e_cont", "e_proc", "hardest", "hardest_proc", "e_other")
+
+
+N_HADRON_UNIFORMS = 4 + 2  # 4 drift (second part) + absorption + decay-mode choice
+
+
+def hadron_slot_before_material(physics, st, a, gap_mat, gap_scale, uu_drift, key, forced_decay: bool):
+    """Gap drift with an in-flight decay at ``z_decay``, then hadron absorption in the slot's material.
+
+    Order: drift to the decay point (if it lies in this gap), decay, drift the rest; then a hadron
+    entering the material is absorbed with probability 1 − exp(−ℓ/λ_I), ℓ = the path it would
+    travel in the material before decaying (all of it if it decays later); an absorbed hadron's
+    kinetic energy is deposited in this slab.  A hadron decaying inside the material decays at
+    the material's front face (its daughter crosses the full slab): this approximation only
+    concerns decays within a slab (≈ 2 % of the decays before the 2022 ECAL).
+    """
+    from fastmc.physics.decay import N_DECAY_UNIFORMS
+
+    dtype = st["ekin"].dtype
+    bsz = st["ekin"].shape[0]
+    uu = uniforms(key, (bsz, N_HADRON_UNIFORMS + N_DECAY_UNIFORMS), dtype)
+    z0, pre = a["z0"], a["pre"]
+    z1 = z0 + pre
+    z2 = z1 + a["length"]
+    zd = st["z_decay"]
+    had = st["alive"] & (st["species"] != SPECIES_MU)
+    in_gap = had & (zd >= z0) & (zd < z1)
+    d1 = jnp.where(in_gap, jnp.clip(zd - z0, 0.0, pre), pre)
+    st = drift(physics, st, gap_mat, d1, gap_scale, uu_drift)
+    st = decay_in_flight(physics, st, in_gap & st["alive"], uu[:, 6:], uu[:, 5], forced_decay)
+    st = drift(physics, st, gap_mat, pre - d1, gap_scale, uu[:, :4])
+    # absorption of hadrons in the material of this slot
+    had = st["alive"] & (st["species"] != SPECIES_MU)
+    zd = st["z_decay"]
+    ell = jnp.clip(zd - z1, 0.0, a["length"]) * a["dscale"]
+    p_survive = jnp.exp(-ell / physics.lambda_i[a["mat"]])
+    absorbed = had & (uu[:, 4] > p_survive)
+    st = dict(st)
+    st["e_pending"] = st["e_pending"] + jnp.where(absorbed, st["ekin"], 0.0)
+    st["alive"] = st["alive"] & ~absorbed
+    in_mat = st["alive"] & had & (zd >= z1) & (zd < z2)
+    return decay_in_flight(physics, st, in_mat, uu[:, 6:], uu[:, 5], forced_decay)
+
+
+def decay_in_flight(physics, st, mask, u_dec, u_mode, forced_decay: bool):
+    """Replace the parent hadron by its decay product where ``mask``; weights go into ``log_w``.
+
+    The one charged track that matters downstream continues (μ⁺ → muon; π⁺ → pion; e⁺ is absorbed
+    at once); the energies of π⁰ photons and of other charged pions are deposited in the next
+    slab (they hit the calorimeter).  With ``forced_decay`` a K⁺ decays only to μ⁺ν or π⁰μ⁺ν,
+    chosen with probability ∝ BR, and the weight carries log(BR_μν + BR_π⁰μν).
+    """
+    from fastmc.physics.decay import MODES, sample_decay_from_u
+
+    tables = physics.decay
+    masses = species_masses()
+    mass = state_mass(st)
+    pmag, _ = kinematics(st["ekin"], mass)
+    pmag = jnp.maximum(pmag, 1.0)
+    sp = st["species"]
+    dk = sample_decay_from_u(tables, "pi+", pmag, u_dec)
+    if forced_decay:
+        i_mn, i_pmn = MODES["K+"].index("mu_nu"), MODES["K+"].index("pi0_mu_nu")
+        a = sample_decay_from_u(tables, "K+", pmag, u_dec, mode=i_mn)
+        b = sample_decay_from_u(tables, "K+", pmag, u_dec, mode=i_pmn)
+        log_sum = jnp.logaddexp(a["log_br"], b["log_br"])
+        take_a = u_mode < jnp.exp(a["log_br"] - log_sum)
+        kk = {key: jnp.where(take_a, a[key], b[key]) for key in a}
+        kk["log_w_force"] = log_sum
+    else:
+        kk = sample_decay_from_u(tables, "K+", pmag, u_dec)
+        kk["log_w_force"] = jnp.zeros_like(pmag)
+    is_k = sp == SPECIES_K
+    d = {key: jnp.where(is_k, kk[key], dk[key]) for key in dk}
+    log_w = jnp.where(is_k, kk["log_w_force"], 0.0)
+    pdg = d["charged_pdg"]
+    new_sp = jnp.where(pdg == -13, SPECIES_MU, jnp.where(pdg == 211, SPECIES_PI, SPECIES_MU))
+    new_m = jnp.where(new_sp == SPECIES_PI, masses[2], masses[0]).astype(st["ekin"].dtype)
+    p = d["p"]
+    ekin_d = jnp.sqrt(p * p + new_m * new_m) - new_m
+    is_e = pdg == -11
+    out = dict(st)
+    out["species"] = jnp.where(mask, new_sp, sp)
+    out["ekin"] = jnp.where(mask, ekin_d, st["ekin"])
+    out["tx"] = jnp.where(mask, st["tx"] + d["theta"] * jnp.cos(d["phi"]), st["tx"])
+    out["ty"] = jnp.where(mask, st["ty"] + d["theta"] * jnp.sin(d["phi"]), st["ty"])
+    dep = d["e_visible_neutral"] + d["e_other_charged"] + jnp.where(is_e, jnp.sqrt(p * p + 0.511**2), 0.0)
+    out["e_pending"] = st["e_pending"] + jnp.where(mask, dep, 0.0)
+    out["alive"] = st["alive"] & ~(mask & is_e)
+    out["z_decay"] = jnp.where(mask, jnp.inf, st["z_decay"])
+    out["log_w"] = st["log_w"] + jnp.where(mask, log_w, 0.0)
+    out["decayed"] = st["decayed"] | mask
+    return out
 
 
 # --------------------------------------------------------------------------------------
@@ -418,7 +572,7 @@ def _layers_physics(materials: tuple[str, ...], settings_key: tuple) -> Physics:
     dtype = jnp.result_type(float)
     tables = build_tables(mats, cfg).device(dtype)
     scat = build_scattering_params(mats).device(dtype)
-    return Physics(tables, scat, scat_model)
+    return Physics(tables, scat, scat_model, jnp.asarray([m.lambda_I_mm for m in mats], dtype))
 
 
 @functools.partial(jax.jit, static_argnames=("n", "ks"))
