@@ -203,6 +203,10 @@ class ElementConfig:
     # tracker
     resolution: float = 0.0  # mm, per projection
     efficiency: float = 1.0
+    tail_fraction: float = 0.0  # fraction of hits measured with the wide component
+    tail_sigma: float = 0.0  # mm, σ of the wide component
+    time_window: float = 0.0  # ns, readout window (pile-up)
+    road: float = 5.0  # mm, half-width of the search road in which a stray hit is picked up
     # magnet
     field_integral: float = 0.0  # T·m
     bend_plane: str = "x"
@@ -228,6 +232,7 @@ class SpectrometerConfig:
     magnets: tuple[str, ...]
     upstream: tuple[str, ...]
     downstream: tuple[str, ...]
+    incoming: tuple[str, ...] = ()  # trackers of the track before the target (kink variable)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -319,6 +324,12 @@ def _parse_element(sec: _Section, materials: tuple[str, ...]) -> ElementConfig:
     if kind == "tracker":
         kw["resolution"] = sec.number("resolution_mm", gt=0.0, le=100.0) * u.mm
         kw["efficiency"] = sec.number("efficiency", 1.0, gt=0.0, le=1.0)
+        kw["tail_fraction"] = sec.number("tail_fraction", 0.0, ge=0.0, lt=1.0)
+        kw["tail_sigma"] = sec.number("tail_sigma_mm", 0.0, ge=0.0, le=1000.0) * u.mm
+        if kw["tail_fraction"] > 0 and not kw["tail_sigma"] > kw["resolution"]:
+            raise sec.fail("tail_sigma_mm", kw["tail_sigma"], "must exceed resolution_mm when tail_fraction > 0")
+        kw["time_window"] = sec.number("time_window_ns", 0.0, ge=0.0, le=1e6) * u.ns
+        kw["road"] = sec.number("road_mm", 5.0, gt=0.0, le=1000.0) * u.mm
     if kind == "slab":
         ro = sec.table("readout", {})
         readout = ro.string("kind", "none", choices=READOUT_KINDS)
@@ -340,7 +351,12 @@ def _parse_spectrometer(sec: _Section, elements: dict[str, ElementConfig]) -> Sp
     output = sec.string("output", choices=("p_in", "p_out"))
     plane = sec.string("bend_plane", choices=("x", "y"))
     lists = {}
-    for key, kind, minimum in (("magnets", "magnet", 1), ("upstream", "tracker", 2), ("downstream", "tracker", 2)):
+    for key, kind, minimum in (("magnets", "magnet", 1), ("upstream", "tracker", 2), ("downstream", "tracker", 2),
+                               ("incoming", "tracker", 2)):
+        if key == "incoming" and key not in sec.data:
+            lists[key] = ()
+            sec.used.add(key)
+            continue
         names = sec.strings(key)
         if len(names) < minimum:
             raise sec.fail(key, list(names), f"needs at least {minimum} {kind} element(s)")
@@ -413,7 +429,7 @@ def load_model(path: str | Path) -> ModelConfig:
 # Run card
 # ----------------------------------------------------------------------------------------
 
-CHANNELS = ("analog", "hadron_decay")
+CHANNELS = ("analog", "hadron_decay", "momentum_misreconstruction")
 SCATTERING_MODELS = ("highland", "highland_single")
 
 
@@ -465,6 +481,17 @@ class HadronDecayConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class MisrecoConfig:
+    """Biasing of the ``momentum_misreconstruction`` channel: in ``n_forced`` tracker planes
+    (chosen at random among ``planes``) the hit is drawn from a defensive mixture
+    β·natural + (1−β)·pathology (wide-tail hit, or lost hit replaced by a stray one)."""
+
+    planes: tuple[str, ...] = ()  # default: every tracker of the spectrometers and incoming tracks
+    n_forced: int = 2
+    beta: float = 0.5
+
+
+@dataclasses.dataclass(frozen=True)
 class RunConfig:
     path: Path
     sha256: str
@@ -479,6 +506,7 @@ class RunConfig:
     save_events: bool
     admixture: AdmixtureConfig = AdmixtureConfig()
     hadron_decay: HadronDecayConfig = HadronDecayConfig()
+    misreco: MisrecoConfig = MisrecoConfig()
 
     def with_overrides(self, **changes: Any) -> RunConfig:
         return dataclasses.replace(self, **changes)
@@ -507,6 +535,9 @@ VARIABLE_HELP = {
     "out_ok": "1 if the downstream track was reconstructed, else 0",
     "e_<group>_GeV": "visible energy summed over the readout group (e.g. e_ecal_GeV, e_hcal_GeV)",
     "e_<group>_MeV": "same in MeV (convenient for counters, e.g. e_veto_MeV)",
+    "p_<out>_chi2ndf": "χ²/ndf of the two straight-line fits of a spectrometer (0 when ndf = 0)",
+    "kink_<out>_mrad": "angle between the incoming track and the spectrometer's upstream arm (both projections)",
+    "kink_<out>_pt_MeV": "the same kink times the reconstructed momentum: the transverse kick at the target",
     "truth_hadron": "TRUTH (closure/validation studies only): 1 if the primary was a beam hadron",
 }
 
@@ -515,7 +546,9 @@ def selection_variables(model: ModelConfig) -> tuple[str, ...]:
     """The names a cut may use for this model."""
     names = ["in_ok", "out_ok", "truth_hadron"]
     for s in model.spectrometers:
-        names.append(f"{s.output}_GeV")
+        names += [f"{s.output}_GeV", f"{s.output}_chi2ndf"]
+        if s.incoming:
+            names += [f"kink_{s.output}_mrad", f"kink_{s.output}_pt_MeV"]
     groups = sorted({e.group for e in model.elements if e.kind == "slab" and e.readout != "none"})
     for g in groups:
         names += [f"e_{g}_GeV", f"e_{g}_MeV"]
@@ -603,6 +636,23 @@ def load_run(path: str | Path, overrides: dict[str, Any] | None = None) -> RunCo
         if (g > 0 and admixture.kaon_fraction == 0) or (g < 1 and admixture.pion_fraction == 0):
             raise hd.fail("kaon_generation_fraction", g, "generates a species whose [admixture] fraction is 0")
     hd.finish()
+    mr = chs.table("momentum_misreconstruction", {})
+    trackers = [e.name for e in model.elements if e.kind == "tracker"]
+    default_planes = tuple(dict.fromkeys(
+        n for s in model.spectrometers for n in (*s.incoming, *s.upstream, *s.downstream) if s.output == "p_out"))
+    planes = mr.strings("planes", list(default_planes))
+    for n in planes:
+        if n not in trackers:
+            raise mr.fail("planes", list(planes), f"{n!r} is not a tracker of the model")
+    n_forced = mr.number("n_forced", 2, integer=True, ge=1, le=2)
+    if len(planes) < n_forced:
+        raise mr.fail("planes", list(planes), f"needs at least n_forced = {n_forced} planes")
+    misreco = MisrecoConfig(
+        planes=tuple(planes),
+        n_forced=n_forced,
+        beta=mr.number("beta", 0.5, gt=0.0, lt=1.0),
+    )
+    mr.finish()
     chs.finish()
 
     variables = selection_variables(model)
@@ -633,6 +683,7 @@ def load_run(path: str | Path, overrides: dict[str, Any] | None = None) -> RunCo
         save_events=save_events,
         admixture=admixture,
         hadron_decay=hadron_decay,
+        misreco=misreco,
     )
     return cfg
 

@@ -33,6 +33,10 @@ class Element:
     density_scale: jnp.ndarray  # multiplies the material's density (magnets: gap density scale)
     resolution: jnp.ndarray  # mm (trackers)
     efficiency: jnp.ndarray  # (trackers)
+    tail_fraction: jnp.ndarray  # (trackers) fraction of wide-component hits
+    tail_sigma: jnp.ndarray  # mm (trackers)
+    pickup: jnp.ndarray  # (trackers) P(a stray pile-up/noise hit in the road)
+    road: jnp.ndarray  # mm (trackers)
     field_integral: jnp.ndarray  # T·m (magnets)
     stochastic_term: jnp.ndarray  # √GeV (readout)
     constant_term: jnp.ndarray
@@ -65,6 +69,7 @@ class Spectrometer:
     magnets: tuple[str, ...] = static_field()
     upstream: tuple[str, ...] = static_field()
     downstream: tuple[str, ...] = static_field()
+    incoming: tuple[str, ...] = static_field(default=())
 
 
 @pytree_dataclass
@@ -99,6 +104,26 @@ class Setup:
     @property
     def trackers(self) -> tuple[str, ...]:
         return tuple(e.name for e in self.elements if e.kind == "tracker")
+
+
+def pickup_probability(e, beam, rate_per_s: float | None = None) -> float:
+    """P(at least one stray hit inside a tracker's search road) from beam pile-up.
+
+    Pile-up muons arrive at ``rate`` (beam.rate_per_s) within the readout window τ:
+    μ = rate·τ per event; each crosses the plane at a position drawn from the beam spot
+    (Gaussian σ per projection), so the probability to land in the (2·road)² square around the
+    track is (2 road)²/(2π σ²) near the beam centre (a small-road approximation).  Poisson:
+    P = 1 − exp(−μ (2 road)²/(2π σ²)).  Noise hits are not modelled separately.
+    """
+    import math
+
+    from fastmc import units as u
+
+    rate = beam.rate_per_s if rate_per_s is None else rate_per_s
+    mu = rate * e.time_window / u.s
+    sig = max(beam.spot_sigma, 1e-9)
+    dens = (2 * e.road) ** 2 / (2 * math.pi * sig**2)
+    return 1.0 - math.exp(-mu * min(dens, 1.0))
 
 
 def setup_materials(model: ModelConfig) -> tuple[list, dict[str, int]]:
@@ -140,6 +165,10 @@ def build_setup(model: ModelConfig, material_index: dict[str, int]) -> Setup:
                 density_scale=f(model.gap_density_scale if is_magnet else 1.0),
                 resolution=f(e.resolution),
                 efficiency=f(e.efficiency),
+                tail_fraction=f(e.tail_fraction),
+                tail_sigma=f(e.tail_sigma),
+                pickup=f(pickup_probability(e, model.beam)),
+                road=f(e.road),
                 field_integral=f(e.field_integral),
                 stochastic_term=f(e.stochastic_term),
                 constant_term=f(e.constant_term),
@@ -169,6 +198,7 @@ def build_setup(model: ModelConfig, material_index: dict[str, int]) -> Setup:
             magnets=s.magnets,
             upstream=s.upstream,
             downstream=s.downstream,
+            incoming=s.incoming,
         )
         for s in model.spectrometers
     )

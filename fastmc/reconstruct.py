@@ -3,7 +3,9 @@
 For each spectrometer, straight lines are fitted in the bend plane to the hits of the upstream
 and of the downstream arm (weighted least squares, weights 1/σ² for present hits); the bend
 angle Δθ = slope_down − slope_up gives p = q · 0.2998 GeV/(T·m) · Σ∫B dl / Δθ.  An arm with
-fewer than two hits gives no track (``ok = 0``, p = −1).
+fewer than two hits gives no track (``ok = 0``, p = −1).  Also: the χ²/ndf of the two fits
+(``p_out_chi2ndf``) and, when the spectrometer names ``incoming`` trackers, the kink angle between
+the incoming track and its upstream arm (``kink_p_out_mrad``).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from fastmc.geometry import Setup
 
 
 def fit_line(z, m, w):
-    """Weighted LSQ line m = a + b z over the last axis of (n_planes, B) arrays; returns (a, b, n)."""
+    """Weighted LSQ line m = a + b z along axis 0 of (n_planes, B) arrays; returns (a, b, ok)."""
     s = jnp.sum(w, axis=0)
     sz = jnp.sum(w * z, axis=0)
     sm = jnp.sum(w * m, axis=0)
@@ -30,16 +32,18 @@ def fit_line(z, m, w):
 
 
 def _arm(setup: Setup, names, hits, plane: str):
+    """Slope, ok flag, χ² and hit count of a straight-line fit in one projection."""
     dtype = hits[names[0]][0].dtype
     zc = jnp.stack([(setup.element(n).z + setup.element(n).thickness).astype(dtype) for n in names])
     meas = jnp.stack([hits[n][0] if plane == "x" else hits[n][1] for n in names])
     present = jnp.stack([hits[n][2] for n in names])
     sig = jnp.stack([setup.element(n).resolution for n in names]).astype(dtype)
-    z_ref = zc[0]
+    dz = zc[:, None] - zc[0]
     w = jnp.where(present, 1.0 / sig[:, None] ** 2, 0.0)
-    a, b, ok = fit_line(zc[:, None] - z_ref, meas, w)
+    a, b, ok = fit_line(dz, meas, w)
+    chi2 = jnp.sum(w * (meas - a - b * dz) ** 2, axis=0)
     n_hits = jnp.sum(present, axis=0)
-    return b, ok & (n_hits >= 2)
+    return b, ok & (n_hits >= 2), chi2, n_hits
 
 
 def reconstruct(setup: Setup, measured: dict) -> dict[str, jnp.ndarray]:
@@ -47,14 +51,30 @@ def reconstruct(setup: Setup, measured: dict) -> dict[str, jnp.ndarray]:
     out: dict[str, jnp.ndarray] = {}
     hits = measured["hits"]
     for s in setup.spectrometers:
-        b_up, ok_up = _arm(setup, s.upstream, hits, s.plane)
-        b_dn, ok_dn = _arm(setup, s.downstream, hits, s.plane)
+        b_up, ok_up, c_up, n_up = _arm(setup, s.upstream, hits, s.plane)
+        b_dn, ok_dn, c_dn, n_dn = _arm(setup, s.downstream, hits, s.plane)
+        ndf = n_up + n_dn - 4
+        chi2ndf = jnp.where(ndf > 0, (c_up + c_dn) / jnp.maximum(ndf, 1), 0.0)
         bl = sum(setup.element(m).field_integral for m in s.magnets)
         dtheta = b_dn - b_up
         ok = ok_up & ok_dn & (dtheta * setup.beam.charge * jnp.sign(bl) > 0)
         safe = jnp.where(ok, dtheta, 1.0)
         p = setup.beam.charge * u.GEV_PER_TESLA_METRE * bl / safe  # GeV/c
         out[f"{s.output}_GeV"] = jnp.where(ok, p, -1.0)
+        out[f"{s.output}_chi2ndf"] = jnp.where(ok, chi2ndf, jnp.inf).astype(p.dtype)
+        if s.incoming:
+            # kink between the incoming track and the spectrometer's upstream arm, both projections
+            # (no field between them): large-angle scatters in the target and bad hits show up here
+            other = "y" if s.plane == "x" else "x"
+            bi_p, oki_p, _, _ = _arm(setup, s.incoming, hits, s.plane)
+            bi_o, oki_o, _, _ = _arm(setup, s.incoming, hits, other)
+            bu_o, oku_o, _, _ = _arm(setup, s.upstream, hits, other)
+            kink = jnp.sqrt((b_up - bi_p) ** 2 + (bu_o - bi_o) ** 2) / u.mrad
+            kok = ok_up & oki_p & oki_o & oku_o
+            out[f"kink_{s.output}_mrad"] = jnp.where(kok, kink, jnp.inf).astype(p.dtype)
+            # transverse-momentum kick at the target, p·θ: multiple scattering gives a p-independent
+            # width (13.6 MeV·√(x/X0)(1 + 0.038 ln(x/X0)) ≈ 98 MeV per projection for 40 X0 of Pb)
+            out[f"kink_{s.output}_pt_MeV"] = jnp.where(kok & ok, kink * jnp.abs(p), jnp.inf).astype(p.dtype)
         out[f"{'in' if s.output == 'p_in' else 'out'}_ok"] = ok.astype(p.dtype)
     for group, e in measured["energies"].items():
         out[f"e_{group}_GeV"] = e / u.GeV

@@ -50,7 +50,7 @@ class Prepared:
     table_hash: str
     build_seconds: float
     options: ChainOptions
-    admixtures: dict[str, Any] = dataclasses.field(default_factory=dict)
+    channel_params: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
 
 
 def prepare(cfg: RunConfig) -> Prepared:
@@ -84,7 +84,16 @@ def prepare(cfg: RunConfig) -> Prepared:
 
     e_max = 1.5 * float(setup.beam.momentum)
     options = ChainOptions(cfg.chunk_size, ph.max_interactions, slot_branches(setup, physics, e_max), hadrons)
-    admixtures = {ch: build_admixture(cfg, ch, float(setup.beam.z_start)) for ch in cfg.channels}
+    from fastmc.response import HitBias
+
+    channel_params = {}
+    for ch in cfg.channels:
+        hits = None
+        if ch == "momentum_misreconstruction":
+            m = cfg.misreco
+            hits = HitBias(beta=jnp.asarray(m.beta, dtype), planes=m.planes, n_forced=m.n_forced)
+        channel_params[ch] = {"mix": build_admixture(cfg, ch, float(setup.beam.z_start)) if hadrons else None,
+                              "hits": hits}
     return Prepared(
         cfg=cfg,
         setup=setup,
@@ -94,7 +103,7 @@ def prepare(cfg: RunConfig) -> Prepared:
         table_hash=str(getattr(tables, "hash", "")),
         build_seconds=time.perf_counter() - t0,
         options=options,
-        admixtures=admixtures,
+        channel_params=channel_params,
     )
 
 
@@ -104,14 +113,17 @@ def prepare(cfg: RunConfig) -> Prepared:
 
 
 def simulate_events(
-    setup: Setup, physics: Physics, key_c: jax.Array, opts: ChainOptions, mix: Any = None
+    setup: Setup, physics: Physics, key_c: jax.Array, opts: ChainOptions, params: dict | None = None
 ) -> tuple[dict, jnp.ndarray, dict]:
     """The chain for one chunk: beam → transport → response → reconstruction.
 
-    ``mix`` (:class:`fastmc.beam.Admixture`) is the channel's biasing of the primaries (species
-    generation fractions, natural or forced decays); the analog channel of a muon-only card has
-    none.  Returns (variables, log_w, extras).
+    A channel is a biasing scheme of this one chain, given by ``params``: ``mix``
+    (:class:`fastmc.beam.Admixture`: species generation fractions, natural or forced decays;
+    None for a muon-only card) and ``hits`` (:class:`fastmc.response.HitBias`: forced tracker
+    pathologies; None = natural).  Returns (variables, log_w, extras).
     """
+    params = params or {}
+    mix = params.get("mix")
     from fastmc.beam import sample_beam
     from fastmc.reconstruct import reconstruct
     from fastmc.response import detector_response
@@ -128,18 +140,18 @@ def simulate_events(
     state["alive"] = jnp.ones((chunk_size,), bool)
     forced = bool(mix is not None and mix.forced)
     final, truth = transport(setup, physics, state, key_c, opts.max_interactions, opts.branches, forced)
-    measured = detector_response(setup, truth, key_c)
+    measured = detector_response(setup, truth, key_c, params.get("hits"))
     variables = reconstruct(setup, measured)
     if opts.hadrons:
-        log_w = final["log_w"]
+        log_w = final["log_w"] + measured["log_w"]
         variables["truth_hadron"] = state["hadron"].astype(dtype)
     else:
-        log_w = jnp.zeros((chunk_size,), dtype)
+        log_w = jnp.zeros((chunk_size,), dtype) + measured["log_w"]
         variables["truth_hadron"] = jnp.zeros((chunk_size,), dtype)
     return variables, log_w, {"n_overflow": truth["n_overflow"]}
 
 
-CHANNEL_FUNCS = {"analog": simulate_events, "hadron_decay": simulate_events}
+CHANNEL_FUNCS = {"analog": simulate_events, "hadron_decay": simulate_events, "momentum_misreconstruction": simulate_events}
 
 
 @functools.partial(jax.jit, static_argnames=("opts", "channel", "with_events"))
@@ -152,10 +164,10 @@ def simulate_chunk(
     opts: ChainOptions,
     channel: str = "analog",
     with_events: bool = False,
-    mix: Any = None,
+    params: Any = None,
 ):
     """One chunk → (tally rows (n_slots, N_FIELDS), overflow count, [events])."""
-    variables, log_w, extras = CHANNEL_FUNCS[channel](setup, physics, key_c, opts, mix)
+    variables, log_w, extras = CHANNEL_FUNCS[channel](setup, physics, key_c, opts, params)
     valid = jnp.arange(opts.chunk_size) < n_valid
     masks = pass_masks(selection, variables, valid)
     rows = chunk_tally(masks, log_w)
@@ -252,7 +264,7 @@ def run(
                     prep.options,
                     ch,
                     cfg.save_events,
-                    prep.admixtures.get(ch),
+                    prep.channel_params.get(ch),
                 )
                 rows[i, ci] = np.asarray(r, dtype=np.float64)
                 overflow[i, ci] = int(nov)
@@ -347,13 +359,13 @@ def chunk_variables(prep: Prepared, chunk_index: int, channel: str = "analog") -
     """Event-level reconstructed variables and log-weights of one chunk (numpy), for studies and tests."""
     out = _chunk_variables_jit(
         prep.setup, prep.physics, chunk_key(prep.cfg.seed, int(chunk_index)), prep.options, channel,
-        prep.admixtures.get(channel),
+        prep.channel_params.get(channel),
     )
     variables, log_w = out
     return {k: np.asarray(v) for k, v in variables.items()}, np.asarray(log_w)
 
 
 @functools.partial(jax.jit, static_argnames=("opts", "channel"))
-def _chunk_variables_jit(setup, physics, key_c, opts, channel, mix):
-    variables, log_w, _ = CHANNEL_FUNCS[channel](setup, physics, key_c, opts, mix)
+def _chunk_variables_jit(setup, physics, key_c, opts, channel, params):
+    variables, log_w, _ = CHANNEL_FUNCS[channel](setup, physics, key_c, opts, params)
     return variables, log_w
