@@ -85,6 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--json", action="store_true", help="print one JSON object to stdout (table goes to stderr)")
     pr.add_argument("--no-progress", action="store_true", help="no progress bar")
     pr.add_argument("--save-events", action="store_true", help="store the selected events in the output")
+    pr.add_argument("--target-rel-err", type=_positive_float("--target-rel-err"), metavar="F",
+                    help="stop when every channel's signal estimate reaches this relative error "
+                         "(n_muons is then the budget)")
+    pr.add_argument("--max-seconds", type=_positive_float("--max-seconds"), help="wall-time budget of the simulation")
 
     ins = sub.add_parser("inspect", help="summarise a fastmc HDF5 output file")
     ins.add_argument("file", type=Path)
@@ -246,8 +250,10 @@ def cmd_project(args) -> int:
 
     if start >= n_chunks(cfg):
         raise UsageError(f"--chunks = {start}:{stop}: the run has only {n_chunks(cfg)} chunks")
-    result = run(cfg, prep, start, stop, progress=not args.no_progress)
+    result = run(cfg, prep, start, stop, progress=not args.no_progress, target_rel_err=args.target_rel_err,
+                 max_seconds=args.max_seconds)
     proj = projection(cfg, result)
+    proj["stop_reason"] = result.stop_reason
     out_path = None
     if args.output is not None:
         out_path = str(write_result(args.output, cfg, result, proj, prep, " ".join(["fastmc"] + sys.argv[1:])))
@@ -257,7 +263,9 @@ def cmd_project(args) -> int:
     for w in _warnings(proj, result, cfg):
         print(f"fastmc: warning: {w}", file=sys.stderr)
     rate = int(result.n_gen.sum()) / max(result.seconds, 1e-9)
-    log = f"{int(result.n_gen.sum())} muons in {result.seconds:.1f} s ({rate:.3g} muons/s)"
+    log = f"{int(result.n_gen.sum())} primaries in {result.seconds:.1f} s ({rate:.3g}/s); stopped: {result.stop_reason}"
+    if args.target_rel_err is not None and not result.stop_reason.startswith("target"):
+        print(f"fastmc: warning: {result.stop_reason}", file=sys.stderr)
     if args.json:
         print(table, file=sys.stderr)
         print(log, file=sys.stderr)

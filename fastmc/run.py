@@ -190,6 +190,7 @@ class RunResult:
     overflow: np.ndarray  # (n_c, n_channels) interaction-slot overflows
     events: dict[str, Any] | None = None
     seconds: float = 0.0
+    stop_reason: str = ""
 
     def tallies(self) -> dict[str, list[Tally]]:
         out = {}
@@ -225,8 +226,16 @@ def run(
     chunk_start: int = 0,
     chunk_stop: int | None = None,
     progress: bool = True,
+    target_rel_err: float | None = None,
+    max_seconds: float | None = None,
 ) -> RunResult:
-    """Simulate chunks [chunk_start, chunk_stop) of ``cfg`` for every channel of the card."""
+    """Simulate chunks [chunk_start, chunk_stop) of ``cfg`` for every channel of the card.
+
+    With ``target_rel_err`` the loop stops as soon as the signal-region estimate of every
+    channel has a relative error at or below it (checked after each chunk; the card's
+    ``n_muons`` and ``max_seconds`` are the budget).  The result's ``stop_reason`` says why it
+    stopped.  Stopping is a deterministic function of the seed unless ``max_seconds`` is hit.
+    """
     from tqdm import tqdm
 
     prep = prepared or prepare(cfg)
@@ -251,6 +260,9 @@ def run(
         dynamic_ncols=True,
     )
     signal_slot = len(prep.selection.regions[0].cuts)  # final slot of the first region
+    running = [Tally() for _ in cfg.channels]
+    stop_reason = "all chunks done"
+    done = len(ids)
     with bar:
         for i, c in enumerate(ids):
             key_c = chunk_key(cfg.seed, int(c))
@@ -278,6 +290,22 @@ def run(
                         events["log_w"].append(np.asarray(ev["log_w"])[idx])
                         events["variables"].append({k: np.asarray(v)[idx] for k, v in ev["variables"].items()})
             bar.update(int(n_gen[i]))
+            if target_rel_err is not None:
+                errs = []
+                for ci in range(len(cfg.channels)):
+                    running[ci] = Tally.from_rows(rows[i : i + 1, ci, signal_slot], n_gen[i : i + 1], start=running[ci])
+                    errs.append(running[ci].estimate(1.0)["rel_err"])
+                bar.set_postfix_str("rel err " + ", ".join("-" if e is None else f"{e:.1%}" for e in errs))
+                if all(e is not None and e <= target_rel_err for e in errs):
+                    stop_reason, done = f"target relative error {target_rel_err:g} reached", i + 1
+                    break
+            if max_seconds is not None and time.perf_counter() - t0 > max_seconds:
+                stop_reason, done = f"time budget of {max_seconds:g} s spent", i + 1
+                break
+        else:
+            if target_rel_err is not None:
+                stop_reason = f"budget of {int(n_gen.sum())} primaries spent before reaching {target_rel_err:g}"
+    ids, rows, overflow, n_gen = ids[:done], rows[:done], overflow[:done], n_gen[:done]
     ev_out = None
     if cfg.save_events:
         ev_out = _stack_events(events)
@@ -290,6 +318,7 @@ def run(
         overflow=overflow,
         events=ev_out,
         seconds=time.perf_counter() - t0,
+        stop_reason=stop_reason,
     )
 
 

@@ -66,9 +66,10 @@ class Tally:
     top: np.ndarray = dataclasses.field(default_factory=lambda: np.full(TOP_K, -np.inf))
 
     @classmethod
-    def from_rows(cls, rows: np.ndarray, n_gen: np.ndarray) -> Tally:
-        """Reduce per-chunk rows (n_chunks, 4), already in chunk order, sequentially."""
-        t = cls()
+    def from_rows(cls, rows: np.ndarray, n_gen: np.ndarray, start: Tally | None = None) -> Tally:
+        """Reduce per-chunk rows (n_chunks, N_FIELDS), already in chunk order, sequentially
+        (continuing ``start`` if given)."""
+        t = cls() if start is None else dataclasses.replace(start)
         rows = np.asarray(rows, dtype=np.float64)
         for row, ng in zip(rows, np.asarray(n_gen, dtype=np.int64)):
             t.log_sw = float(np.logaddexp(t.log_sw, row[0]))

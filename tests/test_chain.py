@@ -73,8 +73,24 @@ def test_chain_projected_scattering_width_matches_highland(material, thickness_m
     p_out = math.sqrt((out.mean() * 1e3 + u.muon_mass_c2) ** 2 - u.muon_mass_c2**2)
     p = math.sqrt(p_in * p_out)
     theta0 = float(highland_theta0(p, p / math.hypot(p, u.muon_mass_c2), thickness_mm / mat.X0_mm))
-    # σ of an IQR-based width from n samples ≈ 1.1/√n relative → 0.25 %; tolerance 5 % (issue #2)
-    assert abs(width / theta0 - 1.0) < 0.05, f"{material}: width {width:.4g} rad vs Highland {theta0:.4g} rad"
+    # References: the default core is Molière's (Lynch & Dahl variance method with the nuclear form
+    # factor, fastmc/physics/scattering.py), which differs from Highland by +6 % (lead 1 X0) to
+    # −6 % (iron 1.5 m).  (a) Highland within its stated 11 % accuracy (PDG RPP 2024 §34.3);
+    # (b) the chain (energy loss along the slab, p = √(p_in p_out), single-scatter tail) reproduces
+    # the core model's width within 5 % (issue #2).  Agreement with Geant4: `fastmc validate`.
+    # σ of an IQR-based width from n samples ≈ 1.1/√n relative → 0.25 %.
+    assert abs(width / theta0 - 1.0) < 0.11, f"{material}: width {width:.4g} rad vs Highland {theta0:.4g} rad"
+    import jax.numpy as jnp
+
+    from fastmc.physics import scattering as S
+
+    sp = S.build_scattering_params([mat])
+    assert sp.core == "moliere"
+    pa = jnp.full((4,), p)
+    info = S.sample_scattering_info(sp.device(jnp.float64), 0, pa, pa / jnp.sqrt(pa**2 + u.muon_mass_c2**2),
+                                    jnp.full((4,), thickness_mm), jnp.full((4, S.N_UNIFORMS), 0.5))
+    t_core = float(info["theta_core"][0])
+    assert abs(width / t_core - 1.0) < 0.05, f"{material}: width {width:.4g} rad vs Molière core {t_core:.4g} rad"
 
 
 def test_chain_pout_resolution_matches_analytic():

@@ -57,3 +57,58 @@ def test_channels_hadron_decay_kinematics(closure):
     length = 450.0 + 55000.0
     expected = math.log(0.2) + math.log(-math.expm1(-length / lam)) + math.log(0.63566 + 0.0335)
     assert np.median(log_w) == pytest.approx(expected, abs=0.05)
+
+
+@pytest.mark.parametrize("n_forced", [1, 2])
+def test_channels_hit_bias_weights_are_exact(n_forced):
+    """E_q[w · 1{c_i = c}] = p_i(c) for every plane and category: the weights undo the forcing."""
+    import jax
+    import jax.numpy as jnp
+
+    from fastmc.response import HitBias, category_probabilities, tracker_hits
+
+    cfg = load_run(ROOT / "runs" / "quickstart.toml")
+    prep = prepare(cfg)
+    setup = prep.setup
+    names = setup.trackers
+    n = 200_000
+    zeros = jnp.zeros((n,), jnp.float32)
+    truth = {"hits": {nm: (zeros, zeros, jnp.ones((n,), bool)) for nm in names}}
+    planes = ("MM1", "MM2", "MM3", "MM4", "GEM1", "GEM2", "ST1", "ST2")
+    bias = HitBias(beta=jnp.asarray(0.5, jnp.float32), planes=planes, n_forced=n_forced)
+    hits, log_w = jax.jit(lambda k: tracker_hits(setup, truth, k, bias))(jax.random.key(3))
+    w = np.exp(np.asarray(log_w, np.float64))
+    assert w.max() <= 0.5 ** -n_forced * (1 + 1e-5)  # defensive mixture bound β^−m
+    assert abs(w.mean() - 1.0) < 4 * w.std() / np.sqrt(n)
+    for nm in planes:
+        el = setup.element(nm)
+        p = np.asarray(category_probabilities(el.efficiency, el.tail_fraction, el.pickup), np.float64)
+        mx = np.asarray(hits[nm][0])
+        present = np.asarray(hits[nm][2])
+        # recover categories: no hit (2); stray hit (3: |offset| up to the road, flat); core/tail by width
+        lost = ~present
+        est = (w * lost).mean()
+        err = (w * lost).std() / np.sqrt(n)
+        assert abs(est - p[2]) < 4 * err + 1e-6, (nm, est, p[2], err)
+        wide = present & (np.abs(mx) > 5 * float(el.resolution))
+        p_wide = p[1] * 2 * _norm_sf(5 * float(el.resolution) / float(el.tail_sigma)) + p[3] * (
+            1 - 5 * float(el.resolution) / float(el.road)) + p[0] * 2 * _norm_sf(5.0)
+        est = (w * wide).mean()
+        err = (w * wide).std() / np.sqrt(n)
+        assert abs(est - p_wide) < 4 * err + 1e-6, (nm, est, p_wide, err)
+
+
+def _norm_sf(z):
+    return 0.5 * math.erfc(z / math.sqrt(2))
+
+
+def test_channels_misreconstruction_closure_with_analog():
+    cfg = load_run(ROOT / "tests" / "data" / "closure_misreco.toml")
+    prep = prepare(cfg)
+    proj = projection(cfg, run(cfg, prep, progress=False))
+    a, b = proj["channels"]["analog"], proj["channels"]["momentum_misreconstruction"]
+    assert a["n_selected"] >= 50
+    pull = (a["expected"] - b["expected"]) / math.hypot(a["stat_err"], b["stat_err"])
+    assert abs(pull) < 3.0, (a, b)
+    assert b["n_selected"] > 2 * a["n_selected"]  # the forcing populates the region
+    assert b["max_weight_share"] < 0.05

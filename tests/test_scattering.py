@@ -79,6 +79,12 @@ def params():
 
 
 @pytest.fixture(scope="module")
+def params_highland():
+    """Core width tied to Highland (``core="highland"``): the reference of the issue-#3 test."""
+    return S.build_scattering_params(MATS, core="highland").device()
+
+
+@pytest.fixture(scope="module")
 def params_point():
     return S.build_scattering_params(MATS, nuclear_size=False).device()
 
@@ -128,9 +134,13 @@ def _gauss_fit_width(theta, t0, window=2.0):
 
 
 @pytest.mark.parametrize("slab", SLABS, ids=[s[0] for s in SLABS])
-def test_scattering_core_width_matches_highland(params, slab):
+def test_scattering_core_width_matches_highland(params_highland, slab):
+    """Issue #3 ("core width within 5 % of Highland") on the ``core="highland"`` option.  The
+    default ``core="moliere"`` differs from Highland by up to +6 % (lead 1 X0) and −8 % (iron 3 m),
+    within Highland's 11 %; it is tested against Lynch & Dahl below and against Geant4 by
+    ``fastmc validate --suite deflection``."""
     _, mat, length = slab
-    r = _sample(params, mat, length)
+    r = _sample(params_highland, mat, length)
     t0 = _theta0(mat, length)
     assert float(r["theta0"][0]) == pytest.approx(t0, rel=1e-5)
     for key in ("dtheta_x", "dtheta_y"):
@@ -138,6 +148,59 @@ def test_scattering_core_width_matches_highland(params, slab):
         assert err / t0 < 0.005  # MC error << the 5 % tolerance
         # 5 %: brief; Highland itself is an 11 % fit to Molière (Lynch & Dahl 1991)
         assert abs(width / t0 - 1.0) < 0.05, (key, width / t0)
+
+
+def _ld_reference(mat, length, ff_on):
+    """Lynch & Dahl eq. 7 variance method by scipy quadrature (float64), with or without |F|^2."""
+    from scipy.integrate import quad
+
+    m = MATS[mat]
+    pb = P_MU * BETA
+    els = [(Z, A, w) for Z, A, w in m.elements]
+    wsum = sum(w for _, _, w in els)
+    cc = [S._CHI_C2_PREF * w / wsum * Z * (Z + 1) / A * m.density / 10.0 * length / pb**2
+          for Z, A, w in els]
+    a2 = [(units.fine_structure * units.electron_mass_c2 * Z ** (1 / 3) / 0.885 / P_MU) ** 2
+          * (1.13 + 3.76 * (units.fine_structure * Z / BETA) ** 2) for Z, _, _ in els]
+    ffr = [0.6 * (1.2e-12 * A ** (1 / 3)) ** 2 / 12.0 / S._HBARC_MEV_MM**2 for _, A, _ in els]
+    xc2 = sum(cc)
+    la2 = sum(c * math.log(a) for c, a in zip(cc, a2)) / xc2
+    nu = 0.5 * xc2 / (1.167 * math.exp(la2)) / (1 - 0.98)
+    tt2 = nu * math.exp(la2)
+    if not ff_on:  # closed form, Lynch & Dahl NIM B 58 (1991) 6, eq. 7
+        return math.sqrt(xc2 / (1 + 0.98**2) * ((1 + nu) / nu * math.log1p(nu) - 1))
+    tot = 0.0
+    for c, a, f in zip(cc, a2, ffr):
+        def g(lt, a=a, f=f):
+            t = math.exp(lt)
+            return t * t / (t + a) ** 2 * ((1 + P_MU**2 * t * f) ** -4 if ff_on else 1.0)
+        tot += c * quad(g, math.log(a) - 30, math.log(tt2), limit=400)[0]
+    return math.sqrt((1 + nu) / (nu * (1 + 0.98**2)) * tot)
+
+
+@pytest.mark.parametrize("slab", SLABS, ids=[s[0] for s in SLABS])
+def test_scattering_moliere_core_matches_lynch_dahl(params, params_point, slab):
+    """``core="moliere"``: point nuclei → Lynch & Dahl eq. 7 in closed form; with the form factor
+    → the same variance method by quadrature (float32 Gauss-Legendre vs float64 scipy)."""
+    _, mat, length = slab
+    r0 = _sample(params_point, mat, length, n=8)
+    want_point = _ld_reference(mat, length, ff_on=False)
+    assert float(r0["theta_core"][0]) == pytest.approx(want_point, rel=2e-4)
+    r1 = _sample(params, mat, length, n=8)
+    assert float(r1["theta_core"][0]) == pytest.approx(_ld_reference(mat, length, ff_on=True), rel=2e-4)
+
+
+@pytest.mark.parametrize("slab", SLABS, ids=[s[0] for s in SLABS])
+def test_scattering_default_core_width_matches_moliere_core(params, slab):
+    """The sampled core (Gaussian + single scatters inside the window) has the width theta_core of
+    the default ``core="moliere"`` (variance bookkeeping of the module docstring); 5 % as issue #3."""
+    _, mat, length = slab
+    r = _sample(params, mat, length)
+    tc = float(r["theta_core"][0])
+    for key in ("dtheta_x", "dtheta_y"):
+        width, err = _gauss_fit_width(np.asarray(r[key]), tc)
+        assert err / tc < 0.005
+        assert abs(width / tc - 1.0) < 0.05, (key, width / tc)
 
 
 def test_scattering_highland_model_is_gaussian_with_theta0(params):
@@ -255,7 +318,9 @@ def test_scattering_overflow_is_rare_and_reported(params):
     prob = np.asarray(jax.jit(S.overflow_probability)(params, 2, jnp.full((n,), P_MU),
                                                       jnp.full((n,), BETA), 1e-3))
     assert np.all(prob < 1e-4) and np.all(prob > 0)
-    assert int(r["overflow"].sum()) <= 5  # expected n * prob ≈ 1.2
+    # expected n * prob ≈ 8 with the Molière core (1.2 with core="highland"): Poisson bound at 5 sigma
+    mu = float(n * prob.mean())
+    assert int(r["overflow"].sum()) <= mu + 5.0 * math.sqrt(mu) + 3.0
     assert int(r["n_single"].max()) <= S.N_SINGLE_MAX
     # forcing the count uniform to 0 hits the cap and raises the flag
     u = jnp.zeros((n, S.N_UNIFORMS)).at[:, 5:].set(0.5)

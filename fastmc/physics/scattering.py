@@ -24,6 +24,20 @@ Single-scattering cross section (per element i of the material, small-angle, z =
   (Butkevich et al., NIM A 488 (2002) 282); it removes single scatters well beyond
   theta_nuc = hbar c / (p R) (≈ 0.17 mrad for 160 GeV/c on lead).
 
+Core width (static option ``ScatteringParams.core``).  ``"moliere"`` (default) — Lynch & Dahl's
+variance method (NIM B 58 (1991) 6, eqs. 5-7: the variance of the single-scatter law truncated at
+theta_t^2 = nu chi_a^2, nu = Omega/(2(1 - F)), Omega = chi_c^2/(1.167 chi_a^2), F = 0.98, times
+(1 + nu)/(nu (1 + F^2))) evaluated with the *same* cross section as the sampled tail, i.e. including
+|F_i|^2 (:func:`moliere_core_theta0`; with point nuclei it is their eq. 7 exactly, a 2 % fit to
+Molière's central width).  Once theta0 > theta_nuc the form factor caps the variance, so the
+width grows like sqrt(L) without Highland's logarithm: at 160 GeV/c the core is +6.3 % (lead 1 X0),
++2.7 % (10 X0), −1.6 % (40 X0), −2.4 % (iron 0.5 m), −5.5 % (1.5 m), −7.6 % (3 m) relative to Highland,
+and agrees with Geant4 11.4 (WentzelVI + single scattering, same exponential form factor) to
+< 2 % on all six validation slabs (``fastmc validate --suite deflection``), where the Highland core
+deviated by −7 % … +9 %.  ``"highland"`` — the core is Highland's theta0 (PDG RPP 2024 eq. 34.15).
+Below, theta0 stands for the chosen core width; ``model="highland"`` (pure Gaussian) always uses
+Highland.
+
 Core/tail split (documented choice).  Highland's formula (PDG RPP 2024 eq. 34.15) is Lynch &
 Dahl's fit to the *central 98 %* of Molière's distribution (accurate to 11 % for
 1e-3 < x/X0 < 100).  Molière's central Gaussian corresponds to the scattering variance truncated
@@ -31,16 +45,16 @@ at a polar angle of order 2 theta0 (for the Wentzel law the projected variance o
 below theta_c is chi_c^2 [ln(theta_c/chi_a) - 1/2]; equating it to Molière's chi_c^2 B / 2 gives
 theta_c ≈ 2.2 chi_c sqrt(B/2)).  We therefore
 
-1. take theta_cut = K_CUT * theta0_Highland (static constant);
+1. take theta_cut = K_CUT * theta0 (static constant);
 2. sample a Poisson number of single scatters above theta_cut (mean lambda = sum_i N_i(> theta_cut),
    thinned by |F|^2: the Poisson process with the screened-Rutherford intensity is sampled and
    each scatter kept with probability |F|^2, which is exactly a Poisson process of intensity dN);
 3. give the Gaussian the projected width sigma_g^2 = theta0^2 - V_core, where V_core is the
    projected variance of the single scatters that fall inside the region a core fit sees (polar
    angles between theta_cut and K_WIN * theta0; |F|^2 taken at the geometric mean angle), so the
-   core of the total stays at Highland's width (sigma_g ≈ 0.95-0.97 theta0).
+   core of the total stays at the chosen core width theta0 (sigma_g ≈ 0.95-0.97 theta0).
 
-K_CUT = 1.2, K_WIN = 2.0 were chosen (not fitted per material) by comparing the fraction beyond
+K_CUT = 1.2, K_WIN = 2.0 were chosen (not fitted per material; with the Highland core) by comparing the fraction beyond
 2, 3, 4, 6, 10 theta0 with Molière/Bethe (point nuclei) for 160 GeV/c muons in 1 and 40 X0 of lead,
 1.5 m of iron and 1 mm of polystyrene (tests/reference/moliere.py).  Beyond ~4 theta0 the result
 is insensitive to the split and agrees with Molière to a few %; at 2-3 theta0 it inherits the
@@ -80,6 +94,7 @@ from typing import Any, Sequence
 
 import jax.numpy as jnp
 import numpy as np
+from jax.nn import sigmoid as jax_sigmoid
 from jax.scipy.special import ndtri
 
 from fastmc import units
@@ -90,6 +105,10 @@ HIGHLAND_A_MEV = 13.6 * units.MeV  # PDG RPP 2024 eq. 34.15
 HIGHLAND_B = 0.038  # PDG RPP 2024 eq. 34.15
 K_CUT = 1.2  # theta_cut / theta0_Highland (choice documented in the module docstring)
 K_WIN = 2.0  # core window, in theta0, for the Gaussian-width reduction (module docstring)
+CORES = ("moliere", "highland")  # core-width references (module docstring, "Core width")
+LD_F = 0.98  # Lynch & Dahl NIM B 58 (1991) 6, eq. 7: fraction F of the single-scatter distribution
+LD_OMEGA_DIV = 1.167  # ibid.: Omega = chi_c^2 / (1.167 chi_a^2)
+N_CORE_GL = 48  # Gauss-Legendre nodes of the form-factor variance integral (error < 1e-4, tested)
 N_SINGLE_MAX = 4  # static cap on single scatters per call (P(overflow) ~ lambda^5/120, lambda ~ 0.1)
 N_GAUSS_UNIFORMS = 4
 N_PER_SINGLE = 4
@@ -132,6 +151,7 @@ class ScatteringParams:
     nuclear_size: bool = static_field(default=True)
     k_cut: float = static_field(default=K_CUT)
     k_win: float = static_field(default=K_WIN)
+    core: str = static_field(default="moliere")
 
     def device(self, dtype: Any = jnp.float32) -> "ScatteringParams":
         import dataclasses
@@ -147,8 +167,15 @@ class ScatteringParams:
 
 
 def build_scattering_params(materials: Sequence[Any], *, nuclear_size: bool = True,
-                            k_cut: float = K_CUT, k_win: float = K_WIN) -> ScatteringParams:
-    """Build float64 numpy constants from ``fastmc.materials.Material`` objects."""
+                            k_cut: float = K_CUT, k_win: float = K_WIN,
+                            core: str = "moliere") -> ScatteringParams:
+    """Build float64 numpy constants from ``fastmc.materials.Material`` objects.
+
+    ``core`` (static): reference width of the Gaussian core, ``"moliere"`` (default: Lynch & Dahl's
+    variance method with the nuclear form factor) or ``"highland"`` (PDG eq. 34.15); see the module
+    docstring, "Core width"."""
+    if core not in CORES:
+        raise ValueError(f"unknown core {core!r}; expected one of {CORES}")
     if len(materials) == 0:
         raise ValueError("build_scattering_params: need at least one material")
     if not (k_win >= k_cut > 0):
@@ -174,7 +201,7 @@ def build_scattering_params(materials: Sequence[Any], *, nuclear_size: bool = Tr
         x0[i] = m.X0 / m.density * 10.0  # g/cm² / g/cm³ = cm -> mm
     return ScatteringParams(cc, s0, sz, ff, x0, names=tuple(m.name for m in materials),
                             nuclear_size=bool(nuclear_size), k_cut=float(k_cut),
-                            k_win=float(k_win))
+                            k_win=float(k_win), core=core)
 
 
 # --- Highland -------------------------------------------------------------------------------
@@ -205,6 +232,39 @@ def _form_factor2(params: ScatteringParams, ff_r2: Any, q2: Any) -> Any:
     if not params.nuclear_size:
         return jnp.ones_like(q2)
     return (1.0 + q2 * ff_r2) ** -4
+
+
+_GL_X, _GL_W = np.polynomial.legendre.leggauss(N_CORE_GL)
+
+
+def moliere_core_theta0(chi_c2: Any, chi_a2: Any, b: Any) -> Any:
+    """Projected core width (rad) by Lynch & Dahl's variance method, with the nuclear form factor.
+
+    ``chi_c2``, ``chi_a2``: (..., n_el) Molière chi_ci^2, chi_ai^2 of the elements (padding: chi_c2 = 0);
+    ``b``: (..., n_el) = p^2 chi_ai^2 <r^2>/(12 (hbar c)^2), so |F|^2 = (1 + b t/chi_ai^2)^-4 at
+    theta^2 = t (b = 0: point nuclei).  Lynch & Dahl (NIM B 58 (1991) 6, eqs. 5-7) truncate the
+    single-scatter law at theta_t^2 = nu chi_a^2, nu = Omega/(2 (1 - F)), Omega = chi_c^2/(1.167 chi_a^2)
+    (chi_a of the compound: ln chi_a^2 = sum chi_ci^2 ln chi_ai^2 / chi_c^2), i.e. theta_t^2 =
+    chi_c^2 / (2.334 (1 - F)) independent of chi_a, and set
+    theta0^2 = (1 + nu)/(nu (1 + F^2)) * sum_i chi_ci^2 I_i,
+    I_i = int_0^{theta_t^2} t dt / (t + chi_ai^2)^2 |F_i|^2 = int_{-inf}^{ln(theta_t^2/chi_ai^2)} sigmoid(x)^2 |F_i|^2 dx
+    (x = ln(t/chi_ai^2)); with |F|^2 = 1, I = ln(1 + nu) - nu/(1 + nu) gives their eq. 7 exactly.
+    The integral is a fixed Gauss-Legendre rule in x (jit-safe, O(n_el N_CORE_GL) per muon).
+    """
+    xc2 = jnp.sum(chi_c2, axis=-1)
+    xc2s = jnp.where(xc2 > 0, xc2, 1.0)
+    ln_a2 = jnp.sum(chi_c2 * jnp.log(chi_a2), axis=-1) / xc2s
+    tt2 = xc2s / (2.0 * LD_OMEGA_DIV * (1.0 - LD_F))
+    nu = tt2 / jnp.exp(ln_a2)
+    x_hi = jnp.log(tt2[..., None] / chi_a2)  # (..., n_el)
+    x_lo = jnp.minimum(x_hi, 0.0) - 14.0  # sigmoid^2 ~ e^{2x}: the rest is < e^-28
+    half = 0.5 * (x_hi - x_lo)
+    x = (x_lo + half)[..., None] + half[..., None] * jnp.asarray(_GL_X, x_hi.dtype)
+    sig = jax_sigmoid(x)
+    f = sig * sig * (1.0 + b[..., None] * jnp.exp(x)) ** -4
+    integ = half * jnp.sum(f * jnp.asarray(_GL_W, x_hi.dtype), axis=-1)
+    th2 = (1.0 + nu) / (nu * (1.0 + LD_F * LD_F)) * jnp.sum(chi_c2 * integ, axis=-1)
+    return jnp.where(xc2 > 0, jnp.sqrt(jnp.maximum(th2, 0.0)), 0.0)
 
 
 def _poisson_survival(lam: Any, kmax: int) -> list[Any]:
@@ -250,8 +310,13 @@ def _setup(params: ScatteringParams, mat: Any, pmag: Any, beta: Any, length_mm: 
     pb = pmag * beta
     chi_c2 = cc * (Ls / (pb * pb))[..., None]  # (B, n_el)
     chi_a2 = (s0 / pmag[..., None]) ** 2 * (_SCREEN_A + sz / (beta * beta)[..., None])
-    th_cut = params.k_cut * theta0
-    th_win = params.k_win * theta0
+    if params.core == "moliere":
+        bff = (pmag * pmag)[..., None] * chi_a2 * ff if params.nuclear_size else jnp.zeros_like(ff)
+        theta_core = moliere_core_theta0(chi_c2, chi_a2, bff)
+    else:
+        theta_core = theta0
+    th_cut = params.k_cut * theta_core
+    th_win = params.k_win * theta_core
     tc2 = (th_cut * th_cut)[..., None]
     lam_el = chi_c2 / (tc2 + chi_a2)  # Rutherford (un-thinned) counts above cut
     lam = jnp.sum(lam_el, axis=-1)
@@ -262,8 +327,9 @@ def _setup(params: ScatteringParams, mat: Any, pmag: Any, beta: Any, length_mm: 
                            + chi_a2 / (tw2 + chi_a2) - chi_a2 / (tc2 + chi_a2))
     q2mid = (pmag * pmag)[..., None] * (th_cut * th_win)[..., None]
     v_core = jnp.sum(v_el * _form_factor2(params, ff, q2mid), axis=-1)
-    sig2 = jnp.maximum(theta0 * theta0 - v_core, 0.25 * theta0 * theta0)
+    sig2 = jnp.maximum(theta_core * theta_core - v_core, 0.25 * theta_core * theta_core)
     return dict(dtype=dtype, pmag=pmag, beta=beta, L=L, Ls=Ls, pos=pos, theta0=theta0,
+                theta_core=theta_core,
                 chi_c2=chi_c2, chi_a2=chi_a2, ff=ff, tc2=tc2, lam_el=lam_el, lam=lam,
                 sigma_g=jnp.sqrt(sig2))
 
@@ -281,7 +347,8 @@ def sample_scattering_info(params: ScatteringParams, mat: Any, pmag: Any, beta: 
                            length_mm: Any, u: Any, model: str = "highland_single") -> dict:
     """As :func:`sample_scattering`, returning a dict with also ``n_single`` (accepted single
     scatters, int32), ``overflow`` (bool: the Poisson draw exceeded N_SINGLE_MAX and was capped),
-    ``theta0`` (Highland) and ``sigma_core`` (width of the Gaussian part)."""
+    ``theta0`` (Highland), ``theta_core`` (the core-width reference of ``params.core``; Highland
+    for ``model="highland"``) and ``sigma_core`` (width of the Gaussian part)."""
     if model not in ("highland", "highland_single"):
         raise ValueError(f"unknown scattering model {model!r}")
     s = _setup(params, mat, pmag, beta, length_mm)
@@ -341,6 +408,7 @@ def sample_scattering_info(params: ScatteringParams, mat: Any, pmag: Any, beta: 
         dx=jnp.where(pos, dx, zero), dy=jnp.where(pos, dy, zero),
         n_single=jnp.where(pos, n_acc, 0), overflow=pos & overflow,
         theta0=jnp.where(pos, s["theta0"], zero),
+        theta_core=jnp.where(pos, s["theta0"] if model == "highland" else s["theta_core"], zero),
         sigma_core=jnp.where(pos, sig, zero),
     )
 
@@ -362,5 +430,5 @@ def sample_scattering(params: ScatteringParams, mat: Any, pmag: Any, beta: Any, 
 
 __all__ = [
     "N_UNIFORMS", "N_SINGLE_MAX", "K_CUT", "K_WIN", "ScatteringParams", "build_scattering_params",
-    "highland_theta0", "sample_scattering", "sample_scattering_info", "overflow_probability",
+    "highland_theta0", "moliere_core_theta0", "CORES", "sample_scattering", "sample_scattering_info", "overflow_probability",
 ]
