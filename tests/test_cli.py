@@ -153,3 +153,14 @@ def test_cli_chunk_ranges_merge_to_the_single_job(tmp_path, capsys):
     bad = tmp_path / "bad.h5"
     assert main(["merge", str(a), str(whole), "-o", str(bad)]) == 2
     assert "overlapping" in capsys.readouterr().err and not bad.exists()
+
+
+def test_cli_target_rel_err_stops_early(capsys):
+    card = str(ROOT / "tests" / "data" / "closure_hadron.toml")
+    code, out, err = run_cli(["project", card, "--json", "--no-progress", "--target-rel-err", "0.5"], capsys)
+    assert code == 0, err
+    d = json.loads(out)
+    assert d["stop_reason"].startswith("target relative error 0.5")
+    for ch in d["channels"].values():
+        assert ch["rel_err"] <= 0.5
+        assert ch["n_generated"] < 65536  # stopped before the card's budget of 4 chunks
