@@ -459,6 +459,19 @@ class PhysicsSettings:
     max_interactions: int = 8
     overflow_tolerance: float = 1e-3
 
+    def tables_config(self):
+        """The :class:`fastmc.physics.PhysicsConfig` of the energy-loss tables for these settings."""
+        from fastmc.physics import PhysicsConfig
+
+        return PhysicsConfig(
+            v_cut=self.v_cut,
+            e_cut_MeV=self.e_cut / u.MeV,
+            ionisation=self.ionisation,
+            brems=self.brems,
+            pair=self.pair,
+            photonuclear=self.photonuclear,
+        )
+
 
 @dataclasses.dataclass(frozen=True)
 class AdmixtureConfig:

@@ -54,20 +54,13 @@ class Prepared:
 
 
 def prepare(cfg: RunConfig) -> Prepared:
-    from fastmc.physics import PhysicsConfig, build_tables
+    from fastmc.physics import build_tables
     from fastmc.physics.scattering import build_scattering_params
 
     t0 = time.perf_counter()
     mats, index = setup_materials(cfg.model)
     ph = cfg.physics
-    pcfg = PhysicsConfig(
-        v_cut=ph.v_cut,
-        e_cut_MeV=ph.e_cut,
-        ionisation=ph.ionisation,
-        brems=ph.brems,
-        pair=ph.pair,
-        photonuclear=ph.photonuclear,
-    )
+    pcfg = ph.tables_config()
     dtype = jnp.result_type(float)
     tables = build_tables(mats, pcfg)
     hadrons = cfg.admixture.kaon_fraction + cfg.admixture.pion_fraction > 0 or "hadron_decay" in cfg.channels

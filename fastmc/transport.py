@@ -562,17 +562,15 @@ def resolve_material(name: str):
 
 
 @functools.lru_cache(maxsize=32)
-def _layers_physics(materials: tuple[str, ...], settings_key: tuple) -> Physics:
-    from fastmc.physics import PhysicsConfig, build_tables
+def _layers_physics(materials: tuple[str, ...], settings) -> Physics:
+    from fastmc.physics import build_tables
     from fastmc.physics.scattering import build_scattering_params
 
-    v_cut, e_cut, ion, brems, pair, pn, scat_model = settings_key
     mats = [resolve_material(m) for m in materials]
-    cfg = PhysicsConfig(v_cut=v_cut, e_cut_MeV=e_cut, ionisation=ion, brems=brems, pair=pair, photonuclear=pn)
     dtype = jnp.result_type(float)
-    tables = build_tables(mats, cfg).device(dtype)
+    tables = build_tables(mats, settings.tables_config()).device(dtype)
     scat = build_scattering_params(mats).device(dtype)
-    return Physics(tables, scat, scat_model, jnp.asarray([m.lambda_I_mm for m in mats], dtype))
+    return Physics(tables, scat, settings.scattering, jnp.asarray([m.lambda_I_mm for m in mats], dtype))
 
 
 @functools.partial(jax.jit, static_argnames=("n", "ks"))
@@ -631,9 +629,7 @@ def propagate_layers(
     s = settings or PhysicsSettings()
     names = tuple(m for m, _ in layers)
     uniq = tuple(dict.fromkeys(names))
-    physics = _layers_physics(
-        uniq, (s.v_cut, s.e_cut / u.MeV, s.ionisation, s.brems, s.pair, s.photonuclear, s.scattering)
-    )
+    physics = _layers_physics(uniq, s)
     dtype = jnp.result_type(float)
     mats = jnp.asarray([uniq.index(m) for m in names], jnp.int32)
     lengths = jnp.asarray([float(t) for _, t in layers], dtype)
