@@ -6,6 +6,12 @@ the padding masked (``valid``), so a chunk always compiles to the same program. 
 ``fold_in(key(seed), c)``.  Per-chunk tally rows come back to the host (float64) and are reduced
 in chunk order (:mod:`fastmc.tally`): one job, or any split into disjoint chunk ranges merged,
 gives bit-identical tallies.  Memory is flat in the number of muons.
+
+Several local devices (``devices=N``): groups of N consecutive chunks run at once, one chunk per
+device, through ``shard_map`` over a leading chunk axis; each device runs the very program of
+the one-device path on its chunk, and the rows are reduced on the host in chunk order, so the
+tallies are bitwise those of one device (DESIGN.md §7).  ``on_checkpoint`` receives the partial
+:class:`RunResult` every ``checkpoint_every`` chunks (``fastmc project --checkpoint-every``).
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ import dataclasses
 import functools
 import sys
 import time
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -207,22 +213,72 @@ def n_chunks(cfg: RunConfig) -> int:
     return -(-cfg.n_muons // cfg.chunk_size)
 
 
+def select_devices(n: int | None = None) -> list:
+    """The first ``n`` local devices (all of them by default)."""
+    devs = jax.local_devices()
+    if n is None:
+        return devs
+    if not 1 <= n <= len(devs):
+        raise ValueError(f"asked for {n} devices, {len(devs)} local device(s) available")
+    return devs[:n]
+
+
+@functools.lru_cache(maxsize=32)
+def _sharded_chunk_fn(devices: tuple, opts: ChainOptions, channel: str, with_events: bool):
+    """:func:`simulate_chunk` over a leading chunk axis, one chunk per device (``shard_map``)."""
+    from jax.sharding import Mesh, PartitionSpec
+
+    mesh = Mesh(np.array(devices), ("chunk",))
+    rep, shard = PartitionSpec(), PartitionSpec("chunk")
+
+    def body(setup, physics, selection, keys, n_valid, mix):
+        rows, nov, ev = simulate_chunk(setup, physics, selection, keys[0], n_valid[0], opts, channel, with_events, mix)
+        return jax.tree_util.tree_map(lambda a: a[None], (rows, nov, ev))
+
+    f = jax.shard_map(body, mesh=mesh, in_specs=(rep, rep, rep, shard, shard, rep), out_specs=shard,
+                      check_vma=False)
+    return jax.jit(f)
+
+
+def chunk_groups(ids: np.ndarray, n_dev: int) -> list[np.ndarray]:
+    """Consecutive groups of ``n_dev`` chunk ids (the last one may be shorter)."""
+    return [ids[i : i + n_dev] for i in range(0, len(ids), n_dev)]
+
+
 def run(
     cfg: RunConfig,
     prepared: Prepared | None = None,
     chunk_start: int = 0,
     chunk_stop: int | None = None,
     progress: bool = True,
+    *,
+    chunk_ids: np.ndarray | None = None,
+    devices: int | None = 1,
+    checkpoint_every: int = 0,
+    on_checkpoint: Callable[[RunResult], None] | None = None,
 ) -> RunResult:
-    """Simulate chunks [chunk_start, chunk_stop) of ``cfg`` for every channel of the card."""
+    """Simulate chunks [chunk_start, chunk_stop) of ``cfg`` for every channel of the card.
+
+    ``chunk_ids`` (sorted, unique) replaces the range (resume of the missing chunks).  ``devices``:
+    number of local devices (None = all); the tallies do not depend on it.  With
+    ``checkpoint_every = N > 0``, ``on_checkpoint(partial)`` is called after every N completed
+    chunks (rounded up to whole device groups) with the result so far.
+    """
     from tqdm import tqdm
 
     prep = prepared or prepare(cfg)
     total = n_chunks(cfg)
-    stop = total if chunk_stop is None else min(chunk_stop, total)
-    if not 0 <= chunk_start < stop:
-        raise ValueError(f"empty chunk range [{chunk_start}, {stop}) of {total} chunks")
-    ids = np.arange(chunk_start, stop)
+    if chunk_ids is not None:
+        ids = np.asarray(chunk_ids, dtype=np.int64)
+        if ids.size == 0 or ids.min() < 0 or ids.max() >= total or np.any(np.diff(ids) <= 0):
+            raise ValueError(f"chunk ids must be sorted, unique and in [0, {total})")
+    else:
+        stop = total if chunk_stop is None else min(chunk_stop, total)
+        if not 0 <= chunk_start < stop:
+            raise ValueError(f"empty chunk range [{chunk_start}, {stop}) of {total} chunks")
+        ids = np.arange(chunk_start, stop)
+    devs = select_devices(devices)
+    n_dev = min(len(devs), len(ids))
     slots = prep.selection.slots()
     rows = np.zeros((len(ids), len(cfg.channels), len(slots), N_FIELDS))
     overflow = np.zeros((len(ids), len(cfg.channels)), dtype=np.int64)
@@ -239,33 +295,53 @@ def run(
         dynamic_ncols=True,
     )
     signal_slot = len(prep.selection.regions[0].cuts)  # final slot of the first region
+    done = 0
+    last_ckpt = 0
     with bar:
-        for i, c in enumerate(ids):
-            key_c = chunk_key(cfg.seed, int(c))
+        for group in chunk_groups(ids, n_dev):
+            n_grp = len(group)
             for ci, ch in enumerate(cfg.channels):
-                r, nov, ev = simulate_chunk(
-                    prep.setup,
-                    prep.physics,
-                    prep.selection,
-                    key_c,
-                    jnp.int32(n_gen[i]),
-                    prep.options,
-                    ch,
-                    cfg.save_events,
-                    prep.admixtures.get(ch),
-                )
-                rows[i, ci] = np.asarray(r, dtype=np.float64)
-                overflow[i, ci] = int(nov)
-                if ev is not None:
-                    sel = np.asarray(ev["selected"][signal_slot])
-                    idx = np.nonzero(sel)[0]
-                    if idx.size:
-                        events["chunk"].append(np.full(idx.size, c))
-                        events["index"].append(idx)
-                        events["channel"].append(np.full(idx.size, ci))
-                        events["log_w"].append(np.asarray(ev["log_w"])[idx])
-                        events["variables"].append({k: np.asarray(v)[idx] for k, v in ev["variables"].items()})
-            bar.update(int(n_gen[i]))
+                mix = prep.admixtures.get(ch)
+                if n_dev == 1:
+                    r, nov, ev = simulate_chunk(
+                        prep.setup, prep.physics, prep.selection, chunk_key(cfg.seed, int(group[0])),
+                        jnp.int32(n_gen[done]), prep.options, ch, cfg.save_events, mix,
+                    )
+                    r, nov = np.asarray(r, dtype=np.float64)[None], np.asarray(nov)[None]
+                    ev = None if ev is None else jax.tree_util.tree_map(lambda a: np.asarray(a)[None], ev)
+                else:
+                    # pad the last group with empty chunks (n_valid = 0), dropped below
+                    padded = np.concatenate([group, np.full(n_dev - n_grp, group[-1])])
+                    keys = jnp.stack([chunk_key(cfg.seed, int(c)) for c in padded])
+                    nv = np.zeros(n_dev, np.int32)
+                    nv[:n_grp] = n_gen[done : done + n_grp]
+                    fn = _sharded_chunk_fn(tuple(devs[:n_dev]), prep.options, ch, cfg.save_events)
+                    r, nov, ev = fn(prep.setup, prep.physics, prep.selection, keys, jnp.asarray(nv), mix)
+                    r, nov = np.asarray(r, dtype=np.float64), np.asarray(nov)
+                    ev = None if ev is None else jax.tree_util.tree_map(np.asarray, ev)
+                for j, c in enumerate(group):
+                    i = done + j
+                    rows[i, ci] = r[j]
+                    overflow[i, ci] = int(nov[j])
+                    if ev is not None:
+                        sel = np.asarray(ev["selected"][j][signal_slot])
+                        idx = np.nonzero(sel)[0]
+                        if idx.size:
+                            events["chunk"].append(np.full(idx.size, c))
+                            events["index"].append(idx)
+                            events["channel"].append(np.full(idx.size, ci))
+                            events["log_w"].append(np.asarray(ev["log_w"][j])[idx])
+                            events["variables"].append({k: np.asarray(v[j])[idx] for k, v in ev["variables"].items()})
+            bar.update(int(n_gen[done : done + n_grp].sum()))
+            done += n_grp
+            if checkpoint_every > 0 and on_checkpoint is not None and done - last_ckpt >= checkpoint_every and done < len(ids):
+                last_ckpt = done
+                on_checkpoint(RunResult(
+                    channels=cfg.channels, slots=slots, chunk_ids=ids[:done].copy(), rows=rows[:done].copy(),
+                    n_gen=n_gen[:done].copy(), overflow=overflow[:done].copy(),
+                    events=_stack_events(events) if cfg.save_events else None,
+                    seconds=time.perf_counter() - t0,
+                ))
     ev_out = None
     if cfg.save_events:
         ev_out = _stack_events(events)
