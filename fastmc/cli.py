@@ -85,6 +85,15 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--json", action="store_true", help="print one JSON object to stdout (table goes to stderr)")
     pr.add_argument("--no-progress", action="store_true", help="no progress bar")
     pr.add_argument("--save-events", action="store_true", help="store the selected events in the output")
+    pr.add_argument("--devices", type=_int_in("--devices", 1, 4096), metavar="N",
+                    help="use the first N local devices (default: all; results do not depend on it)")
+    pr.add_argument("--scheduler", metavar="SPEC",
+                    help="run chunk ranges as Dask tasks: local:N (LocalCluster of N worker processes) or "
+                         "tcp://HOST:PORT (running scheduler); needs the 'dist' extra")
+    pr.add_argument("--checkpoint-every", type=_int_in("--checkpoint-every", 1, 10**9), default=0, metavar="N",
+                    help="write the chunks done so far to -o every N chunks (file marked complete=False)")
+    pr.add_argument("--resume", action="store_true",
+                    help="continue the unfinished run in -o (same card, model, seed, chunk size)")
 
     ins = sub.add_parser("inspect", help="summarise a fastmc HDF5 output file")
     ins.add_argument("file", type=Path)
@@ -96,7 +105,15 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--chunk-size", type=_int_in("--chunk-size", 1, 2**24), action="append",
                     help="chunk size(s) to time (repeatable; default: the card's)")
     be.add_argument("--repeats", type=_int_in("--repeats", 1, 1000), default=5, help="timed chunks per chunk size")
-    be.add_argument("--json", action="store_true")
+    be.add_argument("--devices", type=_int_in("--devices", 1, 4096), action="append", metavar="N",
+                    help="device count(s) to time (repeatable; default: 1)")
+    be.add_argument("--numpy", action="store_true",
+                    help="also time the muon transport through the 2022 absorber sequence: JAX vs plain NumPy")
+    be.add_argument("--geant4", action="store_true",
+                    help="also time the same muon-only transport in Geant4 (geant4-pybind; skipped if missing)")
+    be.add_argument("--transport-muons", type=_int_in("--transport-muons", 1, 10**8), default=None, metavar="N",
+                    help="muons for the --numpy/--geant4 transport comparison (default: 65536 JAX/NumPy, 2000 Geant4)")
+    be.add_argument("--json", action="store_true", help="print one JSON object (the table goes to stderr)")
 
     mg = sub.add_parser("merge", help="merge outputs of disjoint chunk ranges of one run card, exactly")
     mg.add_argument("inputs", type=Path, nargs="+", help="fastmc HDF5 files (same card, seed, chunk size)")
@@ -234,23 +251,130 @@ def _warnings(proj: dict[str, Any], result, cfg) -> list[str]:
     return out
 
 
+RESUME_KEYS = ("n_muons", "seed", "chunk_size", "mot", "save_events")
+
+
+def _resume_config(args, cfg):
+    """The configuration and the partial result of the checkpoint in ``-o`` (``--resume``).
+
+    Settings not given on the command line are taken from the checkpoint; any that differ
+    (card, model, seed, chunk size, ...) refuse the resume.
+    """
+    from fastmc.io import read_result
+    from fastmc.run import RunResult, n_chunks
+
+    path = args.output
+    try:
+        data = read_result(path)
+    except FileNotFoundError:
+        raise UsageError(f"--resume: {str(path)!r} does not exist: nothing to resume") from None
+    except ValueError as err:
+        raise UsageError(f"--resume: {err}") from None
+    if data["complete"]:
+        raise UsageError(f"--resume: {str(path)!r} is a complete run: nothing to resume")
+    stored = data["config"]
+    changes = {}
+    for key in RESUME_KEYS:
+        flag = "save_events" if key == "save_events" else key
+        given = getattr(args, flag, None)
+        if not given and key in stored:  # not given (None/False): take the checkpoint's
+            changes[key] = stored[key]
+    cfg = cfg.with_overrides(**changes)
+    mine = cfg.to_dict()
+    names = {"sha256": "run card", "model": "model", "seed": "seed", "chunk_size": "chunk size",
+             "n_muons": "number of muons", "mot": "MOT"}
+    for key in ("sha256", "model", "seed", "chunk_size", "n_muons", "mot", "channels", "physics", "regions",
+                "save_events", "admixture", "hadron_decay"):
+        a, b = mine.get(key), stored.get(key)
+        if key == "model":
+            a, b = (a or {}).get("sha256"), (b or {}).get("sha256")
+        if json.dumps(a, sort_keys=True, default=str) != json.dumps(b, sort_keys=True, default=str):
+            raise UsageError(f"--resume: {names.get(key, key)} differs from the checkpoint {str(path)!r}: refusing to resume")
+    req = json.loads(data["provenance"].get("requested_chunks", "null") or "null")
+    if req is None:
+        raise UsageError(f"--resume: {str(path)!r} records no requested chunk range")
+    if args.chunks is not None:
+        a, b = args.chunks
+        if a != req[0] or (b is not None and min(b, n_chunks(cfg)) != req[1]):
+            raise UsageError(f"--resume: --chunks = {a}:{b if b is not None else ''} differs from the checkpoint's {req[0]}:{req[1]}")
+    c = data["chunks"]
+    ca = data["chunk_attrs"]
+    done = RunResult(channels=tuple(ca["channels"]), slots=[tuple(x) for x in ca["slots"]], chunk_ids=c["ids"],
+                     rows=c["rows"], n_gen=c["n_gen"], overflow=c["overflow"], events=data["events"],
+                     seconds=float(data["provenance"].get("wall_seconds", 0.0)))
+    return cfg, done, (int(req[0]), int(req[1]))
+
+
 def cmd_project(args) -> int:
     cfg = _load_card(args)
     _check_output(args.output)
+    if args.checkpoint_every and args.output is None:
+        raise UsageError("--checkpoint-every needs -o OUT.h5 (the checkpoint is written there)")
+    if args.resume and args.output is None:
+        raise UsageError("--resume needs -o OUT.h5 (the checkpoint to continue)")
+    if args.checkpoint_every and not args.resume and args.output.exists():
+        raise UsageError(f"-o = {str(args.output)!r} exists: a checkpointed run will not replace it "
+                         "(continue it with --resume, or choose another path)")
+    if args.scheduler is not None:
+        from fastmc.distributed import parse_scheduler
+
+        try:
+            parse_scheduler(args.scheduler)
+        except ValueError as err:
+            raise UsageError(str(err)) from None
+        import importlib.util
+
+        if importlib.util.find_spec("distributed") is None:
+            raise UsageError("--scheduler needs Dask: pip install 'fastmc[dist]'")
+    done = None
+    if args.resume:
+        cfg, done, (start, stop) = _resume_config(args, cfg)
+    import numpy as np
+
     from fastmc.io import write_result
-    from fastmc.run import prepare, projection, run
+    from fastmc.run import n_chunks, prepare, projection, run, select_devices
 
-    prep = prepare(cfg)
-    start, stop = args.chunks if args.chunks else (0, None)
-    from fastmc.run import n_chunks
+    if not args.resume:
+        start, stop = args.chunks if args.chunks else (0, None)
+        if start >= n_chunks(cfg):
+            raise UsageError(f"--chunks = {start}:{stop}: the run has only {n_chunks(cfg)} chunks")
+        stop = n_chunks(cfg) if stop is None else min(stop, n_chunks(cfg))
+    try:
+        devs = select_devices(args.devices)
+    except ValueError as err:
+        raise UsageError(f"--devices = {args.devices}: {err}") from None
+    wanted = np.arange(start, stop)
+    todo = wanted if done is None else np.setdiff1d(wanted, done.chunk_ids)
+    command = " ".join(["fastmc"] + sys.argv[1:])
+    extra = {"requested_chunks": json.dumps([int(start), int(stop)]),
+             "n_devices": len(devs) if args.scheduler is None else 0,
+             "scheduler": args.scheduler or ""}
+    prep = prepare(cfg) if args.scheduler is None or args.output is not None else None
 
-    if start >= n_chunks(cfg):
-        raise UsageError(f"--chunks = {start}:{stop}: the run has only {n_chunks(cfg)} chunks")
-    result = run(cfg, prep, start, stop, progress=not args.no_progress)
+    def checkpoint(merged) -> None:
+        write_result(args.output, cfg, merged, projection(cfg, merged), prep, command, complete=False,
+                     extra_provenance=extra)
+        print(f"checkpoint: {len(merged.chunk_ids)}/{len(wanted)} chunks in {args.output}", file=sys.stderr)
+
+    every = args.checkpoint_every
+    if len(todo) == 0:
+        result = done
+    elif args.scheduler is not None:
+        from fastmc.distributed import run_dask
+
+        result = run_dask(cfg, args.scheduler, todo, devices=args.devices, checkpoint_every=every,
+                          on_checkpoint=checkpoint if every else None, base=done,
+                          log=lambda m: print(m, file=sys.stderr))
+    else:
+        result = run(cfg, prep, progress=not args.no_progress, chunk_ids=todo, devices=args.devices,
+                     checkpoint_every=every,
+                     on_checkpoint=(lambda part: checkpoint(part if done is None else done.merge(part))) if every else None)
+        if done is not None:
+            result = done.merge(result)
     proj = projection(cfg, result)
     out_path = None
     if args.output is not None:
-        out_path = str(write_result(args.output, cfg, result, proj, prep, " ".join(["fastmc"] + sys.argv[1:])))
+        out_path = str(write_result(args.output, cfg, result, proj, prep, command, complete=True, extra_provenance=extra))
     proj_out = {k: v for k, v in proj.items() if k != "cutflow"}
     proj_out["output"] = out_path
     table = format_table(proj)

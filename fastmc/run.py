@@ -204,9 +204,24 @@ class RunResult:
             rows=np.concatenate([self.rows, other.rows]),
             n_gen=np.concatenate([self.n_gen, other.n_gen]),
             overflow=np.concatenate([self.overflow, other.overflow]),
-            events=None,
+            events=merge_events(self.events, other.events),
             seconds=self.seconds + other.seconds,
         )
+
+
+def merge_events(a: dict[str, Any] | None, b: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Union of two event records of disjoint chunks, in (chunk, channel, index) order; None if either is."""
+    if a is None or b is None:
+        return None
+    out = {k: np.concatenate([np.asarray(a[k]), np.asarray(b[k])]) for k in ("chunk", "index", "channel", "log_w")}
+    order = np.lexsort((out["index"], out["channel"], out["chunk"]))
+    out = {k: v[order] for k, v in out.items()}
+    names = list(a["variables"] or b["variables"])
+    out["variables"] = {}
+    for k in names:
+        parts = [np.asarray(e["variables"][k]) for e in (a, b) if len(e["chunk"])]
+        out["variables"][k] = np.concatenate(parts)[order] if parts else np.zeros(0)
+    return out
 
 
 def n_chunks(cfg: RunConfig) -> int:
