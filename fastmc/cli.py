@@ -462,6 +462,24 @@ def cmd_env(args) -> int:
     return 0
 
 
+def _peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
+
+
+def _load_numpy_baseline():
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "numpy_baseline.py"
+    if not path.is_file():
+        raise UsageError(f"--numpy/--geant4 need the source tree ({path} not found)")
+    spec = importlib.util.spec_from_file_location("fastmc_numpy_baseline", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def cmd_bench(args) -> int:
     import dataclasses
 
@@ -469,41 +487,94 @@ def cmd_bench(args) -> int:
 
     from fastmc.config import load_run
     from fastmc.rng import chunk_key
-    from fastmc.run import prepare, simulate_chunk
+    from fastmc.run import _sharded_chunk_fn, prepare, simulate_chunk
 
     card = args.card or str(Path(__file__).resolve().parent.parent / "runs" / "quickstart.toml")
     cfg = load_run(card)
     sizes = args.chunk_size or [cfg.chunk_size]
+    n_devs = args.devices or [1]
+    local = jax.local_devices()
+    for d in n_devs:
+        if d > len(local):
+            raise UsageError(f"--devices = {d}: only {len(local)} local device(s) "
+                             "(on CPU: XLA_FLAGS=--xla_force_host_platform_device_count=N)")
     t0 = time.perf_counter()
     prep = prepare(cfg)
     t_prep = time.perf_counter() - t0
     rows = []
-    for cs in sizes:
-        import jax.numpy as jnp
+    import jax.numpy as jnp
+    import numpy as np
 
-        t0 = time.perf_counter()
-        opts = dataclasses.replace(prep.options, chunk_size=cs)
-        out = simulate_chunk(prep.setup, prep.physics, prep.selection, chunk_key(cfg.seed, 0), jnp.int32(cs), opts)
-        jax.block_until_ready(out)
-        t_compile = time.perf_counter() - t0
-        reps = args.repeats if args.n_muons is None else max(1, -(-args.n_muons // cs))
-        t0 = time.perf_counter()
-        for c in range(1, reps + 1):
-            out = simulate_chunk(prep.setup, prep.physics, prep.selection, chunk_key(cfg.seed, c), jnp.int32(cs), opts)
-        jax.block_until_ready(out)
-        dt = time.perf_counter() - t0
-        rows.append({"chunk_size": cs, "chunks": reps, "muons": reps * cs, "seconds": dt,
-                     "muons_per_s": reps * cs / dt, "first_call_s": t_compile})
-    res = {"card": card, "backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()],
+    for nd in n_devs:
+        for cs in sizes:
+            opts = dataclasses.replace(prep.options, chunk_size=cs)
+            if nd == 1:
+                def call(first: int, opts=opts, cs=cs):
+                    return simulate_chunk(prep.setup, prep.physics, prep.selection, chunk_key(cfg.seed, first),
+                                          jnp.int32(cs), opts)
+            else:
+                fn = _sharded_chunk_fn(tuple(local[:nd]), opts, "analog", False)
+
+                def call(first: int, fn=fn, nd=nd, cs=cs):
+                    keys = jnp.stack([chunk_key(cfg.seed, first + j) for j in range(nd)])
+                    return fn(prep.setup, prep.physics, prep.selection, keys, jnp.full((nd,), cs, jnp.int32), None)
+
+            t0 = time.perf_counter()
+            jax.block_until_ready(call(0))
+            t_compile = time.perf_counter() - t0
+            reps = args.repeats if args.n_muons is None else max(1, -(-args.n_muons // (cs * nd)))
+            t0 = time.perf_counter()
+            for c in range(1, reps + 1):
+                out = call(c * nd)
+                np.asarray(out[0])  # rows back on the host, as in a run
+            dt = time.perf_counter() - t0
+            rows.append({"devices": nd, "chunk_size": cs, "chunks": reps * nd, "muons": reps * cs * nd, "seconds": dt,
+                         "muons_per_s": reps * cs * nd / dt, "first_call_s": t_compile})
+    res = {"card": card, "backend": jax.default_backend(), "devices": [str(d) for d in local],
            "tables_and_setup_s": t_prep, "results": rows}
+    if args.numpy:
+        nb = _load_numpy_baseline()
+        res["numpy"] = nb.compare(cfg, prep, args.transport_muons or 65536, seed=cfg.seed, repeats=3)
+    if args.geant4:
+        nb = _load_numpy_baseline()
+        n_g4 = args.transport_muons or 2000
+        g4 = nb.geant4_compare(cfg, n_g4, seed=cfg.seed)
+        if "skipped" not in g4:
+            jx = res.get("numpy") or nb.compare(cfg, prep, max(n_g4, 4096), seed=cfg.seed, repeats=3)
+            cores = os.cpu_count() or 1
+            g4["fastmc_transport_muons_per_s"] = jx["jax_muons_per_s"]
+            g4["fastmc_transport_muons_per_core_s"] = jx["jax_muons_per_s"] / cores
+            g4["cores"] = cores
+            g4["speedup_fastmc_per_core_over_geant4"] = jx["jax_muons_per_s"] / cores / g4["muons_per_core_s"]
+            g4["mean_exit_ekin_GeV_fastmc"] = jx["mean_exit_ekin_GeV"]["jax"]
+        res["geant4"] = g4
+    res["peak_rss_mb"] = _peak_rss_mb()
+    out = sys.stderr if args.json else sys.stdout
+    print("fastmc bench — full chain (beam, transport, response, reconstruction, selection, tally)", file=out)
+    print(f"card {card}; backend {res['backend']}; tables+setup {t_prep:.2f} s", file=out)
+    print(f"{'chunk size':>11}{'muons':>12}{'seconds':>10}{'muons/s':>14}{'first call (compile) s':>25}{'devices':>9}",
+          file=out)
+    for r in rows:
+        print(f"{r['chunk_size']:>11}{r['muons']:>12}{r['seconds']:>10.2f}{r['muons_per_s']:>14.4g}"
+              f"{r['first_call_s']:>25.2f}{r['devices']:>9}", file=out)
+    if "numpy" in res:
+        r = res["numpy"]
+        print(f"muon transport through the {r['elements']} material elements ({r['muons']} muons, Highland MS): "
+              f"fastmc/JAX {r['jax_muons_per_s']:.4g} muons/s (first call {r['jax_first_call_s']:.2f} s), "
+              f"NumPy {r['numpy_muons_per_s']:.4g} muons/s → JAX/NumPy = {r['speedup_jax_over_numpy']:.3g}; "
+              f"mean exit E {r['mean_exit_ekin_GeV']['jax']:.3f} / {r['mean_exit_ekin_GeV']['numpy']:.3f} GeV", file=out)
+    if "geant4" in res:
+        g = res["geant4"]
+        if "skipped" in g:
+            print(f"Geant4: skipped — {g['skipped']}", file=out)
+        else:
+            print(f"Geant4 {g['geant4_version']} muon-only through {g['layers']} layers ({g['muons']} muons): "
+                  f"{g['muons_per_core_s']:.4g} muons/core/s; fastmc {g['fastmc_transport_muons_per_core_s']:.4g} "
+                  f"muons/core/s ({g['cores']} cores) → {g['speedup_fastmc_per_core_over_geant4']:.3g}× per core; "
+                  f"mean exit E {g['mean_exit_ekin_GeV']:.3f} (G4) / {g['mean_exit_ekin_GeV_fastmc']:.3f} GeV", file=out)
+    print(f"peak RSS {res['peak_rss_mb']:.0f} MB", file=out)
     if args.json:
         print(json.dumps(res))
-    else:
-        print(f"fastmc bench — full chain (beam, transport, response, reconstruction, selection, tally)")
-        print(f"card {card}; backend {res['backend']}; tables+setup {t_prep:.2f} s")
-        print(f"{'chunk size':>11}{'muons':>12}{'seconds':>10}{'muons/s':>14}{'first call (compile) s':>25}")
-        for r in rows:
-            print(f"{r['chunk_size']:>11}{r['muons']:>12}{r['seconds']:>10.2f}{r['muons_per_s']:>14.4g}{r['first_call_s']:>25.2f}")
     return 0
 
 

@@ -18,6 +18,7 @@ one started by dask-jobqueue on SLURM/HTCondor; see the README).
 from __future__ import annotations
 
 import re
+import time
 from typing import Any, Callable
 
 import numpy as np
@@ -137,6 +138,7 @@ def run_dask(
         raise ImportError("the Dask backend needs the 'dist' extra: pip install 'fastmc[dist]'") from None
 
     kind, arg = parse_scheduler(scheduler)
+    t0 = time.perf_counter()
     cluster = None
     if kind == "local":
         cluster = LocalCluster(n_workers=arg, threads_per_worker=1, processes=True, host="127.0.0.1",
@@ -164,7 +166,10 @@ def run_dask(
             if checkpoint_every > 0 and on_checkpoint is not None and done - last >= checkpoint_every and done < len(chunk_ids):
                 last = done
                 on_checkpoint(collector.merged(base))
-        return collector.merged(base)
+        result = collector.merged(base)
+        # wall time of this run (the tasks' own times overlap), plus the checkpoint's
+        result.seconds = (base.seconds if base is not None else 0.0) + time.perf_counter() - t0
+        return result
     finally:
         client.close()
         if cluster is not None:
