@@ -411,6 +411,10 @@ def cmd_inspect(args) -> int:
     print(f"  config: {p['config_path']} (sha256 {str(p['config_sha256'])[:12]}…), model {p['model_path']}")
     print(f"  seed {p['seed']}, chunk size {p['chunk_size']}, chunks {p['chunk_range']}, backend {p['backend']}, "
           f"jax {p['jax']}, git {p['git_describe'] or '-'}")
+    if not data["complete"]:
+        req = p.get("requested_chunks") or "?"
+        print(f"  UNFINISHED checkpoint (complete=False): {len(data['chunks']['ids'])} chunks of {req} done; "
+              "continue with 'fastmc project CARD -o FILE --resume'")
     if data["has_events"]:
         print(f"  events stored: {data['n_events']}")
     print(format_table(data["projection"]))
