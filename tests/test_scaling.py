@@ -179,9 +179,14 @@ def flaky_task(cfg, start, stop, devices=None):
     return run_task(cfg, start, stop, devices)
 
 
+@pytest.fixture
+def _dask():
+    """Skips before the (costly) reference run when the optional 'dist' extra is missing."""
+    return pytest.importorskip("distributed")
+
+
 @pytest.mark.filterwarnings("ignore")  # dask's own start-up/shut-down warnings
-def test_dask_localcluster_bitwise_with_retries(tmp_path, reference, monkeypatch):
-    pytest.importorskip("distributed")
+def test_dask_localcluster_bitwise_with_retries(_dask, tmp_path, reference, monkeypatch):
     from fastmc.distributed import run_dask
 
     cfg, ref = reference
