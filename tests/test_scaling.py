@@ -179,7 +179,7 @@ def flaky_task(cfg, start, stop, devices=None):
     return run_task(cfg, start, stop, devices)
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def _dask():
     """Skips before the (costly) reference run when the optional 'dist' extra is missing."""
     return pytest.importorskip("distributed")
