@@ -89,6 +89,15 @@ def build_parser() -> argparse.ArgumentParser:
                     help="stop when every channel's signal estimate reaches this relative error "
                          "(n_muons is then the budget)")
     pr.add_argument("--max-seconds", type=_positive_float("--max-seconds"), help="wall-time budget of the simulation")
+    pr.add_argument("--devices", type=_int_in("--devices", 1, 4096), metavar="N",
+                    help="use the first N local devices (default: all; results do not depend on it)")
+    pr.add_argument("--scheduler", metavar="SPEC",
+                    help="run chunk ranges as Dask tasks: local:N (LocalCluster of N worker processes) or "
+                         "tcp://HOST:PORT (running scheduler); needs the 'dist' extra")
+    pr.add_argument("--checkpoint-every", type=_int_in("--checkpoint-every", 1, 10**9), default=0, metavar="N",
+                    help="write the chunks done so far to -o every N chunks (file marked complete=False)")
+    pr.add_argument("--resume", action="store_true",
+                    help="continue the unfinished run in -o (same card, model, seed, chunk size)")
 
     ins = sub.add_parser("inspect", help="summarise a fastmc HDF5 output file")
     ins.add_argument("file", type=Path)
@@ -100,7 +109,15 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--chunk-size", type=_int_in("--chunk-size", 1, 2**24), action="append",
                     help="chunk size(s) to time (repeatable; default: the card's)")
     be.add_argument("--repeats", type=_int_in("--repeats", 1, 1000), default=5, help="timed chunks per chunk size")
-    be.add_argument("--json", action="store_true")
+    be.add_argument("--devices", type=_int_in("--devices", 1, 4096), action="append", metavar="N",
+                    help="device count(s) to time (repeatable; default: 1)")
+    be.add_argument("--numpy", action="store_true",
+                    help="also time the muon transport through the 2022 absorber sequence: JAX vs plain NumPy")
+    be.add_argument("--geant4", action="store_true",
+                    help="also time the same muon-only transport in Geant4 (geant4-pybind; skipped if missing)")
+    be.add_argument("--transport-muons", type=_int_in("--transport-muons", 1, 10**8), default=None, metavar="N",
+                    help="muons for the --numpy/--geant4 transport comparison (default: 65536 JAX/NumPy, 2000 Geant4)")
+    be.add_argument("--json", action="store_true", help="print one JSON object (the table goes to stderr)")
 
     mg = sub.add_parser("merge", help="merge outputs of disjoint chunk ranges of one run card, exactly")
     mg.add_argument("inputs", type=Path, nargs="+", help="fastmc HDF5 files (same card, seed, chunk size)")
@@ -238,25 +255,134 @@ def _warnings(proj: dict[str, Any], result, cfg) -> list[str]:
     return out
 
 
+RESUME_KEYS = ("n_muons", "seed", "chunk_size", "mot", "save_events")
+
+
+def _resume_config(args, cfg):
+    """The configuration and the partial result of the checkpoint in ``-o`` (``--resume``).
+
+    Settings not given on the command line are taken from the checkpoint; any that differ
+    (card, model, seed, chunk size, ...) refuse the resume.
+    """
+    from fastmc.io import read_result
+    from fastmc.run import RunResult, n_chunks
+
+    path = args.output
+    try:
+        data = read_result(path)
+    except FileNotFoundError:
+        raise UsageError(f"--resume: {str(path)!r} does not exist: nothing to resume") from None
+    except ValueError as err:
+        raise UsageError(f"--resume: {err}") from None
+    if data["complete"]:
+        raise UsageError(f"--resume: {str(path)!r} is a complete run: nothing to resume")
+    stored = data["config"]
+    changes = {}
+    for key in RESUME_KEYS:
+        flag = "save_events" if key == "save_events" else key
+        given = getattr(args, flag, None)
+        if not given and key in stored:  # not given (None/False): take the checkpoint's
+            changes[key] = stored[key]
+    cfg = cfg.with_overrides(**changes)
+    mine = cfg.to_dict()
+    names = {"sha256": "run card", "model": "model", "seed": "seed", "chunk_size": "chunk size",
+             "n_muons": "number of muons", "mot": "MOT"}
+    for key in ("sha256", "model", "seed", "chunk_size", "n_muons", "mot", "channels", "physics", "regions",
+                "save_events", "admixture", "hadron_decay"):
+        a, b = mine.get(key), stored.get(key)
+        if key == "model":
+            a, b = (a or {}).get("sha256"), (b or {}).get("sha256")
+        if json.dumps(a, sort_keys=True, default=str) != json.dumps(b, sort_keys=True, default=str):
+            raise UsageError(f"--resume: {names.get(key, key)} differs from the checkpoint {str(path)!r}: refusing to resume")
+    req = json.loads(data["provenance"].get("requested_chunks", "null") or "null")
+    if req is None:
+        raise UsageError(f"--resume: {str(path)!r} records no requested chunk range")
+    if args.chunks is not None:
+        a, b = args.chunks
+        if a != req[0] or (b is not None and min(b, n_chunks(cfg)) != req[1]):
+            raise UsageError(f"--resume: --chunks = {a}:{b if b is not None else ''} differs from the checkpoint's {req[0]}:{req[1]}")
+    c = data["chunks"]
+    ca = data["chunk_attrs"]
+    done = RunResult(channels=tuple(ca["channels"]), slots=[tuple(x) for x in ca["slots"]], chunk_ids=c["ids"],
+                     rows=c["rows"], n_gen=c["n_gen"], overflow=c["overflow"], events=data["events"],
+                     seconds=float(data["provenance"].get("wall_seconds", 0.0)))
+    return cfg, done, (int(req[0]), int(req[1]))
+
+
 def cmd_project(args) -> int:
     cfg = _load_card(args)
     _check_output(args.output)
+    if args.checkpoint_every and args.output is None:
+        raise UsageError("--checkpoint-every needs -o OUT.h5 (the checkpoint is written there)")
+    if args.resume and args.output is None:
+        raise UsageError("--resume needs -o OUT.h5 (the checkpoint to continue)")
+    if args.checkpoint_every and not args.resume and args.output.exists():
+        raise UsageError(f"-o = {str(args.output)!r} exists: a checkpointed run will not replace it "
+                         "(continue it with --resume, or choose another path)")
+    if args.scheduler is not None and (args.target_rel_err is not None or args.max_seconds is not None):
+        raise UsageError("--target-rel-err/--max-seconds are not available with --scheduler (tasks are fixed ranges)")
+    if args.scheduler is not None:
+        from fastmc.distributed import parse_scheduler
+
+        try:
+            parse_scheduler(args.scheduler)
+        except ValueError as err:
+            raise UsageError(str(err)) from None
+        import importlib.util
+
+        if importlib.util.find_spec("distributed") is None:
+            raise UsageError("--scheduler needs Dask: pip install 'fastmc[dist]'")
+    done = None
+    if args.resume:
+        cfg, done, (start, stop) = _resume_config(args, cfg)
+    import numpy as np
+
     from fastmc.io import write_result
-    from fastmc.run import prepare, projection, run
+    from fastmc.run import n_chunks, prepare, projection, run, select_devices
 
-    prep = prepare(cfg)
-    start, stop = args.chunks if args.chunks else (0, None)
-    from fastmc.run import n_chunks
+    if not args.resume:
+        start, stop = args.chunks if args.chunks else (0, None)
+        if start >= n_chunks(cfg):
+            raise UsageError(f"--chunks = {start}:{stop}: the run has only {n_chunks(cfg)} chunks")
+        stop = n_chunks(cfg) if stop is None else min(stop, n_chunks(cfg))
+    try:
+        devs = select_devices(args.devices)
+    except ValueError as err:
+        raise UsageError(f"--devices = {args.devices}: {err}") from None
+    wanted = np.arange(start, stop)
+    todo = wanted if done is None else np.setdiff1d(wanted, done.chunk_ids)
+    command = " ".join(["fastmc"] + sys.argv[1:])
+    extra = {"requested_chunks": json.dumps([int(start), int(stop)]),
+             "n_devices": len(devs) if args.scheduler is None else 0,
+             "scheduler": args.scheduler or ""}
+    prep = prepare(cfg) if args.scheduler is None or args.output is not None else None
 
-    if start >= n_chunks(cfg):
-        raise UsageError(f"--chunks = {start}:{stop}: the run has only {n_chunks(cfg)} chunks")
-    result = run(cfg, prep, start, stop, progress=not args.no_progress, target_rel_err=args.target_rel_err,
-                 max_seconds=args.max_seconds)
+    def checkpoint(merged) -> None:
+        write_result(args.output, cfg, merged, projection(cfg, merged), prep, command, complete=False,
+                     extra_provenance=extra)
+        print(f"checkpoint: {len(merged.chunk_ids)}/{len(wanted)} chunks in {args.output}", file=sys.stderr)
+
+    every = args.checkpoint_every
+    if len(todo) == 0:
+        result = done
+    elif args.scheduler is not None:
+        from fastmc.distributed import run_dask
+
+        result = run_dask(cfg, args.scheduler, todo, devices=args.devices, checkpoint_every=every,
+                          on_checkpoint=checkpoint if every else None, base=done,
+                          log=lambda m: print(m, file=sys.stderr))
+    else:
+        result = run(cfg, prep, progress=not args.no_progress, target_rel_err=args.target_rel_err,
+                     max_seconds=args.max_seconds, chunk_ids=todo, devices=args.devices,
+                     checkpoint_every=every,
+                     on_checkpoint=(lambda part: checkpoint(part if done is None else done.merge(part))) if every else None)
+        if done is not None:
+            result = done.merge(result)
     proj = projection(cfg, result)
     proj["stop_reason"] = result.stop_reason
     out_path = None
     if args.output is not None:
-        out_path = str(write_result(args.output, cfg, result, proj, prep, " ".join(["fastmc"] + sys.argv[1:])))
+        out_path = str(write_result(args.output, cfg, result, proj, prep, command, complete=True, extra_provenance=extra))
     proj_out = {k: v for k, v in proj.items() if k != "cutflow"}
     proj_out["output"] = out_path
     table = format_table(proj)
@@ -295,6 +421,10 @@ def cmd_inspect(args) -> int:
     print(f"  config: {p['config_path']} (sha256 {str(p['config_sha256'])[:12]}…), model {p['model_path']}")
     print(f"  seed {p['seed']}, chunk size {p['chunk_size']}, chunks {p['chunk_range']}, backend {p['backend']}, "
           f"jax {p['jax']}, git {p['git_describe'] or '-'}")
+    if not data["complete"]:
+        req = p.get("requested_chunks") or "?"
+        print(f"  UNFINISHED checkpoint (complete=False): {len(data['chunks']['ids'])} chunks of {req} done; "
+              "continue with 'fastmc project CARD -o FILE --resume'")
     if data["has_events"]:
         print(f"  events stored: {data['n_events']}")
     print(format_table(data["projection"]))
@@ -346,6 +476,24 @@ def cmd_env(args) -> int:
     return 0
 
 
+def _peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
+
+
+def _load_numpy_baseline():
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "numpy_baseline.py"
+    if not path.is_file():
+        raise UsageError(f"--numpy/--geant4 need the source tree ({path} not found)")
+    spec = importlib.util.spec_from_file_location("fastmc_numpy_baseline", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def cmd_bench(args) -> int:
     import dataclasses
 
@@ -358,36 +506,90 @@ def cmd_bench(args) -> int:
     card = args.card or str(Path(__file__).resolve().parent.parent / "runs" / "quickstart.toml")
     cfg = load_run(card)
     sizes = args.chunk_size or [cfg.chunk_size]
+    n_devs = args.devices or [1]
+    local = jax.local_devices()
+    for d in n_devs:
+        if d > len(local):
+            raise UsageError(f"--devices = {d}: only {len(local)} local device(s) "
+                             "(on CPU: XLA_FLAGS=--xla_force_host_platform_device_count=N)")
     t0 = time.perf_counter()
     prep = prepare(cfg)
     t_prep = time.perf_counter() - t0
     rows = []
-    for cs in sizes:
-        import jax.numpy as jnp
+    import jax.numpy as jnp
+    import numpy as np
 
-        t0 = time.perf_counter()
-        opts = dataclasses.replace(prep.options, chunk_size=cs)
-        out = simulate_chunk(prep.setup, prep.physics, prep.selection, chunk_key(cfg.seed, 0), jnp.int32(cs), opts)
-        jax.block_until_ready(out)
-        t_compile = time.perf_counter() - t0
-        reps = args.repeats if args.n_muons is None else max(1, -(-args.n_muons // cs))
-        t0 = time.perf_counter()
-        for c in range(1, reps + 1):
-            out = simulate_chunk(prep.setup, prep.physics, prep.selection, chunk_key(cfg.seed, c), jnp.int32(cs), opts)
-        jax.block_until_ready(out)
-        dt = time.perf_counter() - t0
-        rows.append({"chunk_size": cs, "chunks": reps, "muons": reps * cs, "seconds": dt,
-                     "muons_per_s": reps * cs / dt, "first_call_s": t_compile})
-    res = {"card": card, "backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()],
+    for nd in n_devs:
+        for cs in sizes:
+            opts = dataclasses.replace(prep.options, chunk_size=cs)
+            if nd == 1:
+                def call(first: int, opts=opts, cs=cs):
+                    return simulate_chunk(prep.setup, prep.physics, prep.selection, chunk_key(cfg.seed, first),
+                                          jnp.int32(cs), opts)
+            else:
+                placed = [jax.device_put((prep.setup, prep.physics, prep.selection), d) for d in local[:nd]]
+
+                def call(first: int, opts=opts, nd=nd, cs=cs, placed=placed):
+                    outs = [simulate_chunk(*placed[j], jax.device_put(chunk_key(cfg.seed, first + j), local[j]),
+                                           jax.device_put(jnp.int32(cs), local[j]), opts) for j in range(nd)]
+                    return jax.tree_util.tree_map(lambda *a: np.stack([np.asarray(x) for x in a]), *outs)
+
+            t0 = time.perf_counter()
+            jax.block_until_ready(call(0))
+            t_compile = time.perf_counter() - t0
+            reps = args.repeats if args.n_muons is None else max(1, -(-args.n_muons // (cs * nd)))
+            t0 = time.perf_counter()
+            for c in range(1, reps + 1):
+                out = call(c * nd)
+                np.asarray(out[0])  # rows back on the host, as in a run
+            dt = time.perf_counter() - t0
+            rows.append({"devices": nd, "chunk_size": cs, "chunks": reps * nd, "muons": reps * cs * nd, "seconds": dt,
+                         "muons_per_s": reps * cs * nd / dt, "first_call_s": t_compile})
+    res = {"card": card, "backend": jax.default_backend(), "devices": [str(d) for d in local],
            "tables_and_setup_s": t_prep, "results": rows}
+    if args.numpy:
+        nb = _load_numpy_baseline()
+        res["numpy"] = nb.compare(cfg, prep, args.transport_muons or 65536, seed=cfg.seed, repeats=3)
+    if args.geant4:
+        nb = _load_numpy_baseline()
+        n_g4 = args.transport_muons or 2000
+        g4 = nb.geant4_compare(cfg, n_g4, seed=cfg.seed)
+        if "skipped" not in g4:
+            jx = res.get("numpy") or nb.compare(cfg, prep, max(n_g4, 4096), seed=cfg.seed, repeats=3)
+            cores = os.cpu_count() or 1
+            g4["fastmc_transport_muons_per_s"] = jx["jax_muons_per_s"]
+            g4["fastmc_transport_muons_per_core_s"] = jx["jax_muons_per_s"] / cores
+            g4["cores"] = cores
+            g4["speedup_fastmc_per_core_over_geant4"] = jx["jax_muons_per_s"] / cores / g4["muons_per_core_s"]
+            g4["mean_exit_ekin_GeV_fastmc"] = jx["mean_exit_ekin_GeV"]["jax"]
+        res["geant4"] = g4
+    res["peak_rss_mb"] = _peak_rss_mb()
+    out = sys.stderr if args.json else sys.stdout
+    print("fastmc bench — full chain (beam, transport, response, reconstruction, selection, tally)", file=out)
+    print(f"card {card}; backend {res['backend']}; tables+setup {t_prep:.2f} s", file=out)
+    print(f"{'chunk size':>11}{'muons':>12}{'seconds':>10}{'muons/s':>14}{'first call (compile) s':>25}{'devices':>9}",
+          file=out)
+    for r in rows:
+        print(f"{r['chunk_size']:>11}{r['muons']:>12}{r['seconds']:>10.2f}{r['muons_per_s']:>14.4g}"
+              f"{r['first_call_s']:>25.2f}{r['devices']:>9}", file=out)
+    if "numpy" in res:
+        r = res["numpy"]
+        print(f"muon transport through the {r['elements']} material elements ({r['muons']} muons, Highland MS): "
+              f"fastmc/JAX {r['jax_muons_per_s']:.4g} muons/s (first call {r['jax_first_call_s']:.2f} s), "
+              f"NumPy {r['numpy_muons_per_s']:.4g} muons/s → JAX/NumPy = {r['speedup_jax_over_numpy']:.3g}; "
+              f"mean exit E {r['mean_exit_ekin_GeV']['jax']:.3f} / {r['mean_exit_ekin_GeV']['numpy']:.3f} GeV", file=out)
+    if "geant4" in res:
+        g = res["geant4"]
+        if "skipped" in g:
+            print(f"Geant4: skipped — {g['skipped']}", file=out)
+        else:
+            print(f"Geant4 {g['geant4_version']} muon-only through {g['layers']} layers ({g['muons']} muons): "
+                  f"{g['muons_per_core_s']:.4g} muons/core/s; fastmc {g['fastmc_transport_muons_per_core_s']:.4g} "
+                  f"muons/core/s ({g['cores']} cores) → {g['speedup_fastmc_per_core_over_geant4']:.3g}× per core; "
+                  f"mean exit E {g['mean_exit_ekin_GeV']:.3f} (G4) / {g['mean_exit_ekin_GeV_fastmc']:.3f} GeV", file=out)
+    print(f"peak RSS {res['peak_rss_mb']:.0f} MB", file=out)
     if args.json:
         print(json.dumps(res))
-    else:
-        print(f"fastmc bench — full chain (beam, transport, response, reconstruction, selection, tally)")
-        print(f"card {card}; backend {res['backend']}; tables+setup {t_prep:.2f} s")
-        print(f"{'chunk size':>11}{'muons':>12}{'seconds':>10}{'muons/s':>14}{'first call (compile) s':>25}")
-        for r in rows:
-            print(f"{r['chunk_size']:>11}{r['muons']:>12}{r['seconds']:>10.2f}{r['muons_per_s']:>14.4g}{r['first_call_s']:>25.2f}")
     return 0
 
 

@@ -2,7 +2,8 @@
 
 Layout::
 
-    /                      attrs: fastmc_version, schema_version, created, command_line
+    /                      attrs: fastmc_version, schema_version, created, command_line,
+                           complete (False while the file is a checkpoint of an unfinished run)
     /provenance            attrs: jax, jaxlib, numpy, particle, h5py versions, backend, devices,
                            seed, chunk_size, chunk_range, config_sha256, model_sha256,
                            table_hash, git_describe, wall_seconds
@@ -22,6 +23,7 @@ never leaves a half-written file over a good one.
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import json
 import os
 import subprocess
@@ -34,14 +36,10 @@ import numpy as np
 import fastmc
 
 
-def provenance(cfg, result, prepared=None) -> dict[str, Any]:
-    import h5py
-    import jax
-    import jaxlib
-    import particle
-
+@functools.lru_cache(maxsize=1)
+def _git_describe() -> str:
     try:
-        git = subprocess.run(
+        return subprocess.run(
             ["git", "describe", "--always", "--dirty", "--tags"],
             cwd=Path(__file__).resolve().parent,
             capture_output=True,
@@ -49,7 +47,16 @@ def provenance(cfg, result, prepared=None) -> dict[str, Any]:
             timeout=5,
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
-        git = ""
+        return ""
+
+
+def provenance(cfg, result, prepared=None) -> dict[str, Any]:
+    import h5py
+    import jax
+    import jaxlib
+    import particle
+
+    git = _git_describe()
     return {
         "fastmc": fastmc.__version__,
         "jax": jax.__version__,
@@ -76,8 +83,23 @@ def provenance(cfg, result, prepared=None) -> dict[str, Any]:
     }
 
 
-def write_result(path: str | Path, cfg, result, projection: dict, prepared=None, command_line: str = "") -> Path:
-    """Write a run to HDF5 atomically (temp file + rename)."""
+def write_result(
+    path: str | Path,
+    cfg,
+    result,
+    projection: dict,
+    prepared=None,
+    command_line: str = "",
+    *,
+    complete: bool = True,
+    extra_provenance: dict[str, Any] | None = None,
+) -> Path:
+    """Write a run to HDF5 atomically (temp file + rename).
+
+    ``complete=False`` marks a checkpoint (root attribute ``complete``): the file holds the chunks
+    done so far and ``fastmc project --resume`` continues it.  ``extra_provenance`` adds
+    attributes to /provenance (e.g. the requested chunk range and the device count).
+    """
     import h5py
 
     path = Path(path)
@@ -89,8 +111,9 @@ def write_result(path: str | Path, cfg, result, projection: dict, prepared=None,
             f.attrs["schema_version"] = fastmc.SCHEMA_VERSION
             f.attrs["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat()
             f.attrs["command_line"] = command_line or " ".join(sys.argv)
+            f.attrs["complete"] = bool(complete)
             prov = f.create_group("provenance")
-            for k, v in provenance(cfg, result, prepared).items():
+            for k, v in {**provenance(cfg, result, prepared), **(extra_provenance or {})}.items():
                 prov.attrs[k] = json.dumps(v) if isinstance(v, (list, dict)) else v
             g = f.create_group("config")
             g.attrs["json"] = json.dumps(cfg.to_dict())
@@ -155,6 +178,12 @@ def read_result(path: str | Path) -> dict[str, Any]:
         with h5py.File(path, "r") as f:
             if "fastmc_version" not in f.attrs:
                 raise ValueError(f"{path}: not a fastmc output file (no fastmc_version attribute)")
+            if "events" in f:
+                ev = f["events"]
+                events = {k: np.asarray(ev[k]) for k in ("chunk", "index", "channel", "log_w")}
+                events["variables"] = {k: np.asarray(ev[k]) for k in ev if k not in events}
+            else:
+                events = None
             out = {
                 "attrs": {k: _py(v) for k, v in f.attrs.items()},
                 "provenance": {k: _py(v) for k, v in f["provenance"].attrs.items()},
@@ -163,6 +192,8 @@ def read_result(path: str | Path) -> dict[str, Any]:
                 "chunk_attrs": {k: json.loads(v) for k, v in f["chunks"].attrs.items()},
                 "projection": json.loads(f.attrs["projection_json"]),
                 "has_events": "events" in f,
+                "events": events,
+                "complete": bool(f.attrs.get("complete", True)),
             }
             if "events" in f:
                 out["n_events"] = int(f["events"]["log_w"].shape[0])
@@ -196,6 +227,8 @@ def merge_files(inputs: list[Path], output: Path, command_line: str = "") -> dic
     ref = None
     for p in inputs:
         d = read_result(p)
+        if not d["complete"]:
+            raise ValueError(f"{p}: an unfinished checkpoint (complete=False): finish it with 'fastmc project --resume'")
         key = (d["provenance"]["config_sha256"], d["provenance"]["model_sha256"], d["provenance"]["seed"],
                d["provenance"]["chunk_size"], json.dumps(d["chunk_attrs"]["channels"]), json.dumps(d["chunk_attrs"]["slots"]),
                d["projection"]["mot"])
@@ -226,6 +259,7 @@ def merge_files(inputs: list[Path], output: Path, command_line: str = "") -> dic
                 f.attrs[k] = v
             f.attrs["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat()
             f.attrs["command_line"] = command_line or " ".join(sys.argv)
+            f.attrs["complete"] = True
             src.copy("provenance", f)
             src.copy("config", f)
             ids = np.sort(merged.chunk_ids)

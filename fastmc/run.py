@@ -6,6 +6,13 @@ the padding masked (``valid``), so a chunk always compiles to the same program. 
 ``fold_in(key(seed), c)``.  Per-chunk tally rows come back to the host (float64) and are reduced
 in chunk order (:mod:`fastmc.tally`): one job, or any split into disjoint chunk ranges merged,
 gives bit-identical tallies.  Memory is flat in the number of muons.
+
+Several local devices (``devices=N``): groups of N consecutive chunks run at once, one chunk per
+device: the one-device program is dispatched asynchronously to each device with its inputs placed
+there (a ``shard_map`` program compiles differently and was seen not to be bitwise reproducible
+against one device), and the rows are reduced on the host in chunk order, so the
+tallies are bitwise those of one device (DESIGN.md §7).  ``on_checkpoint`` receives the partial
+:class:`RunResult` every ``checkpoint_every`` chunks (``fastmc project --checkpoint-every``).
 """
 
 from __future__ import annotations
@@ -14,7 +21,7 @@ import dataclasses
 import functools
 import sys
 import time
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -204,13 +211,43 @@ class RunResult:
             rows=np.concatenate([self.rows, other.rows]),
             n_gen=np.concatenate([self.n_gen, other.n_gen]),
             overflow=np.concatenate([self.overflow, other.overflow]),
-            events=None,
+            events=merge_events(self.events, other.events),
             seconds=self.seconds + other.seconds,
         )
 
 
+def merge_events(a: dict[str, Any] | None, b: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Union of two event records of disjoint chunks, in (chunk, channel, index) order; None if either is."""
+    if a is None or b is None:
+        return None
+    out = {k: np.concatenate([np.asarray(a[k]), np.asarray(b[k])]) for k in ("chunk", "index", "channel", "log_w")}
+    order = np.lexsort((out["index"], out["channel"], out["chunk"]))
+    out = {k: v[order] for k, v in out.items()}
+    names = list(a["variables"] or b["variables"])
+    out["variables"] = {}
+    for k in names:
+        parts = [np.asarray(e["variables"][k]) for e in (a, b) if len(e["chunk"])]
+        out["variables"][k] = np.concatenate(parts)[order] if parts else np.zeros(0)
+    return out
+
+
 def n_chunks(cfg: RunConfig) -> int:
     return -(-cfg.n_muons // cfg.chunk_size)
+
+
+def select_devices(n: int | None = None) -> list:
+    """The first ``n`` local devices (all of them by default)."""
+    devs = jax.local_devices()
+    if n is None:
+        return devs
+    if not 1 <= n <= len(devs):
+        raise ValueError(f"asked for {n} devices, {len(devs)} local device(s) available")
+    return devs[:n]
+
+
+def chunk_groups(ids: np.ndarray, n_dev: int) -> list[np.ndarray]:
+    """Consecutive groups of ``n_dev`` chunk ids (the last one may be shorter)."""
+    return [ids[i : i + n_dev] for i in range(0, len(ids), n_dev)]
 
 
 def run(
@@ -221,11 +258,21 @@ def run(
     progress: bool = True,
     target_rel_err: float | None = None,
     max_seconds: float | None = None,
+    *,
+    chunk_ids: np.ndarray | None = None,
+    devices: int | None = 1,
+    checkpoint_every: int = 0,
+    on_checkpoint: Callable[[RunResult], None] | None = None,
 ) -> RunResult:
     """Simulate chunks [chunk_start, chunk_stop) of ``cfg`` for every channel of the card.
 
+    ``chunk_ids`` (sorted, unique) replaces the range (resume of the missing chunks).  ``devices``:
+    number of local devices (None = all); the tallies do not depend on it.  With
+    ``checkpoint_every = N > 0``, ``on_checkpoint(partial)`` is called after every N completed
+    chunks (rounded up to whole device groups) with the result so far.
+
     With ``target_rel_err`` the loop stops as soon as the signal-region estimate of every
-    channel has a relative error at or below it (checked after each chunk; the card's
+    channel has a relative error at or below it (checked after each group of chunks; the card's
     ``n_muons`` and ``max_seconds`` are the budget).  The result's ``stop_reason`` says why it
     stopped.  Stopping is a deterministic function of the seed unless ``max_seconds`` is hit.
     """
@@ -233,10 +280,17 @@ def run(
 
     prep = prepared or prepare(cfg)
     total = n_chunks(cfg)
-    stop = total if chunk_stop is None else min(chunk_stop, total)
-    if not 0 <= chunk_start < stop:
-        raise ValueError(f"empty chunk range [{chunk_start}, {stop}) of {total} chunks")
-    ids = np.arange(chunk_start, stop)
+    if chunk_ids is not None:
+        ids = np.asarray(chunk_ids, dtype=np.int64)
+        if ids.size == 0 or ids.min() < 0 or ids.max() >= total or np.any(np.diff(ids) <= 0):
+            raise ValueError(f"chunk ids must be sorted, unique and in [0, {total})")
+    else:
+        stop = total if chunk_stop is None else min(chunk_stop, total)
+        if not 0 <= chunk_start < stop:
+            raise ValueError(f"empty chunk range [{chunk_start}, {stop}) of {total} chunks")
+        ids = np.arange(chunk_start, stop)
+    devs = select_devices(devices)
+    n_dev = min(len(devs), len(ids))
     slots = prep.selection.slots()
     rows = np.zeros((len(ids), len(cfg.channels), len(slots), N_FIELDS))
     overflow = np.zeros((len(ids), len(cfg.channels)), dtype=np.int64)
@@ -255,46 +309,75 @@ def run(
     signal_slot = len(prep.selection.regions[0].cuts)  # final slot of the first region
     running = [Tally() for _ in cfg.channels]
     stop_reason = "all chunks done"
-    done = len(ids)
+    done = 0
+    last_ckpt = 0
+    placed: dict = {}
     with bar:
-        for i, c in enumerate(ids):
-            key_c = chunk_key(cfg.seed, int(c))
+        for group in chunk_groups(ids, n_dev):
+            n_grp = len(group)
             for ci, ch in enumerate(cfg.channels):
-                r, nov, ev = simulate_chunk(
-                    prep.setup,
-                    prep.physics,
-                    prep.selection,
-                    key_c,
-                    jnp.int32(n_gen[i]),
-                    prep.options,
-                    ch,
-                    cfg.save_events,
-                    prep.channel_params.get(ch),
-                )
-                rows[i, ci] = np.asarray(r, dtype=np.float64)
-                overflow[i, ci] = int(nov)
-                if ev is not None:
-                    sel = np.asarray(ev["selected"][signal_slot])
-                    idx = np.nonzero(sel)[0]
-                    if idx.size:
-                        events["chunk"].append(np.full(idx.size, c))
-                        events["index"].append(idx)
-                        events["channel"].append(np.full(idx.size, ci))
-                        events["log_w"].append(np.asarray(ev["log_w"])[idx])
-                        events["variables"].append({k: np.asarray(v)[idx] for k, v in ev["variables"].items()})
-            bar.update(int(n_gen[i]))
+                mix = prep.channel_params.get(ch)
+                if n_dev == 1:
+                    r, nov, ev = simulate_chunk(
+                        prep.setup, prep.physics, prep.selection, chunk_key(cfg.seed, int(group[0])),
+                        jnp.int32(n_gen[done]), prep.options, ch, cfg.save_events, mix,
+                    )
+                    r, nov = np.asarray(r, dtype=np.float64)[None], np.asarray(nov)[None]
+                    ev = None if ev is None else jax.tree_util.tree_map(lambda a: np.asarray(a)[None], ev)
+                else:
+                    # the same compiled program on each device (inputs placed there, dispatched
+                    # asynchronously): identical bits whatever the device count — a shard_map
+                    # program is compiled differently and is not bitwise reproducible
+                    outs = []
+                    for j, c in enumerate(group):
+                        d = devs[j]
+                        if (d, ch) not in placed:
+                            placed[(d, ch)] = jax.device_put((prep.setup, prep.physics, prep.selection, mix), d)
+                        st, ph, sl, mx = placed[(d, ch)]
+                        key = jax.device_put(chunk_key(cfg.seed, int(c)), d)
+                        nv = jax.device_put(jnp.int32(n_gen[done + j]), d)
+                        outs.append(simulate_chunk(st, ph, sl, key, nv, prep.options, ch, cfg.save_events, mx))
+                    r = np.stack([np.asarray(o[0], dtype=np.float64) for o in outs])
+                    nov = np.stack([np.asarray(o[1]) for o in outs])
+                    ev = None
+                    if cfg.save_events:
+                        ev = jax.tree_util.tree_map(lambda *a: np.stack([np.asarray(x) for x in a]), *[o[2] for o in outs])
+                for j, c in enumerate(group):
+                    i = done + j
+                    rows[i, ci] = r[j]
+                    overflow[i, ci] = int(nov[j])
+                    if ev is not None:
+                        sel = np.asarray(ev["selected"][j][signal_slot])
+                        idx = np.nonzero(sel)[0]
+                        if idx.size:
+                            events["chunk"].append(np.full(idx.size, c))
+                            events["index"].append(idx)
+                            events["channel"].append(np.full(idx.size, ci))
+                            events["log_w"].append(np.asarray(ev["log_w"][j])[idx])
+                            events["variables"].append({k: np.asarray(v[j])[idx] for k, v in ev["variables"].items()})
+            bar.update(int(n_gen[done : done + n_grp].sum()))
+            done += n_grp
             if target_rel_err is not None:
                 errs = []
                 for ci in range(len(cfg.channels)):
-                    running[ci] = Tally.from_rows(rows[i : i + 1, ci, signal_slot], n_gen[i : i + 1], start=running[ci])
+                    running[ci] = Tally.from_rows(rows[done - n_grp : done, ci, signal_slot],
+                                                  n_gen[done - n_grp : done], start=running[ci])
                     errs.append(running[ci].estimate(1.0)["rel_err"])
                 bar.set_postfix_str("rel err " + ", ".join("-" if e is None else f"{e:.1%}" for e in errs))
                 if all(e is not None and e <= target_rel_err for e in errs):
-                    stop_reason, done = f"target relative error {target_rel_err:g} reached", i + 1
+                    stop_reason = f"target relative error {target_rel_err:g} reached"
                     break
             if max_seconds is not None and time.perf_counter() - t0 > max_seconds:
-                stop_reason, done = f"time budget of {max_seconds:g} s spent", i + 1
+                stop_reason = f"time budget of {max_seconds:g} s spent"
                 break
+            if checkpoint_every > 0 and on_checkpoint is not None and done - last_ckpt >= checkpoint_every and done < len(ids):
+                last_ckpt = done
+                on_checkpoint(RunResult(
+                    channels=cfg.channels, slots=slots, chunk_ids=ids[:done].copy(), rows=rows[:done].copy(),
+                    n_gen=n_gen[:done].copy(), overflow=overflow[:done].copy(),
+                    events=_stack_events(events) if cfg.save_events else None,
+                    seconds=time.perf_counter() - t0,
+                ))
         else:
             if target_rel_err is not None:
                 stop_reason = f"budget of {int(n_gen.sum())} primaries spent before reaching {target_rel_err:g}"

@@ -86,9 +86,10 @@ def test_chain_projected_scattering_width_matches_highland(material, thickness_m
 
     sp = S.build_scattering_params([mat])
     assert sp.core == "moliere"
-    pa = jnp.full((4,), p)
-    info = S.sample_scattering_info(sp.device(jnp.float64), 0, pa, pa / jnp.sqrt(pa**2 + u.muon_mass_c2**2),
-                                    jnp.full((4,), thickness_mm), jnp.full((4, S.N_UNIFORMS), 0.5))
+    dt = jnp.result_type(float)
+    pa = jnp.full((4,), p, dt)
+    info = S.sample_scattering_info(sp.device(dt), 0, pa, pa / jnp.sqrt(pa**2 + u.muon_mass_c2**2),
+                                    jnp.full((4,), thickness_mm, dt), jnp.full((4, S.N_UNIFORMS), 0.5, dt))
     t_core = float(info["theta_core"][0])
     assert abs(width / t_core - 1.0) < 0.05, f"{material}: width {width:.4g} rad vs Molière core {t_core:.4g} rad"
 

@@ -1,0 +1,359 @@
+"""Muon-only transport through the absorber sequence of a setup: fastmc (JAX) vs plain NumPy.
+
+The NumPy code is a straightforward vectorised port of :func:`fastmc.transport.material_step`
+(Poisson count of stochastic interactions by inverse CDF capped at K, ordered depths, process
+choice and v = ΔE/E from the inverse-CDF tables, continuous loss along the CSDA range with RK4 /
+range inversion, Gaussian straggling, Highland multiple scattering with the correlated lateral
+shift), run element by element through the material elements of the setup (trackers and slabs
+in z order; magnets and air gaps left out).  The physics tables are the ones fastmc uses
+(:func:`fastmc.physics.build_tables`), converted to float32 numpy arrays, and the per-element
+interaction-slot cap K is fastmc's (1 for thin elements, ``max_interactions`` for thick ones).
+Both sides run in float32 with the Highland scattering model, so the comparison is one of
+implementation, not of physics; :func:`compare` also returns the mean exit energy of both as a
+sanity check that the port transports the same way.
+
+Used by ``fastmc bench --numpy``; also runnable: ``python benchmarks/numpy_baseline.py [CARD]``.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import time
+from typing import Any
+
+import jax
+import numpy as np
+
+MU = 105.6583755  # muon mass [MeV] (fastmc.units.muon_mass_c2)
+_HIGHLAND_A, _HIGHLAND_B = 13.6, 0.038
+
+
+# ------------------------------------------------------------------------------- the sequence
+
+
+def absorber_sequence(prep: Any) -> list[tuple[int, float, float, int]]:
+    """(material index, length mm, density scale, K) of every material element, in z order."""
+    from fastmc.transport import BRANCH_NONE, BRANCH_THIN, element_arrays
+
+    arrays = element_arrays(prep.setup)
+    mats = np.asarray(arrays["mat"])
+    lengths = np.asarray(arrays["length"], dtype=np.float64)
+    dscale = np.asarray(arrays["dscale"], dtype=np.float64)
+    out = []
+    for i, br in enumerate(prep.options.branches):
+        if br == BRANCH_NONE or lengths[i] <= 0:
+            continue
+        k = 1 if br == BRANCH_THIN else prep.options.max_interactions
+        out.append((int(mats[i]), float(lengths[i]), float(dscale[i]), k))
+    return out
+
+
+def g4_layers(cfg: Any) -> list[tuple[str, float]]:
+    """The same material elements as real layers (sampling cells unrolled) for Geant4."""
+    out: list[tuple[str, float]] = []
+    for el in cfg.model.elements:
+        if el.kind == "magnet" or el.thickness <= 0:
+            continue
+        if el.layers:
+            out += [(m, float(t)) for _ in range(el.n_layers) for m, t in el.layers]
+        else:
+            out.append((el.material, float(el.thickness)))
+    return out
+
+
+# ------------------------------------------------------------------------------- NumPy port
+
+
+class NumpyTables:
+    """fastmc's physics tables as float32 numpy arrays, with the look-ups of fastmc.physics.tables."""
+
+    def __init__(self, tables: Any, x0_mm: np.ndarray, dtype=np.float32):
+        f = lambda a: np.asarray(a, dtype=dtype)  # noqa: E731
+        self.dedx, self.range_mm, self.inv_ln_ekin = f(tables.dedx_cont), f(tables.range_mm), f(tables.inv_ln_ekin)
+        self.inv_ln_r0, self.inv_dln_r, self.xs = f(tables.inv_ln_r0), f(tables.inv_dln_r), f(tables.xs)
+        self.straggle, self.ln_v_lo, self.ln_v_hi, self.icdf = (f(tables.straggle), f(tables.ln_v_lo),
+                                                                f(tables.ln_v_hi), f(tables.icdf))
+        self.ln_ekin0, self.dln_ekin, self.n_energy = tables.ln_ekin0, tables.dln_ekin, tables.n_energy
+        self.logit_max, self.n_u, self.v_cut, self.e_cut = tables.logit_max, tables.n_u, tables.v_cut, tables.e_cut
+        self.x0 = f(x0_mm)
+        self.dtype = dtype
+
+    def index(self, ekin):
+        f = (np.log(np.maximum(ekin, 1e-30)) - self.ln_ekin0) / self.dln_ekin
+        f = np.clip(f, 0.0, self.n_energy - 1.0)
+        i0 = np.clip(np.floor(f).astype(np.int32), 0, self.n_energy - 2)
+        return i0, (f - i0).astype(self.dtype)
+
+    def dedx_at(self, m, ekin):
+        i0, w = self.index(ekin)
+        return self.dedx[m, i0] * (1 - w) + self.dedx[m, i0 + 1] * w
+
+    def csda(self, m, ekin):
+        i0, t = self.index(ekin)
+        h = self.dln_ekin
+        e0 = np.exp(self.ln_ekin0 + h * i0).astype(self.dtype)
+        e1 = e0 * math.exp(h)
+        r0, r1 = self.range_mm[m, i0], self.range_mm[m, i0 + 1]
+        m0, m1 = e0 / self.dedx[m, i0], e1 / self.dedx[m, i0 + 1]
+        t2, t3 = t * t, t * t * t
+        r = (2 * t3 - 3 * t2 + 1) * r0 + (t3 - 2 * t2 + t) * h * m0 + (-2 * t3 + 3 * t2) * r1 + (t3 - t2) * h * m1
+        ekin0 = math.exp(self.ln_ekin0)
+        return np.where(ekin < ekin0, self.range_mm[m, 0] * np.maximum(ekin, 0.0) / ekin0, r)
+
+    def ekin_after(self, m, ekin, length):
+        ekin0 = math.exp(self.ln_ekin0)
+        s = lambda e: self.dedx_at(m, np.maximum(e, ekin0))  # noqa: E731
+        k1 = s(ekin)
+        k2 = s(ekin - 0.5 * length * k1)
+        k3 = s(ekin - 0.5 * length * k2)
+        k4 = s(ekin - length * k3)
+        e_short = ekin - length * (k1 + 2 * k2 + 2 * k3 + k4) / 6
+        r = self.csda(m, ekin)
+        r_out = r - length
+        r_pos = np.maximum(r_out, 1e-30)
+        nr = self.inv_ln_ekin.shape[-1]
+        f = np.clip((np.log(r_pos) - self.inv_ln_r0[m]) / self.inv_dln_r[m], 0.0, nr - 1.0)
+        j0 = np.clip(np.floor(f).astype(np.int32), 0, nr - 2)
+        wj = f - j0
+        e_long = np.exp(self.inv_ln_ekin[m, j0] * (1 - wj) + self.inv_ln_ekin[m, j0 + 1] * wj)
+        e_long = np.where(r_pos < self.range_mm[m, 0], ekin0 * r_pos / self.range_mm[m, 0], e_long)
+        for _ in range(2):
+            e_long = np.maximum(e_long - (self.csda(m, e_long) - r_pos) * s(e_long), 0.0)
+        e_long = np.where(r_out > 0, e_long, 0.0)
+        return np.clip(np.where(length < 0.05 * r, e_short, e_long), 0.0, ekin)
+
+    def xs_at(self, m, ekin):
+        i0, w = self.index(ekin)
+        return np.maximum(self.xs[m, i0] * (1 - w)[:, None] + self.xs[m, i0 + 1] * w[:, None], 0.0)
+
+    def straggle_at(self, m, ekin):
+        i0, w = self.index(ekin)
+        return self.straggle[m, i0] * (1 - w) + self.straggle[m, i0 + 1] * w
+
+    def sample_v(self, m, proc, ekin, u):
+        i0, w = self.index(ekin)
+        lm = self.logit_max
+        s = np.clip(np.log(u) - np.log1p(-u), -lm, lm)
+        g = (s + lm) / (2.0 * lm / (self.n_u - 1))
+        j0 = np.clip(np.floor(g).astype(np.int32), 0, self.n_u - 2)
+        wu = g - j0
+        t = self.icdf
+        x0 = t[m, proc, i0, j0] * (1 - wu) + t[m, proc, i0, j0 + 1] * wu
+        x1 = t[m, proc, i0 + 1, j0] * (1 - wu) + t[m, proc, i0 + 1, j0 + 1] * wu
+        x = x0 * (1 - w) + x1 * w
+        lnlo = self.ln_v_lo[m, proc, i0] * (1 - w) + self.ln_v_lo[m, proc, i0 + 1] * w
+        lnhi = self.ln_v_hi[m, proc, i0] * (1 - w) + self.ln_v_hi[m, proc, i0 + 1] * w
+        v = np.exp(lnlo + x * (lnhi - lnlo))
+        return np.clip(v, np.maximum(self.v_cut, self.e_cut / (ekin + MU)), np.exp(lnhi))
+
+
+def numpy_material_step(t: NumpyTables, st: dict, m: int, length: float, dscale: float, k: int,
+                        rng: np.random.Generator) -> dict:
+    """One element, as :func:`fastmc.transport.material_step` (Highland scattering)."""
+    dt = t.dtype
+    ekin_in, alive = st["ekin"], st["alive"]
+    b = ekin_in.shape[0]
+    uu = rng.random((b, 2 + 3 * k), dtype=dt)
+    path = length * dscale
+    safe_e = np.maximum(ekin_in, 1.0)
+    xs = t.xs_at(m, safe_e) * dscale
+    xs[~alive] = 0.0
+    xs_tot = xs.sum(axis=-1)
+    lam = xs_tot * length
+    term = np.exp(-lam)
+    cdf = term.copy()
+    n = np.zeros(b, np.int32)
+    for j in range(k):
+        n += uu[:, 0] > cdf
+        term = term * lam / (j + 1)
+        cdf = cdf + term
+    slot = np.arange(k)
+    depth = np.sort(np.where(slot[None, :] < n[:, None], uu[:, 2 : 2 + k], 1.0), axis=-1)
+    cum = np.cumsum(xs, axis=-1) / np.maximum(xs_tot, 1e-30)[:, None]
+    e_after = t.ekin_after(m, safe_e, path)
+    d_cont = np.where(alive, safe_e - e_after, 0.0)
+    e_at = np.maximum(ekin_in[:, None] - d_cont[:, None] * depth, 1.0)
+    proc = np.sum(uu[:, 2 + k : 2 + 2 * k, None] > cum[:, None, :-1], axis=-1).astype(np.int32)
+    v = t.sample_v(m, proc, e_at, uu[:, 2 + 2 * k : 2 + 3 * k])
+    active = slot[None, :] < n[:, None]
+    lost = np.zeros(b, dt)
+    for j in range(k):
+        avail = np.maximum(e_at[:, j] - lost, 0.0)
+        lost = lost + np.where(active[:, j], np.minimum(v[:, j] * (avail + MU), avail), 0.0)
+    var = t.straggle_at(m, safe_e) * path
+    ekin = ekin_in - d_cont - lost + np.sqrt(var) * rng.standard_normal(b, dtype=dt)
+    ekin = np.where(e_after > 0.0, ekin, 0.0)
+    ekin = np.where(alive, np.clip(ekin, 0.0, ekin_in), ekin_in)
+    # Highland multiple scattering at p = √(p_in p_out)
+    p_in = np.sqrt(ekin_in * (ekin_in + 2 * MU))
+    p_out = np.sqrt(ekin * (ekin + 2 * MU))
+    p_mid = np.maximum(np.sqrt(p_in * np.maximum(p_out, 1e-3)), 1.0)
+    beta = p_mid / np.sqrt(p_mid * p_mid + MU * MU)
+    x = path / t.x0[m]
+    theta0 = _HIGHLAND_A / (beta * p_mid) * math.sqrt(x) * np.maximum(1.0 + _HIGHLAND_B * np.log(x / (beta * beta)), 0.0)
+    z = rng.standard_normal((b, 4), dtype=dt)
+    still = alive & (ekin > 0.0)
+    dthx, dthy = theta0 * z[:, 1], theta0 * z[:, 3]
+    dx = path * theta0 * (z[:, 0] / math.sqrt(12.0) + 0.5 * z[:, 1])
+    dy = path * theta0 * (z[:, 2] / math.sqrt(12.0) + 0.5 * z[:, 3])
+    return {
+        "x": st["x"] + st["tx"] * length + np.where(still, dx, 0.0),
+        "y": st["y"] + st["ty"] * length + np.where(still, dy, 0.0),
+        "tx": st["tx"] + np.where(still, dthx, 0.0),
+        "ty": st["ty"] + np.where(still, dthy, 0.0),
+        "ekin": ekin.astype(dt),
+        "alive": still,
+    }
+
+
+def numpy_transport(t: NumpyTables, seq, ekin0: float, n: int, seed: int) -> dict:
+    rng = np.random.Generator(np.random.PCG64(seed))
+    dt = t.dtype
+    st = {k: np.zeros(n, dt) for k in ("x", "y", "tx", "ty")}
+    st["ekin"] = np.full(n, ekin0, dt)
+    st["alive"] = np.ones(n, bool)
+    for m, length, dscale, k in seq:
+        st = numpy_material_step(t, st, m, length, dscale, k, rng)
+    return st
+
+
+# ------------------------------------------------------------------------------- JAX (fastmc)
+
+
+@functools.partial(jax.jit, static_argnames=("n", "kmax"))
+def jax_transport(physics, key, mats, lengths, dscales, thick, ekin0, n: int, kmax: int):
+    """The same sequence with fastmc's material_step: a ``lax.scan`` over elements, thin/thick kernels."""
+    import jax.numpy as jnp
+
+    from fastmc.rng import uniforms
+    from fastmc.transport import material_step, n_step_uniforms
+
+    dt = jnp.result_type(float)
+    st = {k: jnp.zeros((n,), dt) for k in ("x", "y", "tx", "ty")}
+    st["ekin"] = jnp.full((n,), ekin0, dt)
+    st["alive"] = jnp.ones((n,), bool)
+
+    def kernel(k):
+        def f(st, i, m, length, ds):
+            uu = uniforms(jax.random.fold_in(key, i), (n, n_step_uniforms(k)), dt)
+            return material_step(physics, st, m, length, ds, k, uu)[0]
+
+        return f
+
+    thin, thick_k = kernel(1), kernel(kmax)
+
+    def body(st, xs):
+        i, m, length, ds, th = xs
+        return jax.lax.cond(th, thick_k, thin, st, i, m, length, ds), None
+
+    st, _ = jax.lax.scan(body, st, (jnp.arange(mats.shape[0]), mats, lengths, dscales, thick))
+    return st
+
+
+def compare(cfg: Any, prep: Any, n: int, seed: int = 1, repeats: int = 3) -> dict[str, Any]:
+    """Time both implementations on ``n`` muons of the beam momentum through the sequence."""
+    import jax.numpy as jnp
+
+    from fastmc.physics import PhysicsConfig, build_tables
+    from fastmc.physics.scattering import build_scattering_params
+    from fastmc.geometry import setup_materials
+    from fastmc.rng import chunk_key
+    from fastmc.transport import Physics
+
+    seq = absorber_sequence(prep)
+    mats, _ = setup_materials(cfg.model)
+    ph = cfg.physics
+    tables = build_tables(mats, PhysicsConfig(v_cut=ph.v_cut, e_cut_MeV=ph.e_cut, ionisation=ph.ionisation,
+                                              brems=ph.brems, pair=ph.pair, photonuclear=ph.photonuclear))
+    scat = build_scattering_params(mats)
+    ekin0 = float(np.sqrt(float(prep.setup.beam.momentum) ** 2 + MU**2) - MU)
+    kmax = max(k for *_, k in seq)
+    physics = Physics(prep.physics.tables, prep.physics.scattering, "highland", prep.physics.lambda_i)
+    dt = jnp.result_type(float)
+    args = (jnp.asarray([s[0] for s in seq], jnp.int32), jnp.asarray([s[1] for s in seq], dt),
+            jnp.asarray([s[2] for s in seq], dt), jnp.asarray([s[3] > 1 for s in seq]))
+    t0 = time.perf_counter()
+    out = jax.block_until_ready(jax_transport(physics, chunk_key(seed, 0), *args, ekin0, n=n, kmax=kmax))
+    t_first = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for r in range(repeats):
+        out = jax_transport(physics, chunk_key(seed, r + 1), *args, ekin0, n=n, kmax=kmax)
+    out = jax.block_until_ready(out)
+    t_jax = (time.perf_counter() - t0) / repeats
+    e_jax = np.asarray(out["ekin"], np.float64)
+    nt = NumpyTables(tables, np.asarray(scat.X0_mm))
+    numpy_transport(nt, seq[:2], ekin0, min(n, 1024), seed)  # warm-up (allocator, page faults)
+    t0 = time.perf_counter()
+    st = numpy_transport(nt, seq, ekin0, n, seed)
+    t_np = time.perf_counter() - t0
+    e_np = st["ekin"].astype(np.float64)
+    return {
+        "elements": len(seq),
+        "muons": n,
+        "jax_first_call_s": t_first,
+        "jax_seconds": t_jax,
+        "jax_muons_per_s": n / t_jax,
+        "numpy_seconds": t_np,
+        "numpy_muons_per_s": n / t_np,
+        "speedup_jax_over_numpy": t_np / t_jax,
+        "mean_exit_ekin_GeV": {"jax": float(e_jax.mean() / 1e3), "numpy": float(e_np.mean() / 1e3)},
+        "stdev_exit_ekin_GeV": {"jax": float(e_jax.std() / 1e3), "numpy": float(e_np.std() / 1e3)},
+    }
+
+
+def geant4_compare(cfg: Any, n: int, seed: int = 1, timeout_s: float = 1800.0) -> dict[str, Any]:
+    """Time Geant4 (geant4-pybind, muon-only: secondaries killed) through the same layers.
+
+    Runs ``calibration/scripts/g4common.py`` in a fresh process (one core).  Returns
+    ``{"skipped": reason}`` if geant4-pybind or the scripts are missing.
+    """
+    import importlib.util
+    import json
+    import os
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "calibration" / "scripts" / "g4common.py"
+    if importlib.util.find_spec("geant4_pybind") is None:
+        return {"skipped": "geant4-pybind is not installed (pip install 'fastmc[fullsim]')"}
+    if not script.is_file():
+        return {"skipped": f"{script} not found (needs the source tree)"}
+    layers = g4_layers(cfg)
+    spec = {"kind": "slab", "layers": layers, "particle": "mu+", "momentum_GeV": float(cfg.model.beam.momentum) / 1e3,
+            "n_events": int(n), "seed": int(seed)}
+    with tempfile.TemporaryDirectory(prefix="fastmc_bench_g4_") as tmp:
+        sp, op = os.path.join(tmp, "spec.json"), os.path.join(tmp, "out.npz")
+        Path(sp).write_text(json.dumps(spec))
+        r = subprocess.run([sys.executable, str(script), "worker", sp, op], capture_output=True, text=True,
+                           timeout=timeout_s)
+        if r.returncode != 0:
+            return {"skipped": f"Geant4 worker failed (rc={r.returncode}): {(r.stderr or r.stdout)[-300:]}"}
+        with np.load(op) as data:
+            meta = json.loads(str(data["meta"]))
+            ekin = np.asarray(data["ekin"], np.float64)
+    cpu = float(meta["cpu_seconds"])
+    return {
+        "layers": len(layers),
+        "muons": int(n),
+        "cpu_seconds": cpu,
+        "muons_per_core_s": n / cpu if cpu > 0 else None,
+        "geant4_version": meta.get("geant4_version"),
+        "mean_exit_ekin_GeV": float(ekin.mean()) if ekin.size else None,
+        "n_exited": int(meta.get("n_exited", ekin.size)),
+    }
+
+
+if __name__ == "__main__":  # pragma: no cover
+    import json
+    import sys
+    from pathlib import Path
+
+    from fastmc.config import load_run
+    from fastmc.run import prepare
+
+    card = sys.argv[1] if len(sys.argv) > 1 else str(Path(__file__).resolve().parent.parent / "runs" / "quickstart.toml")
+    cfg = load_run(card)
+    print(json.dumps(compare(cfg, prepare(cfg), 65536), indent=1))
