@@ -58,3 +58,12 @@ def test_float64_projection_agrees_with_float32(capsys):
     a, b = d32["channels"]["analog"], d64["channels"]["analog"]
     assert a["n_generated"] == b["n_generated"] == 8192
     assert a["n_selected"] == b["n_selected"] == 0  # signal region: nothing in 8192 muons either way
+
+
+def test_float64_suite_runs_in_float32_by_default():
+    """Guard: no test module may switch the whole suite to x64 (a global jax.config.update at import
+    once made every 'float32' test run in float64)."""
+    import jax
+
+    if os.environ.get("JAX_ENABLE_X64", "0") not in ("1", "true", "True"):
+        assert not jax.config.jax_enable_x64

@@ -25,7 +25,13 @@ from fastmc.physics import (
 
 jax = pytest.importorskip("jax")
 jnp = jax.numpy
-jax.config.update("jax_enable_x64", True)
+
+
+@pytest.fixture(autouse=True)
+def _x64():
+    """float64 for this module's tests only (a global switch would change every later test)."""
+    with jax.enable_x64(True):
+        yield
 
 MATS = ("lead", "iron", "scintillator")
 MMU = units.muon_mass_c2
