@@ -94,6 +94,25 @@ def test_chain_projected_scattering_width_matches_highland(material, thickness_m
     assert abs(width / t_core - 1.0) < 0.05, f"{material}: width {width:.4g} rad vs Molière core {t_core:.4g} rad"
 
 
+@pytest.mark.parametrize("material,thickness_mm", [("lead", 5.612), ("iron", 1500.0)], ids=["lead_1X0", "iron_1.5m"])
+def test_chain_highland_model_width_within_5_percent_of_highland(material, thickness_mm):
+    """Issue #2's criterion, literally: with the run card's ``scattering = "highland"`` (Gaussian
+    Highland multiple scattering in every material) the projected width is Highland's within 5 %."""
+    from fastmc.config import PhysicsSettings
+
+    n = 200_000
+    out, rec = propagate_slab(material, thickness_mm, 160.0, n, seed=4, return_record=True,
+                              settings=PhysicsSettings(scattering="highland"))
+    width = float(np.std(rec["tx"].astype(np.float64)))  # pure Gaussian: the rms is the width
+    mat = get_material(material)
+    p_in = math.sqrt((160e3 + u.muon_mass_c2) ** 2 - u.muon_mass_c2**2)
+    p_out = math.sqrt((out.mean() * 1e3 + u.muon_mass_c2) ** 2 - u.muon_mass_c2**2)
+    p = math.sqrt(p_in * p_out)
+    theta0 = float(highland_theta0(p, p / math.hypot(p, u.muon_mass_c2), thickness_mm / mat.X0_mm))
+    # rms of n Gaussian samples: relative σ = 1/√(2n) = 0.16 %; tolerance 5 % (issue #2)
+    assert abs(width / theta0 - 1.0) < 0.05, f"{material}: width {width:.4g} rad vs Highland {theta0:.4g} rad"
+
+
 def test_chain_pout_resolution_matches_analytic():
     cfg = load_run(ROOT / "tests" / "data" / "spectrometer_card.toml")
     prep = prepare(cfg)
