@@ -216,7 +216,10 @@ def format_table(proj: dict[str, Any]) -> str:
                 f"{c['n_generated']:>12}{c['ess']:>10.4g}{c['max_weight_share']:>13.3g}"
             )
     t = proj["total"]
-    lines.append(f"{'total':<28}{t['expected']:>12.4g}{t['stat_err']:>11.3g}")
+    if all(c["n_selected"] == 0 for c in proj["channels"].values()):
+        lines.append(f"{'total':<28}{'-':>12}{'(no event selected in any channel)':>36}")
+    else:
+        lines.append(f"{'total':<28}{t['expected']:>12.4g}{t['stat_err']:>11.3g}")
     for name, c in proj["channels"].items():
         pu = c.get("per_unit_fraction")
         if pu:

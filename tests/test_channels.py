@@ -74,7 +74,7 @@ def test_channels_hit_bias_weights_are_exact(n_forced):
     n = 200_000
     zeros = jnp.zeros((n,), jnp.float32)
     truth = {"hits": {nm: (zeros, zeros, jnp.ones((n,), bool)) for nm in names}}
-    planes = ("MM1", "MM2", "MM3", "MM4", "GEM1", "GEM2", "ST1", "ST2")
+    planes = ("MM1", "MM2", "MM3", "MM4", "MM5", "GEM1", "GEM2", "ST1", "ST2")
     bias = HitBias(beta=jnp.asarray(0.5, jnp.float32), planes=planes, n_forced=n_forced)
     hits, log_w = jax.jit(lambda k: tracker_hits(setup, truth, k, bias))(jax.random.key(3))
     w = np.exp(np.asarray(log_w, np.float64))

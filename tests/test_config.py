@@ -62,7 +62,7 @@ CASES = [
      "elements[0].efficiency", "1.5"),
     ("model bad layers", lambda c, m: (c, m.replace('layers = [["lead", 1.5], ["scintillator", 1.5]]', 'layers = [["lead", -1.5]]')),
      "elements[9].layers", "-1.5"),
-    ("model spectrometer wrong tracker", lambda c, m: (c, m.replace('upstream = ["MM3", "MM4"]', 'upstream = ["MM3", "ECAL"]')),
+    ("model spectrometer wrong tracker", lambda c, m: (c, m.replace('upstream = ["MM3", "MM4", "MM5"]', 'upstream = ["MM3", "ECAL"]')),
      "spectrometers[1].upstream", "ECAL"),
     ("model beam momentum", lambda c, m: (c, m.replace("momentum_GeV = 160.0", "momentum_GeV = -160.0")), "beam.momentum_GeV", "-160.0"),
 ]
