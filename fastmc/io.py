@@ -22,6 +22,7 @@ never leaves a half-written file over a good one.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import functools
 import json
@@ -83,6 +84,23 @@ def provenance(cfg, result, prepared=None) -> dict[str, Any]:
     }
 
 
+@contextlib.contextmanager
+def atomic_h5(path: Path):
+    """An HDF5 file opened for writing under a temporary name beside ``path`` and renamed into
+    place only when the block succeeds: a failure never leaves a partial file over a good one."""
+    import h5py
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with h5py.File(tmp, "w") as f:
+            yield f
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
 def write_result(
     path: str | Path,
     cfg,
@@ -100,30 +118,22 @@ def write_result(
     done so far and ``fastmc project --resume`` continues it.  ``extra_provenance`` adds
     attributes to /provenance (e.g. the requested chunk range and the device count).
     """
-    import h5py
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with h5py.File(tmp, "w") as f:
-            f.attrs["fastmc_version"] = fastmc.__version__
-            f.attrs["schema_version"] = fastmc.SCHEMA_VERSION
-            f.attrs["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat()
-            f.attrs["command_line"] = command_line or " ".join(sys.argv)
-            f.attrs["complete"] = bool(complete)
-            prov = f.create_group("provenance")
-            for k, v in {**provenance(cfg, result, prepared), **(extra_provenance or {})}.items():
-                prov.attrs[k] = json.dumps(v) if isinstance(v, (list, dict)) else v
-            g = f.create_group("config")
-            g.attrs["json"] = json.dumps(cfg.to_dict())
-            g.attrs["run_card"] = Path(cfg.path).read_text() if Path(cfg.path).is_file() else ""
-            g.attrs["model"] = Path(cfg.model.path).read_text() if Path(cfg.model.path).is_file() else ""
-            _write_run_groups(f, result, projection)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_h5(path) as f:
+        f.attrs["fastmc_version"] = fastmc.__version__
+        f.attrs["schema_version"] = fastmc.SCHEMA_VERSION
+        f.attrs["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat()
+        f.attrs["command_line"] = command_line or " ".join(sys.argv)
+        f.attrs["complete"] = bool(complete)
+        prov = f.create_group("provenance")
+        for k, v in {**provenance(cfg, result, prepared), **(extra_provenance or {})}.items():
+            prov.attrs[k] = json.dumps(v) if isinstance(v, (list, dict)) else v
+        g = f.create_group("config")
+        g.attrs["json"] = json.dumps(cfg.to_dict())
+        g.attrs["run_card"] = Path(cfg.path).read_text() if Path(cfg.path).is_file() else ""
+        g.attrs["model"] = Path(cfg.model.path).read_text() if Path(cfg.model.path).is_file() else ""
+        _write_run_groups(f, result, projection)
     return path
 
 
@@ -252,24 +262,18 @@ def merge_files(inputs: list[Path], output: Path, command_line: str = "") -> dic
     d0 = read_result(inputs[0])
     proj = projection_from(d0["projection"]["mot"], d0["projection"]["region"], merged)
     output = Path(output)
-    tmp = output.with_name(f".{output.name}.tmp-{os.getpid()}")
-    try:
-        with h5py.File(inputs[0], "r") as src, h5py.File(tmp, "w") as f:
-            for k, v in src.attrs.items():
-                f.attrs[k] = v
-            f.attrs["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat()
-            f.attrs["command_line"] = command_line or " ".join(sys.argv)
-            f.attrs["complete"] = True
-            src.copy("provenance", f)
-            src.copy("config", f)
-            ids = np.sort(merged.chunk_ids)
-            f["provenance"].attrs["chunk_range"] = json.dumps([int(ids.min()), int(ids.max()) + 1])
-            f["provenance"].attrs["n_chunks"] = int(len(ids))
-            f["provenance"].attrs["merged_from"] = json.dumps([str(p) for p in inputs])
-            f["provenance"].attrs["wall_seconds"] = float(merged.seconds)
-            _write_run_groups(f, merged, proj)
-        os.replace(tmp, output)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with h5py.File(inputs[0], "r") as src, atomic_h5(output) as f:
+        for k, v in src.attrs.items():
+            f.attrs[k] = v
+        f.attrs["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat()
+        f.attrs["command_line"] = command_line or " ".join(sys.argv)
+        f.attrs["complete"] = True
+        src.copy("provenance", f)
+        src.copy("config", f)
+        ids = np.sort(merged.chunk_ids)
+        f["provenance"].attrs["chunk_range"] = json.dumps([int(ids.min()), int(ids.max()) + 1])
+        f["provenance"].attrs["n_chunks"] = int(len(ids))
+        f["provenance"].attrs["merged_from"] = json.dumps([str(p) for p in inputs])
+        f["provenance"].attrs["wall_seconds"] = float(merged.seconds)
+        _write_run_groups(f, merged, proj)
     return proj

@@ -60,16 +60,7 @@ GeV = g4.GeV
 mm = g4.mm
 ns = g4.ns
 
-# fastmc material name -> Geant4 NIST material name
-FASTMC_TO_G4 = {
-    "lead": "G4_Pb",
-    "iron": "G4_Fe",
-    "copper": "G4_Cu",
-    "scintillator": "G4_PLASTIC_SC_VINYLTOLUENE",
-    "polystyrene": "G4_POLYSTYRENE",
-    "air": "G4_AIR",
-    "vacuum": "G4_Galactic",
-}
+from tablelib import FASTMC_TO_G4  # noqa: E402  (fastmc material name -> Geant4 NIST name; one map)
 
 G4_PARTICLE_NAMES = {"K+": "kaon+", "K-": "kaon-"}  # fastmc/PDG-style name -> Geant4 name
 
