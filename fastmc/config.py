@@ -504,6 +504,21 @@ class MisrecoConfig:
     beta: float = 0.5
 
 
+SIGNAL_MODELS = ("z_prime", "dark_photon", "scalar")  # fastmc.physics.darkbrem.SIGNAL_MODELS
+SIGNAL_MAX_MASS = 3000.0 * u.MeV  # below 2m_τ: the Z′ invisible branching fraction holds (darkbrem)
+
+
+@dataclasses.dataclass(frozen=True)
+class SignalConfig:
+    """The ``[signal]`` table of a run card (``fastmc sensitivity``): boson model, the element in
+    which the emission is forced (the active target), masses to scan and muons per mass."""
+
+    model: str = "z_prime"
+    target: str = "ECAL"
+    masses: tuple[float, ...] = (1.0, 10.0, 100.0, 1000.0)  # MeV
+    n_muons: int = 65536
+
+
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
     path: Path
@@ -520,6 +535,7 @@ class RunConfig:
     admixture: AdmixtureConfig = AdmixtureConfig()
     hadron_decay: HadronDecayConfig = HadronDecayConfig()
     misreco: MisrecoConfig = MisrecoConfig()
+    signal: SignalConfig = SignalConfig()
 
     def with_overrides(self, **changes: Any) -> RunConfig:
         return dataclasses.replace(self, **changes)
@@ -668,6 +684,8 @@ def load_run(path: str | Path, overrides: dict[str, Any] | None = None) -> RunCo
     mr.finish()
     chs.finish()
 
+    signal = _parse_signal(root.table("signal", {}), model)
+
     variables = selection_variables(model)
     sel = root.table("selection")
     regions = []
@@ -697,8 +715,37 @@ def load_run(path: str | Path, overrides: dict[str, Any] | None = None) -> RunCo
         admixture=admixture,
         hadron_decay=hadron_decay,
         misreco=misreco,
+        signal=signal,
     )
     return cfg
+
+
+def _parse_signal(sec: _Section, model: ModelConfig) -> SignalConfig:
+    d = SignalConfig()
+    target = sec.string("target", d.target)
+    slabs = [e.name for e in model.elements if e.kind == "slab"]
+    if target not in slabs:
+        raise sec.fail("target", target, f"not a slab of the model (slabs: {', '.join(slabs) or 'none'})")
+    masses = sec._raw("masses_MeV", list(d.masses))
+    if (not isinstance(masses, list) or not masses
+            or not all(isinstance(m, (int, float)) and not isinstance(m, bool) for m in masses)):
+        raise sec.fail("masses_MeV", masses, "must be a non-empty list of numbers")
+    for m in masses:
+        check_signal_mass(m, lambda why, m=m: sec.fail("masses_MeV", m, why))
+    out = SignalConfig(
+        model=sec.string("model", d.model, choices=SIGNAL_MODELS),
+        target=target,
+        masses=tuple(float(m) * u.MeV for m in masses),
+        n_muons=sec.number("n_muons", d.n_muons, integer=True, ge=1, le=10**12),
+    )
+    sec.finish()
+    return out
+
+
+def check_signal_mass(mass_MeV: Any, fail: Callable[[str], Exception]) -> None:
+    """Raise ``fail(why)`` unless 0 < mass ≤ SIGNAL_MAX_MASS (MeV)."""
+    if not math.isfinite(mass_MeV) or not 0.0 < mass_MeV <= SIGNAL_MAX_MASS / u.MeV:
+        raise fail(f"must be a finite mass in (0, {SIGNAL_MAX_MASS / u.MeV:g}] MeV")
 
 
 def _check_process_names(sec: _Section, physics: PhysicsSettings) -> None:

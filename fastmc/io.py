@@ -14,7 +14,7 @@ Layout::
                            datasets log_sw, log_sw2, n, log_wmax, n_gen (one entry per cut step)
                            and derived expected, stat_err, ess, max_weight_share, upper_limit_90
                            (NaN where undefined); attrs: mot, cuts (JSON)
-    /events                (optional) chunk, index, channel, log_w, and one dataset per variable
+    /events                (optional) chunk, index, channel, region_mask, log_w, and one dataset per variable
 
 Files are written to a temporary name beside the target and renamed into place, so a failure
 never leaves a half-written file over a good one.
@@ -170,8 +170,12 @@ def _write_run_groups(f, result, projection: dict) -> None:
             rg.attrs["cuts"] = json.dumps([result.slots[s][2] for s in idx])
     f.attrs["projection_json"] = json.dumps(projection)
     if result.events is not None:
+        from fastmc.run import EVENT_KEYS
+
         eg = f.create_group("events")
-        for key in ("chunk", "index", "channel", "log_w"):
+        eg.attrs["regions"] = json.dumps(sorted({s[0] for s in result.slots}, key=[s[0] for s in result.slots].index))
+        eg.attrs["channels"] = json.dumps(list(result.channels))
+        for key in EVENT_KEYS:
             eg.create_dataset(key, data=np.asarray(result.events[key]))
         for key, val in result.events["variables"].items():
             eg.create_dataset(key, data=np.asarray(val))
@@ -190,7 +194,9 @@ def read_result(path: str | Path) -> dict[str, Any]:
                 raise ValueError(f"{path}: not a fastmc output file (no fastmc_version attribute)")
             if "events" in f:
                 ev = f["events"]
-                events = {k: np.asarray(ev[k]) for k in ("chunk", "index", "channel", "log_w")}
+                from fastmc.run import EVENT_KEYS
+
+                events = {k: np.asarray(ev[k]) for k in EVENT_KEYS if k in ev}
                 events["variables"] = {k: np.asarray(ev[k]) for k in ev if k not in events}
             else:
                 events = None

@@ -43,6 +43,7 @@ class ChainOptions:
     max_interactions: int
     branches: tuple[int, ...]
     hadrons: bool = False  # transport beam hadrons (K⁺, π⁺) with decays in flight
+    signal_slot: int = -1  # element slot of the signal's forced emission (the target), -1: none
 
 
 @dataclasses.dataclass
@@ -83,7 +84,9 @@ def prepare(cfg: RunConfig) -> Prepared:
     from fastmc.transport import slot_branches
 
     e_max = 1.5 * float(setup.beam.momentum)
-    options = ChainOptions(cfg.chunk_size, ph.max_interactions, slot_branches(setup, physics, e_max), hadrons)
+    signal_slot = setup.index(cfg.signal.target) if "signal" in cfg.channels else -1
+    options = ChainOptions(cfg.chunk_size, ph.max_interactions, slot_branches(setup, physics, e_max), hadrons,
+                           signal_slot)
     from fastmc.response import HitBias
 
     channel_params = {}
@@ -94,6 +97,8 @@ def prepare(cfg: RunConfig) -> Prepared:
             hits = HitBias(beta=jnp.asarray(m.beta, dtype), planes=m.planes, n_forced=m.n_forced)
         channel_params[ch] = {"mix": build_admixture(cfg, ch, float(setup.beam.z_start)) if hadrons else None,
                               "hits": hits}
+        if ch == "signal":  # emission tables of one boson mass: set by fastmc.sensitivity per mass
+            channel_params[ch]["signal"] = None
     return Prepared(
         cfg=cfg,
         setup=setup,
@@ -124,6 +129,7 @@ def simulate_events(
     """
     params = params or {}
     mix = params.get("mix")
+    signal = params.get("signal")
     from fastmc.beam import sample_beam
     from fastmc.reconstruct import reconstruct
     from fastmc.response import detector_response
@@ -139,9 +145,21 @@ def simulate_events(
         state = {k: v.astype(dtype) for k, v in state.items()}
     state["alive"] = jnp.ones((chunk_size,), bool)
     forced = bool(mix is not None and mix.forced)
-    final, truth = transport(setup, physics, state, key_c, opts.max_interactions, opts.branches, forced)
+    branches = opts.branches
+    if signal is not None:
+        # the signal channel: one forced dark-boson emission in the target slot (muons only)
+        from fastmc.transport import BRANCH_SIGNAL
+
+        branches = tuple(BRANCH_SIGNAL if i == opts.signal_slot else b for i, b in enumerate(branches))
+        zero = jnp.zeros((chunk_size,), dtype)
+        state.update(log_w=zero, signal_x=zero, signal_e_x=zero)
+    final, truth = transport(setup, physics, state, key_c, opts.max_interactions, branches, forced, signal)
     measured = detector_response(setup, truth, key_c, params.get("hits"))
     variables = reconstruct(setup, measured)
+    if signal is not None:
+        variables["truth_hadron"] = jnp.zeros((chunk_size,), dtype)
+        variables["truth_signal_x"] = final["signal_x"]
+        return variables, final["log_w"] + measured["log_w"], {"n_overflow": truth["n_overflow"]}
     if opts.hadrons:
         log_w = final["log_w"] + measured["log_w"]
         variables["truth_hadron"] = state["hadron"].astype(dtype)
@@ -151,7 +169,8 @@ def simulate_events(
     return variables, log_w, {"n_overflow": truth["n_overflow"]}
 
 
-CHANNEL_FUNCS = {"analog": simulate_events, "hadron_decay": simulate_events, "momentum_misreconstruction": simulate_events}
+CHANNEL_FUNCS = {"analog": simulate_events, "hadron_decay": simulate_events, "momentum_misreconstruction": simulate_events,
+                 "signal": simulate_events}
 
 
 @functools.partial(jax.jit, static_argnames=("opts", "channel", "with_events"))
@@ -176,6 +195,11 @@ def simulate_chunk(
     if with_events:
         events = {"variables": variables, "log_w": log_w, "selected": masks}
     return rows, n_over, events
+
+
+# per stored event: chunk and index in the chunk (replayable), channel index, bit mask of the
+# regions that selected it (bit r = region r of the card), log-weight
+EVENT_KEYS = ("chunk", "index", "channel", "region_mask", "log_w")
 
 
 @dataclasses.dataclass
@@ -220,7 +244,7 @@ def merge_events(a: dict[str, Any] | None, b: dict[str, Any] | None) -> dict[str
     """Union of two event records of disjoint chunks, in (chunk, channel, index) order; None if either is."""
     if a is None or b is None:
         return None
-    out = {k: np.concatenate([np.asarray(a[k]), np.asarray(b[k])]) for k in ("chunk", "index", "channel", "log_w")}
+    out = {k: np.concatenate([np.asarray(a[k]), np.asarray(b[k])]) for k in EVENT_KEYS}
     order = np.lexsort((out["index"], out["channel"], out["chunk"]))
     out = {k: v[order] for k, v in out.items()}
     names = list(a["variables"] or b["variables"])
@@ -289,13 +313,16 @@ def run(
         if not 0 <= chunk_start < stop:
             raise ValueError(f"empty chunk range [{chunk_start}, {stop}) of {total} chunks")
         ids = np.arange(chunk_start, stop)
+    for ch in cfg.channels:
+        if ch == "signal" and prep.channel_params[ch].get("signal") is None:
+            raise ValueError("the signal channel needs emission tables (fastmc.sensitivity sets them per mass)")
     devs = select_devices(devices)
     n_dev = min(len(devs), len(ids))
     slots = prep.selection.slots()
     rows = np.zeros((len(ids), len(cfg.channels), len(slots), N_FIELDS))
     overflow = np.zeros((len(ids), len(cfg.channels)), dtype=np.int64)
     n_gen = np.minimum(cfg.chunk_size, cfg.n_muons - ids * cfg.chunk_size)
-    events: dict[str, list] = {"chunk": [], "index": [], "channel": [], "log_w": [], "variables": []}
+    events: dict[str, list] = {k: [] for k in (*EVENT_KEYS, "variables")}
     t0 = time.perf_counter()
     bar = tqdm(
         total=int(n_gen.sum()),
@@ -307,6 +334,7 @@ def run(
         dynamic_ncols=True,
     )
     signal_slot = len(prep.selection.regions[0].cuts)  # final slot of the first region
+    final_slots = np.cumsum([len(r.cuts) + 1 for r in prep.selection.regions]) - 1
     running = [Tally() for _ in cfg.channels]
     stop_reason = "all chunks done"
     done = 0
@@ -347,12 +375,15 @@ def run(
                     rows[i, ci] = r[j]
                     overflow[i, ci] = int(nov[j])
                     if ev is not None:
-                        sel = np.asarray(ev["selected"][j][signal_slot])
-                        idx = np.nonzero(sel)[0]
+                        # events selected in any region; bit r of region_mask: selected in region r
+                        fin = np.asarray(ev["selected"][j])[final_slots]  # (n_regions, B)
+                        mask = (fin.astype(np.int64) << np.arange(len(final_slots))[:, None]).sum(axis=0)
+                        idx = np.nonzero(mask)[0]
                         if idx.size:
                             events["chunk"].append(np.full(idx.size, c))
                             events["index"].append(idx)
                             events["channel"].append(np.full(idx.size, ci))
+                            events["region_mask"].append(mask[idx])
                             events["log_w"].append(np.asarray(ev["log_w"][j])[idx])
                             events["variables"].append({k: np.asarray(v[j])[idx] for k, v in ev["variables"].items()})
             bar.update(int(n_gen[done : done + n_grp].sum()))
@@ -400,16 +431,14 @@ def run(
 
 def _stack_events(events: dict[str, list]) -> dict[str, Any]:
     if not events["chunk"]:
-        return {"chunk": np.zeros(0, np.int64), "index": np.zeros(0, np.int64), "channel": np.zeros(0, np.int64),
-                "log_w": np.zeros(0), "variables": {}}
+        out: dict[str, Any] = {k: np.zeros(0, np.int64) for k in EVENT_KEYS}
+        out["log_w"] = np.zeros(0)
+        out["variables"] = {}
+        return out
     names = events["variables"][0].keys()
-    return {
-        "chunk": np.concatenate(events["chunk"]),
-        "index": np.concatenate(events["index"]),
-        "channel": np.concatenate(events["channel"]),
-        "log_w": np.concatenate(events["log_w"]),
-        "variables": {k: np.concatenate([v[k] for v in events["variables"]]) for k in names},
-    }
+    out = {k: np.concatenate(events[k]) for k in EVENT_KEYS}
+    out["variables"] = {k: np.concatenate([v[k] for v in events["variables"]]) for k in names}
+    return out
 
 
 def projection(cfg: RunConfig, result: RunResult, mot: float | None = None) -> dict[str, Any]:

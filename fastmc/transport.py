@@ -306,7 +306,7 @@ def element_arrays(setup: Setup) -> dict[str, jnp.ndarray]:
     }
 
 
-BRANCH_NONE, BRANCH_THIN, BRANCH_THICK = 0, 1, 2
+BRANCH_NONE, BRANCH_THIN, BRANCH_THICK, BRANCH_SIGNAL = 0, 1, 2, 3
 THIN_LAMBDA = 0.02  # slots expecting fewer interactions than this get one slot: P(N>1) ≈ λ²/2 ≤ 2e-4
 
 
@@ -318,6 +318,7 @@ def transport(
     max_interactions: int = 8,
     branches: tuple[int, ...] | None = None,
     forced_decay: bool = False,
+    signal: Any = None,
 ) -> tuple[dict[str, jnp.ndarray], dict[str, Any]]:
     """Transport a batch from ``setup.beam.z_start`` through every element (``lax.scan``).
 
@@ -337,6 +338,11 @@ def transport(
     (sampled by the caller), are absorbed in material with probability 1 − exp(−L/λ_I), and the
     energy of decay photons and absorbed hadrons is deposited in the next slab.
     ``forced_decay`` (static) forces the muonic K⁺ modes (μν, π⁰μν) with weight Σ BR.
+
+    Signal: with ``signal`` (:class:`fastmc.physics.darkbrem.EmissionTables`) the slots marked
+    ``BRANCH_SIGNAL`` in ``branches`` (the target) force one dark-boson emission μN → μN X at a
+    depth drawn uniformly in the material (:func:`signal_material_step`); the state must carry
+    ``log_w``, to which the emission weight is added.
     """
     key_t = stream_key(key_chunk, STREAM_TRANSPORT)
     bsz = state["ekin"].shape[0]
@@ -369,6 +375,15 @@ def transport(
         return step
 
     kernels = [lambda st, a, key: (st, empty_rec), make_material(1), make_material(max_interactions)]
+    if signal is not None:
+
+        def emit_step(st, a, key):
+            st, rec = signal_material_step(physics, signal, st, a["mat"], a["length"], a["dscale"],
+                                           max_interactions, key)
+            rec["e_other"] = zero
+            return st, {key_: rec[key_] for key_ in empty_rec}
+
+        kernels.append(emit_step)
 
     def body(carry, xs):
         st, n_over = carry
@@ -446,6 +461,37 @@ def expected_counts(setup: Setup, physics: Physics, ekin: float) -> dict[str, fl
 
 
 REC_KEYS = ("e_cont", "e_proc", "hardest", "hardest_proc", "e_other")
+
+
+def signal_material_step(physics: Physics, signal: Any, state: dict, mat, length, density_scale, k: int, key):
+    """A material step with one forced dark-boson emission (the signal channel's target slot).
+
+    The emission depth d is uniform in [0, L] (proposal density 1/L); the muon is transported
+    over d (:func:`material_step`, full physics), emits X (:func:`fastmc.physics.darkbrem.emit`,
+    which adds log(Σ_X(E_d)·L) + the angular weight to ``log_w``: the thin-target probability of
+    the emission, exact because ε² ≪ 1 makes the muon flux unchanged by it), and is transported
+    over L − d.  The truth records of the two halves are summed (hardest = the larger one).
+    """
+    from fastmc.physics.darkbrem import N_EMIT_UNIFORMS, emit
+
+    bsz = state["ekin"].shape[0]
+    dtype = state["ekin"].dtype
+    ue = uniforms(jax.random.fold_in(key, 7), (bsz, 1 + N_EMIT_UNIFORMS), dtype)
+    d = ue[:, 0] * length
+    st1, r1 = material_step(physics, state, mat, d, density_scale, k,
+                            uniforms(jax.random.fold_in(key, 8), (bsz, n_step_uniforms(k)), dtype))
+    st1 = emit(signal, st1, mat, length * density_scale, ue[:, 1:])
+    st2, r2 = material_step(physics, st1, mat, length - d, density_scale, k,
+                            uniforms(jax.random.fold_in(key, 9), (bsz, n_step_uniforms(k)), dtype))
+    harder = r2["hardest"] > r1["hardest"]
+    rec = {
+        "e_cont": r1["e_cont"] + r2["e_cont"],
+        "e_proc": r1["e_proc"] + r2["e_proc"],
+        "hardest": jnp.where(harder, r2["hardest"], r1["hardest"]),
+        "hardest_proc": jnp.where(harder, r2["hardest_proc"], r1["hardest_proc"]),
+        "overflow": r1["overflow"] | r2["overflow"],
+    }
+    return st2, rec
 
 
 N_HADRON_UNIFORMS = 4 + 2  # 4 drift (second part) + absorption + decay-mode choice

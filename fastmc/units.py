@@ -39,6 +39,7 @@ proton_mass_c2 = 938.27208816 * MeV
 fine_structure = 1.0 / 137.035999084
 classic_electr_radius = 2.8179403262e-12 * mm
 avogadro = 6.02214076e23  # 1/mol
+hbarc = 197.3269804e-12 * MeV * mm  # ħc (PDG RPP 2024, Table 1.1: 197.3269804 MeV fm)
 K_bethe = 0.307075  # MeV mol⁻¹ cm² : 4π N_A r_e² m_e c² (PDG RPP 2024, Table 34.1)
 
 # Momentum kick of a unit-charge particle in a field integral: Δp_T = 0.299792458 GeV/c per T·m
