@@ -1,4 +1,4 @@
-"""Command-line interface: ``fastmc project | inspect | merge | bench | env``.
+"""Command-line interface: ``fastmc project | sensitivity | plot | inspect | merge | bench | validate | env``.
 
 Holds no physics.  JAX is imported lazily inside the commands so ``fastmc --help`` and
 ``fastmc --version`` are instant.  Logs and progress go to stderr; tables and JSON to stdout.
@@ -69,6 +69,31 @@ def _chunk_range(text: str) -> tuple[int, int | None]:
         raise argparse.ArgumentTypeError(f"--chunks = {text!r}: must be START:STOP with 0 <= START < STOP") from None
 
 
+def _nonneg_float(flag: str):
+    def parse(text: str) -> float:
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag} = {text!r}: must be a number") from None
+        if not math.isfinite(v) or v < 0:
+            raise argparse.ArgumentTypeError(f"{flag} = {text!r}: must be a finite number >= 0")
+        return v
+
+    return parse
+
+
+def _mass_list(text: str) -> list[float]:
+    from fastmc.config import SIGNAL_MAX_MASS
+
+    try:
+        vals = [float(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--masses = {text!r}: must be comma-separated numbers (MeV)") from None
+    if not vals or any(not math.isfinite(v) or not 0 < v <= SIGNAL_MAX_MASS for v in vals):
+        raise argparse.ArgumentTypeError(f"--masses = {text!r}: each mass must be in (0, {SIGNAL_MAX_MASS:g}] MeV")
+    return sorted(set(vals))
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="fastmc", description="Fast importance-sampled Monte Carlo of NA64μ backgrounds.")
     p.add_argument("--version", action="version", version=f"fastmc {__version__}")
@@ -126,6 +151,31 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("env", help="print versions, JAX backend and devices")
 
+    se = sub.add_parser("sensitivity", help="signal yield and expected 90%% CL reach (coupling vs mass)")
+    se.add_argument("card", help="run card (its [signal] table, first selection region and background channels)")
+    se.add_argument("--masses", type=_mass_list, metavar="M1,M2,...",
+                    help="boson masses in MeV (default: the card's [signal] masses_MeV)")
+    se.add_argument("--model", choices=("z_prime", "dark_photon", "scalar"),
+                    help="boson model (default: the card's [signal] model)")
+    se.add_argument("--mot", type=_positive_float("--mot"), help="muons on target (default: the card's)")
+    se.add_argument("--n-signal", type=_int_in("--n-signal", 1, 10**12), metavar="N",
+                    help="muons simulated per mass (default: the card's [signal] n_muons)")
+    se.add_argument("--seed", type=_int_in("--seed", 0, 2**32 - 1), help="random seed (default: the card's)")
+    se.add_argument("--chunk-size", type=_int_in("--chunk-size", 1, 2**24), help="muons per chunk (default: the card's)")
+    se.add_argument("--background", type=_nonneg_float("--background"), metavar="B",
+                    help="expected background events at the MOT (skips the background projection)")
+    se.add_argument("--background-err", type=_nonneg_float("--background-err"), default=0.0, metavar="S",
+                    help="its uncertainty (with --background; default 0)")
+    se.add_argument("--background-from", type=Path, metavar="PROJ.h5",
+                    help="take the background from a 'fastmc project' output (rescaled to --mot)")
+    se.add_argument("-o", "--output", type=Path, help="write the HDF5 table here and the exclusion plot beside it (.png)")
+    se.add_argument("--json", action="store_true", help="print one JSON object to stdout (table goes to stderr)")
+    se.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    pl = sub.add_parser("plot", help="standard figures of a fastmc output (projection or sensitivity)")
+    pl.add_argument("file", type=Path, help="fastmc HDF5 output (project or sensitivity)")
+    pl.add_argument("-o", "--output-dir", type=Path, metavar="DIR", help="folder for the PNGs (default: beside the file)")
+
     va = sub.add_parser("validate", help="compare fastmc with the Geant4 reference tables (calibration/)")
     va.add_argument("--suite", default="all", metavar="NAME",
                     help="eloss, deflection, decay or all (default: all)")
@@ -155,6 +205,8 @@ def main(argv: list[str] | None = None) -> int:
             "env": cmd_env,
             "merge": cmd_merge,
             "validate": cmd_validate,
+            "sensitivity": cmd_sensitivity,
+            "plot": cmd_plot,
         }[args.command](args)
     except (ConfigError, UsageError) as err:
         print(f"fastmc: error: {err}", file=sys.stderr)
@@ -628,6 +680,116 @@ def cmd_validate(args) -> int:
         print(json.dumps({"passed": report["passed"], "checks": _jsonable(report["rows"]),
                           "timing": _jsonable(report["timing"])}))
     return 0 if report["passed"] else 1
+
+
+def cmd_sensitivity(args) -> int:
+    """Signal yields per mass and the expected reach; the background from the chosen source."""
+    import dataclasses
+
+    cfg = _load_card(args)
+    if args.output is not None:
+        _check_output(args.output)
+    if args.background is not None and args.background_from is not None:
+        raise UsageError("--background and --background-from exclude each other")
+    if args.background is None and args.background_err:
+        raise UsageError("--background-err needs --background")
+    sig = cfg.signal
+    model = args.model or sig.model
+    masses = args.masses or list(sig.masses)
+    from fastmc.sensitivity import Background, background_from_projection, sensitivity, signal_yields
+
+    log = (lambda m: None) if args.json else (lambda m: print(m, file=sys.stderr))
+    if args.background is not None:
+        bkg = Background(args.background, args.background_err, "given on the command line")
+    elif args.background_from is not None:
+        from fastmc.io import read_result
+
+        try:
+            data = read_result(args.background_from)
+        except (FileNotFoundError, ValueError) as err:
+            raise UsageError(f"--background-from: {err}") from None
+        if not data["complete"]:
+            raise UsageError(f"--background-from: {str(args.background_from)!r} is an unfinished checkpoint")
+        bkg = background_from_projection(data["projection"], cfg.mot, f"from {args.background_from}")
+    else:
+        from fastmc.run import prepare, projection, run
+
+        print(f"projecting the background of {', '.join(cfg.channels)} with the card's {cfg.n_muons} primaries "
+              "(use --background-from PROJ.h5 or --background B to skip)", file=sys.stderr)
+        result = run(cfg, prepare(cfg), progress=not args.no_progress)
+        bkg = background_from_projection(projection(cfg, result), cfg.mot, f"projected: {', '.join(cfg.channels)}")
+    rows, prep, res = signal_yields(cfg, [m for m in masses], model, n_muons=args.n_signal,
+                                    progress=not args.no_progress, log=log)
+    summary = sensitivity(rows, cfg.mot, bkg, model)
+    from fastmc.sensitivity import format_sensitivity, write_sensitivity
+
+    table = format_sensitivity(summary)
+    png = None
+    out = None
+    if args.output is not None:
+        command = " ".join(["fastmc"] + sys.argv[1:])
+        write_sensitivity(args.output, dataclasses.replace(cfg, channels=("signal",)), summary, prep, res, command)
+        out = str(args.output)
+        from fastmc.plots import plot_exclusion  # matplotlib itself is imported only when drawing
+
+        png = _try_plot(lambda p: plot_exclusion(summary, p), args.output.with_suffix(".png"))
+    if args.json:
+        print(table, file=sys.stderr)
+        print(json.dumps({**summary, "output": out, "plot": png}))
+    else:
+        print(table)
+        for p in (out, png):
+            if p:
+                print(f"wrote {p}", file=sys.stderr)
+    return 0
+
+
+def _try_plot(draw, path: Path) -> str | None:
+    """Draw a PNG if matplotlib is installed (extra 'plot'); otherwise say so on stderr."""
+    import importlib.util
+
+    if importlib.util.find_spec("matplotlib") is None:
+        print("fastmc: note: matplotlib is not installed (pip install 'fastmc[plot]'): no PNG written", file=sys.stderr)
+        return None
+    draw(path)
+    return str(path)
+
+
+def cmd_plot(args) -> int:
+    import importlib.util
+
+    import h5py
+
+    if importlib.util.find_spec("matplotlib") is None:
+        raise UsageError("fastmc plot needs matplotlib: pip install 'fastmc[plot]'")
+    path = args.file
+    if not path.is_file():
+        raise UsageError(f"{str(path)!r}: file not found")
+    out_dir = args.output_dir or (path.parent if str(path.parent) else Path("."))
+    if not out_dir.is_dir():
+        raise UsageError(f"-o = {str(out_dir)!r}: not a folder")
+    try:
+        with h5py.File(path, "r") as f:
+            kind = "sensitivity" if "sensitivity" in f else ("projection" if "projection_json" in f.attrs else None)
+    except OSError as err:
+        raise UsageError(f"{path}: not a readable HDF5 file ({err})") from None
+    from fastmc import plots
+
+    if kind == "sensitivity":
+        from fastmc.sensitivity import read_sensitivity
+
+        p = out_dir / f"{path.stem}_exclusion.png"
+        plots.plot_exclusion(read_sensitivity(path), p)
+        written = [p]
+    elif kind == "projection":
+        from fastmc.io import read_result
+
+        written = plots.plot_projection(read_result(path), out_dir, path.stem)
+    else:
+        raise UsageError(f"{path}: not a fastmc projection or sensitivity output")
+    for p in written:
+        print(f"wrote {p}")
+    return 0
 
 
 if __name__ == "__main__":  # pragma: no cover

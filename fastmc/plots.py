@@ -1,4 +1,4 @@
-"""Validation plots (optional extra ``plot``: matplotlib, imported lazily, Agg backend).
+"""Plots (optional extra ``plot``: matplotlib, imported lazily, Agg backend): validation, sensitivity, projections.
 
 One PNG per observable: top, fastmc vs Geant4 per generated event (log y; log x for log-binned
 observables); middle, ratio fastmc/Geant4 with the combined statistical error; bottom, per-bin
@@ -127,3 +127,154 @@ def plot_observable(ob: dict[str, Any], path: Path) -> None:
     fig.align_ylabels()
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
+
+
+# ----------------------------------------------------------------------------------------
+# Sensitivity (``fastmc sensitivity``) and projection figures (``fastmc plot``)
+# ----------------------------------------------------------------------------------------
+
+_COUPLING = {"z_prime": r"$g_{Z'}$", "dark_photon": r"$\varepsilon = g/e$", "scalar": r"$g_S$"}
+_BOSON = {"z_prime": r"$Z'$ ($L_\mu - L_\tau$)", "dark_photon": r"dark photon $A'$", "scalar": "scalar $S$"}
+
+
+def plot_exclusion(summary: dict[str, Any], path: Path) -> None:
+    """Expected 90 % CL upper limit on the coupling vs mass (log–log) with the (g−2)_μ band."""
+    import math
+
+    from fastmc import units as u
+
+    plt = require_matplotlib()
+    rows = summary["rows"]
+    model = summary["model"]
+    m = np.array([r["mass_MeV"] for r in rows])
+    scale = 1.0 / math.sqrt(4.0 * math.pi * u.fine_structure) if model == "dark_photon" else 1.0
+    g = np.array([r["g_up"] for r in rows]) * scale
+    ge = np.array([r["g_up_stat_err"] for r in rows]) * scale
+    fig, ax = plt.subplots(figsize=(7.5, 5.5))
+    from fastmc.limits import g2_band
+
+    mm = np.geomspace(m.min(), m.max(), 200) if len(m) > 1 else m
+    band = {k: v * scale for k, v in g2_band(mm, model).items()}
+    ax.fill_between(mm, band["low"], band["high"], color="tab:green", alpha=0.3, lw=0,
+                    label=r"$(g-2)_\mu$ favoured, $\pm 2\sigma$ ($\Delta a_\mu = 251(59)\times 10^{-11}$)")
+    ax.plot(mm, band["central"], color="tab:green", lw=1)
+    ax.fill_between(m, g - ge, g + ge, color="tab:blue", alpha=0.25, lw=0)
+    ax.plot(m, g, "o-", color="tab:blue", ms=4,
+            label=f"fastmc expected 90% CL limit, {summary['mot']:.3g} MOT (band: MC stat.)")
+    top = 5.0 * max(band["high"].max(), g.max())
+    ax.fill_between(m, g, np.full_like(g, top), color="tab:blue", alpha=0.08, lw=0)
+    ax.set_ylim(0.5 * min(band["low"].min(), g.min()), top)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel(r"boson mass $m_X$ [MeV]")
+    ax.set_ylabel(_COUPLING.get(model, "g"))
+    b = summary["background"]
+    if b.get("n_selected") == 0:
+        btxt = "background: no MC event selected"
+    else:
+        btxt = f"background {b['expected']:.2g} ± {b['stat_err']:.2g} events"
+    ax.set_title(f"{_BOSON.get(model, model)} → invisible: NA64μ-like reach\n"
+                 f"{btxt}; signal limit {summary['limit']['s_up']:.2f} events (CLs)", fontsize=10)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(loc="upper left", fontsize=8.5, framealpha=0.9)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+def _signal_box(regions: list, region_name: str) -> tuple[float | None, float | None, list[str]]:
+    """p_out maximum and the sum of the calorimeter-energy maxima [GeV] of a region's cuts."""
+    for name, cuts in regions:
+        if name != region_name:
+            continue
+        p_max, e_max, groups = None, 0.0, []
+        for c in cuts:
+            if c["var"] == "p_out_GeV" and c["max"] is not None:
+                p_max = c["max"]
+            elif c["var"].startswith("e_") and c["var"].endswith("_GeV") and c["max"] is not None:
+                e_max += c["max"]
+                groups.append(c["var"])
+        return p_max, (e_max if groups else None), groups
+    return None, None, []
+
+
+def plot_projection(data: dict[str, Any], out_dir: Path, stem: str) -> list[Path]:
+    """The standard figures of a ``fastmc project`` output: cut flows (weighted, per channel) and,
+    when events were stored (``--save-events``), p_out vs calorimeter energy with the signal box
+    and the weighted p_out distribution per channel.  Returns the PNG paths written."""
+    plt = require_matplotlib()
+    proj = data["projection"]
+    written = []
+    # --- cut flow
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    region = proj["region"]
+    for ch, regions in proj["cutflow"].items():
+        steps = regions.get(region, [])
+        y = [s["expected"] if s["n_selected"] else np.nan for s in steps]
+        ax.plot(range(len(steps)), y, "o-", ms=4, label=ch)
+        labels = [s["cut"] for s in steps]
+    ax.set_yscale("log")
+    ax.set_xticks(range(len(labels)))
+    ax.set_xticklabels(labels, rotation=35, ha="right", fontsize=8)
+    ax.set_ylabel(f"expected events at {proj['mot']:.3g} MOT")
+    ax.set_title(f"cut flow, region '{region}' (weighted; points absent where no MC event is left)", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    p = out_dir / f"{stem}_cutflow.png"
+    fig.savefig(p, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    written.append(p)
+    ev = data.get("events")
+    if not ev or len(ev["log_w"]) == 0:
+        return written
+    var = ev["variables"]
+    channels = list(proj["channels"])
+    groups = [k for k in var if k.startswith("e_") and k.endswith("_GeV") and k != "e_veto_GeV"]
+    e_cal = sum(np.asarray(var[k], dtype=np.float64) for k in groups)
+    p_out = np.asarray(var.get("p_out_GeV", np.zeros_like(e_cal)), dtype=np.float64)
+    p_max, e_max, cut_groups = _signal_box(data["config"]["regions"], region)
+    # --- p_out vs calorimeter energy
+    fig, ax = plt.subplots(figsize=(8, 6))
+    for ci, ch in enumerate(channels):
+        sel = np.asarray(ev["channel"]) == ci
+        if sel.any():
+            ax.scatter(e_cal[sel], p_out[sel], s=4, alpha=0.5, label=f"{ch} ({sel.sum()} stored events)")
+    if p_max is not None:
+        xmax = e_max if e_max is not None else ax.get_xlim()[1]
+        ax.add_patch(plt.Rectangle((ax.get_xlim()[0], 0), xmax - ax.get_xlim()[0], p_max, fill=False,
+                                   ec="red", lw=1.5, ls="--", label="signal box (p_out and calorimeter cuts)"))
+    ax.set_xlabel(f"calorimeter energy {' + '.join(groups)} [GeV]")
+    ax.set_ylabel(r"$p_\mathrm{out}$ [GeV/c]")
+    ax.set_title("stored events (selected in any region; unweighted)", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, markerscale=3)
+    p = out_dir / f"{stem}_pout_vs_ecal.png"
+    fig.savefig(p, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    written.append(p)
+    # --- weighted p_out per channel
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    edges = np.linspace(0.0, 200.0, 51)
+    for ci, ch in enumerate(channels):
+        sel = np.asarray(ev["channel"]) == ci
+        if not sel.any():
+            continue
+        n_gen = proj["channels"][ch]["n_generated"]
+        w = np.exp(np.asarray(ev["log_w"], dtype=np.float64)[sel]) * proj["mot"] / n_gen
+        h, _ = np.histogram(p_out[sel], edges, weights=w)
+        h2, _ = np.histogram(p_out[sel], edges, weights=w * w)
+        ax.stairs(h, edges, lw=1.4, label=ch)
+        c = 0.5 * (edges[1:] + edges[:-1])
+        ax.errorbar(c, h, np.sqrt(h2), fmt="none", lw=0.7)
+    if p_max is not None:
+        ax.axvline(p_max, color="red", ls="--", lw=1, label=f"p_out < {p_max:g} GeV")
+    ax.set_yscale("log")
+    ax.set_xlabel(r"$p_\mathrm{out}$ [GeV/c]")
+    ax.set_ylabel(f"expected events / 4 GeV at {proj['mot']:.3g} MOT")
+    ax.set_title("weighted p_out of the stored events, per channel", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    p = out_dir / f"{stem}_pout.png"
+    fig.savefig(p, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    written.append(p)
+    return written
