@@ -718,7 +718,11 @@ def cmd_sensitivity(args) -> int:
               "(use --background-from PROJ.h5 or --background B to skip)", file=sys.stderr)
         result = run(cfg, prepare(cfg), progress=not args.no_progress)
         bkg = background_from_projection(projection(cfg, result), cfg.mot, f"projected: {', '.join(cfg.channels)}")
-    rows, prep, res = signal_yields(cfg, [m for m in masses], model, n_muons=args.n_signal,
+    if bkg.n_selected == 0 and bkg.upper_limit_90 is not None and bkg.upper_limit_90 > 0.1:
+        print(f"fastmc: warning: the background projection selected no MC event: the limit assumes b = 0, but the "
+              f"background is only known to be < {bkg.upper_limit_90:.3g} events (90% CL); simulate more primaries "
+              "or use the biased channels", file=sys.stderr)
+    rows, prep, res = signal_yields(cfg, list(masses), model, n_muons=args.n_signal,
                                     progress=not args.no_progress, log=log)
     summary = sensitivity(rows, cfg.mot, bkg, model)
     from fastmc.sensitivity import format_sensitivity, write_sensitivity
