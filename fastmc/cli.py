@@ -31,14 +31,14 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"fastmc: error: {message} (see 'fastmc {self.prog.split()[-1]} --help')\n")
 
 
-def _positive_float(flag: str):
+def _positive_float(flag: str, allow_zero: bool = False):
     def parse(text: str) -> float:
         try:
             v = float(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{flag} = {text!r}: must be a number") from None
-        if not math.isfinite(v) or v <= 0:
-            raise argparse.ArgumentTypeError(f"{flag} = {text!r}: must be a finite number > 0")
+        if not math.isfinite(v) or v < 0 or (v == 0 and not allow_zero):
+            raise argparse.ArgumentTypeError(f"{flag} = {text!r}: must be a finite number {'>=' if allow_zero else '>'} 0")
         return v
 
     return parse
@@ -70,16 +70,7 @@ def _chunk_range(text: str) -> tuple[int, int | None]:
 
 
 def _nonneg_float(flag: str):
-    def parse(text: str) -> float:
-        try:
-            v = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{flag} = {text!r}: must be a number") from None
-        if not math.isfinite(v) or v < 0:
-            raise argparse.ArgumentTypeError(f"{flag} = {text!r}: must be a finite number >= 0")
-        return v
-
-    return parse
+    return _positive_float(flag, allow_zero=True)
 
 
 def _mass_list(text: str) -> list[float]:

@@ -723,9 +723,10 @@ def load_run(path: str | Path, overrides: dict[str, Any] | None = None) -> RunCo
 def _parse_signal(sec: _Section, model: ModelConfig) -> SignalConfig:
     d = SignalConfig()
     target = sec.string("target", d.target)
-    slabs = [e.name for e in model.elements if e.kind == "slab"]
-    if target not in slabs:
-        raise sec.fail("target", target, f"not a slab of the model (slabs: {', '.join(slabs) or 'none'})")
+    # the default target is checked where it is used (fastmc sensitivity): cards without a
+    # [signal] table need not have an ECAL
+    if "target" in sec.data:
+        check_signal_target(model, target, lambda why: sec.fail("target", target, why))
     masses = sec._raw("masses_MeV", list(d.masses))
     if (not isinstance(masses, list) or not masses
             or not all(isinstance(m, (int, float)) and not isinstance(m, bool) for m in masses)):
@@ -740,6 +741,13 @@ def _parse_signal(sec: _Section, model: ModelConfig) -> SignalConfig:
     )
     sec.finish()
     return out
+
+
+def check_signal_target(model: ModelConfig, target: str, fail: Callable[[str], Exception]) -> None:
+    """Raise ``fail(why)`` unless ``target`` names a slab of the model."""
+    slabs = [e.name for e in model.elements if e.kind == "slab"]
+    if target not in slabs:
+        raise fail(f"not a slab of the model (slabs: {', '.join(slabs) or 'none'})")
 
 
 def check_signal_mass(mass_MeV: Any, fail: Callable[[str], Exception]) -> None:

@@ -197,6 +197,12 @@ def _signal_box(regions: list, region_name: str) -> tuple[float | None, float | 
     return None, None, []
 
 
+def _save(plt, fig, path: Path, written: list[Path]) -> None:
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    written.append(path)
+
+
 def plot_projection(data: dict[str, Any], out_dir: Path, stem: str) -> list[Path]:
     """The standard figures of a ``fastmc project`` output: cut flows (weighted, per channel) and,
     when events were stored (``--save-events``), p_out vs calorimeter energy with the signal box
@@ -220,9 +226,7 @@ def plot_projection(data: dict[str, Any], out_dir: Path, stem: str) -> list[Path
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     p = out_dir / f"{stem}_cutflow.png"
-    fig.savefig(p, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    written.append(p)
+    _save(plt, fig, p, written)
     ev = data.get("events")
     if not ev or len(ev["log_w"]) == 0:
         return written
@@ -248,9 +252,7 @@ def plot_projection(data: dict[str, Any], out_dir: Path, stem: str) -> list[Path
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, markerscale=3)
     p = out_dir / f"{stem}_pout_vs_ecal.png"
-    fig.savefig(p, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    written.append(p)
+    _save(plt, fig, p, written)
     # --- weighted p_out per channel
     fig, ax = plt.subplots(figsize=(8, 5.5))
     edges = np.linspace(0.0, 200.0, 51)
@@ -274,7 +276,5 @@ def plot_projection(data: dict[str, Any], out_dir: Path, stem: str) -> list[Path
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     p = out_dir / f"{stem}_pout.png"
-    fig.savefig(p, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    written.append(p)
+    _save(plt, fig, p, written)
     return written

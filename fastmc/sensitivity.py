@@ -50,6 +50,10 @@ def signal_yields(cfg: RunConfig, masses: list[float], model: str, *, n_muons: i
     from fastmc.physics.darkbrem import build_emission_tables, invisible_branching, sigma_total
     from fastmc.run import prepare, run
 
+    from fastmc.config import ConfigError, check_signal_target
+
+    check_signal_target(cfg.model, cfg.signal.target, lambda why: ConfigError(
+        f"{cfg.path}: signal.target = {cfg.signal.target!r}: {why} (set [signal] target)"))
     cfg_s = signal_run_config(cfg, n_muons)
     prep = prepare(cfg_s)
     mats, _ = setup_materials(cfg.model)
