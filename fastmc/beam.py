@@ -78,7 +78,7 @@ def build_admixture(cfg, channel: str, z_start: float) -> Admixture:
         g = hd.kaon_generation_fraction
         f_gen = [0.0, g, 1.0 - g]
         forced = True
-    elif channel == "momentum_misreconstruction":
+    elif channel in ("momentum_misreconstruction", "calorimeter_nonhermeticity"):
         f_gen = [1.0, 0.0, 0.0]  # full-energy muons only (weight log f_true(μ) = log(1 − f_K − f_π))
         forced = False
     else:

@@ -429,7 +429,8 @@ def load_model(path: str | Path) -> ModelConfig:
 # Run card
 # ----------------------------------------------------------------------------------------
 
-CHANNELS = ("analog", "hadron_decay", "momentum_misreconstruction")
+CHANNELS = ("analog", "hadron_decay", "momentum_misreconstruction", "calorimeter_nonhermeticity")
+SHOWER_MODELS = ("none", "profile")
 SCATTERING_MODELS = ("highland", "highland_single")
 
 
@@ -494,6 +495,36 @@ class HadronDecayConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class ShowerSettings:
+    """``[showers]``: how the energy of hard interactions reaches the calorimeters
+    (:mod:`fastmc.physics.showers`).  ``none``: deposited where it happens (full containment)."""
+
+    model: str = "none"
+    threshold: float = 1.0 * u.GeV  # hardest transfers above it shower (below: local deposit)
+    # h/e of a non-compensating Fe(Pb)/scintillator calorimeter ≈ 0.7 (e/h ≈ 1.3–1.5: Wigmans,
+    # "Calorimetry" (2nd ed., OUP 2017) ch. 3; PDG RPP 2024 "Calorimetry" §35.9.2), approx.
+    h_over_e: float = 0.7
+    # P(one neutral hadron takes ≥ z_min of a photonuclear transfer): no measurement found, an
+    # external input like the kaon fraction (the channel also reports the rate per unit of it)
+    leading_neutral: float = 0.01
+    z_min: float = 0.8  # "single hard neutral hadron" = ≥ 80 % of ν (ldmx-sw PhotoNuclearDQM convention)
+
+
+@dataclasses.dataclass(frozen=True)
+class CaloBiasConfig:
+    """Biasing of ``calorimeter_nonhermeticity``: a photonuclear interaction with v ≥ v_min is forced
+    in ``target``; its hadronic system is a leading neutral hadron with probability q_neutral
+    (instead of the natural one), whose z is drawn half from the natural law and half from
+    [1 − z_focus, 1], and which escapes with probability ≥ 1 − beta (defensive mixture)."""
+
+    target: str = "ECAL"
+    v_min: float = 0.4
+    q_neutral: float = 0.5
+    beta: float = 0.5
+    z_focus: float = 0.02
+
+
+@dataclasses.dataclass(frozen=True)
 class MisrecoConfig:
     """Biasing of the ``momentum_misreconstruction`` channel: in ``n_forced`` tracker planes
     (chosen at random among ``planes``) the hit is drawn from a defensive mixture
@@ -536,6 +567,8 @@ class RunConfig:
     hadron_decay: HadronDecayConfig = HadronDecayConfig()
     misreco: MisrecoConfig = MisrecoConfig()
     signal: SignalConfig = SignalConfig()
+    showers: ShowerSettings = ShowerSettings()
+    calo: CaloBiasConfig = CaloBiasConfig()
 
     def with_overrides(self, **changes: Any) -> RunConfig:
         return dataclasses.replace(self, **changes)
@@ -682,7 +715,34 @@ def load_run(path: str | Path, overrides: dict[str, Any] | None = None) -> RunCo
         beta=mr.number("beta", 0.5, gt=0.0, lt=1.0),
     )
     mr.finish()
+    cb = chs.table("calorimeter_nonhermeticity", {})
+    dcb = CaloBiasConfig()
+    calo = CaloBiasConfig(
+        target=cb.string("target", dcb.target),
+        v_min=cb.number("v_min", dcb.v_min, gt=0.0, lt=1.0),
+        q_neutral=cb.number("q_neutral", dcb.q_neutral, gt=0.0, lt=1.0),
+        beta=cb.number("beta", dcb.beta, gt=0.0, lt=1.0),
+        z_focus=cb.number("z_focus", dcb.z_focus, gt=0.0, le=1.0),
+    )
+    if "calorimeter_nonhermeticity" in channels:
+        check_signal_target(model, calo.target, lambda why: cb.fail("target", calo.target, why))
+    cb.finish()
     chs.finish()
+    sh = root.table("showers", {})
+    dsh = ShowerSettings()
+    showers = ShowerSettings(
+        model=sh.string("model", dsh.model, choices=SHOWER_MODELS),
+        threshold=sh.number("threshold_GeV", dsh.threshold / u.GeV, gt=0.0, le=1e4) * u.GeV,
+        h_over_e=sh.number("h_over_e", dsh.h_over_e, gt=0.0, le=2.0),
+        leading_neutral=sh.number("leading_neutral", dsh.leading_neutral, ge=0.0, le=1.0),
+        z_min=sh.number("z_min", dsh.z_min, ge=0.0, lt=1.0),
+    )
+    sh.string("source", "")
+    if "calorimeter_nonhermeticity" in channels and showers.model != "profile":
+        raise run.fail("channels", list(channels), 'calorimeter_nonhermeticity needs [showers] model = "profile"')
+    if "calorimeter_nonhermeticity" in channels and showers.leading_neutral == 0.0:
+        raise sh.fail("leading_neutral", 0.0, "calorimeter_nonhermeticity needs leading_neutral > 0")
+    sh.finish()
 
     signal = _parse_signal(root.table("signal", {}), model)
 
@@ -716,6 +776,8 @@ def load_run(path: str | Path, overrides: dict[str, Any] | None = None) -> RunCo
         hadron_decay=hadron_decay,
         misreco=misreco,
         signal=signal,
+        showers=showers,
+        calo=calo,
     )
     return cfg
 

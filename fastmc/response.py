@@ -127,17 +127,134 @@ def tracker_hits(setup: Setup, truth: dict, key_r: jax.Array, bias: HitBias | No
     return hits, log_w
 
 
-def detector_response(setup: Setup, truth: dict, key_chunk: jax.Array, bias: HitBias | None = None) -> dict:
-    """Measured hits ``hits[name] = (mx, my, present)``, ``energies[group]`` (MeV) and ``log_w``."""
+def detector_response(setup: Setup, truth: dict, key_chunk: jax.Array, bias: HitBias | None = None,
+                      showers=None, calo: CaloBias | None = None) -> dict:
+    """Measured hits ``hits[name] = (mx, my, present)``, ``energies[group]`` (MeV) and ``log_w``.
+
+    ``showers`` (:class:`fastmc.physics.showers.ShowerParams`): the hardest transfer of each slab
+    showers through the slab sequence (:func:`shower_deposits`); without it every transfer is
+    deposited where it happened.  ``calo``: the calorimeter channel's biasing of the forced
+    photonuclear interaction's hadronic system.
+    """
     key_r = stream_key(key_chunk, STREAM_RESPONSE)
     hits, log_w = tracker_hits(setup, truth, key_r, bias) if setup.trackers else ({}, 0.0)
+    deposits = None
+    if showers is not None:
+        deposits, lw = shower_deposits(setup, truth, showers, key_r, calo)
+        log_w = log_w + lw
     energies: dict[str, jnp.ndarray] = {}
     for i, el in enumerate(setup.elements):
         if el.kind == "slab" and el.readout != "none":
             rec = truth["slabs"][el.name]
-            edep = rec["e_cont"] + jnp.sum(rec["e_proc"], axis=-1) + rec.get("e_other", 0.0)
+            if deposits is None:
+                edep = rec["e_cont"] + jnp.sum(rec["e_proc"], axis=-1) + rec.get("e_other", 0.0)
+            else:
+                edep = deposits[el.name]
             uu = uniforms(jax.random.fold_in(key_r, i), (edep.shape[0], 1), edep.dtype)
             sigma = calorimeter_sigma(edep, el.stochastic_term, el.constant_term, el.noise)
             vis = el.response_scale * edep + sigma * normal_from_uniform(uu[:, 0])
             energies[el.group] = energies.get(el.group, 0.0) + vis
     return {"hits": hits, "energies": energies, "log_w": log_w}
+
+
+@pytree_dataclass
+class CaloBias:
+    """Biasing of the hadronic system of the forced photonuclear interaction (module ``config``
+    :class:`~fastmc.config.CaloBiasConfig`) in slab ``target``."""
+
+    q_neutral: jnp.ndarray
+    beta: jnp.ndarray
+    z_focus: jnp.ndarray
+    v_min: jnp.ndarray
+    target: str = static_field()
+
+
+N_SHOWER_UNIFORMS = 7
+
+
+def shower_deposits(setup: Setup, truth: dict, sh, key_r: jax.Array, calo: CaloBias | None = None):
+    """Energy (MeV, EM-scale equivalent) reaching each slab when hard transfers shower; and log_w.
+
+    See :mod:`fastmc.physics.showers`.  Depth along the slab sequence is accumulated in radiation
+    lengths (boundaries tb) and interaction lengths (sb); a shower starting at (t0, s0) puts
+    E·[G(tb_{j+1} − t0) − G(tb_j − t0)] in slab j (G = 0 for negative depth; hadronic showers: the
+    Bock EM term in X0 plus the hadronic term, × h/e, in λ_I).  Photonuclear transfers may give a
+    leading neutral hadron that interacts after an exponential optical depth, or escapes.  With
+    ``calo``, the hadronic system of the target slab's photonuclear transfer is biased (leading
+    neutral with probability q, z focused near 1, escape with probability ≥ 1 − β; exact weights).
+    All slabs are handled at once: arrays (B, n_source_slabs, n_boundaries).
+    """
+    from fastmc.physics.showers import PROC_PHOTONUCLEAR, bock_em_share, bock_parameters, gamma_cdf, gflash_parameters
+
+    slabs = [el for el in setup.elements if el.kind == "slab"]
+    n = len(slabs)
+    recs = [truth["slabs"][el.name] for el in slabs]
+    dtype = recs[0]["e_cont"].dtype
+    length = jnp.stack([el.thickness * el.density_scale for el in slabs]).astype(dtype)
+    mats = jnp.stack([el.material for el in slabs])
+    x0, lam, z_eff = sh.x0[mats], sh.lam[mats], sh.z_eff[mats]
+    tb = jnp.concatenate([jnp.zeros((1,), dtype), jnp.cumsum(length / x0)])  # (n+1,)
+    sb = jnp.concatenate([jnp.zeros((1,), dtype), jnp.cumsum(length / lam)])
+    stack = lambda key: jnp.stack([r[key] for r in recs], axis=1)  # noqa: E731  (B, n)
+    e_h, proc, f = stack("hardest"), stack("hardest_proc"), stack("hardest_depth")
+    local = jnp.stack([r["e_cont"] + jnp.sum(r["e_proc"], axis=-1) + r.get("e_other", 0.0) for r in recs], axis=1)
+    showered = e_h > sh.threshold
+    is_had = showered & (proc == PROC_PHOTONUCLEAR)
+    is_em = showered & ~is_had
+    t0 = tb[:-1] + f * (tb[1:] - tb[:-1])  # (B, n) start depths
+    s0 = sb[:-1] + f * (sb[1:] - sb[:-1])
+    bsz = e_h.shape[0]
+    uu = uniforms(jax.random.fold_in(key_r, 30_000), (bsz, n, N_SHOWER_UNIFORMS), dtype)
+
+    def split(cdf):  # (B, n_src, n+1) cumulative → (B, n_src, n) per slab
+        return cdf[..., 1:] - cdf[..., :-1]
+
+    def hadronic(energy, t_start, s_start, x0_start, lam_start):
+        """(B, n) energies deposited per slab by hadronic showers (B, n_src) starting at (t, s)."""
+        e_par = jnp.maximum(energy, 1.0 * u.GeV)
+        a, b, d, _ = bock_parameters(e_par)
+        share = bock_em_share(e_par, x0_start, lam_start)
+        g_em = split(gamma_cdf(a[..., None], b, tb - t_start[..., None]))
+        g_h = split(gamma_cdf(a[..., None], d, sb - s_start[..., None]))
+        frac = share[..., None] * g_em + (1.0 - share[..., None]) * sh.h_over_e * g_h
+        return jnp.sum(energy[..., None] * frac, axis=1)
+
+    # --- EM: GFLASH profile with per-shower fluctuations
+    alpha, beta_ = gflash_parameters(jnp.maximum(e_h, 1.0), z_eff, normal_from_uniform(uu[..., 0]),
+                                     normal_from_uniform(uu[..., 1]))
+    frac_em = split(gamma_cdf(alpha[..., None], beta_[..., None], tb - t0[..., None]))
+    dep = local - jnp.where(showered, e_h, 0.0) + jnp.sum(jnp.where(is_em, e_h, 0.0)[..., None] * frac_em, axis=1)
+    # --- photonuclear: a leading neutral hadron or not
+    f_ln, z_min = sh.leading_neutral, sh.z_min
+    log_w = jnp.zeros((bsz,), dtype)
+    ln = uu[..., 2] < f_ln
+    z = z_min + (1.0 - z_min) * uu[..., 3]
+    tau = -jnp.log(uu[..., 5])
+    tau_rem = sb[-1] - s0
+    if calo is not None:
+        tgt = jnp.asarray([el.name == calo.target for el in slabs])  # (n,)
+        ln_b = uu[..., 2] < calo.q_neutral
+        w_ln = jnp.where(ln_b, f_ln / calo.q_neutral, (1.0 - f_ln) / (1.0 - calo.q_neutral))
+        z_lo = jnp.maximum(1.0 - calo.z_focus, z_min)
+        z_b = jnp.where(uu[..., 4] < 0.5, z, z_lo + (1.0 - z_lo) * uu[..., 3])
+        w_z = (1.0 / (1.0 - z_min)) / (0.5 / (1.0 - z_min) + 0.5 * (z_b >= z_lo) / (1.0 - z_lo))
+        tau_b = jnp.where(uu[..., 6] >= calo.beta, tau_rem + 1.0, tau)
+        escaped = tau_b >= tau_rem
+        w_esc = jnp.where(escaped, jnp.exp(-tau_rem) / (calo.beta * jnp.exp(-tau_rem) + 1.0 - calo.beta), 1.0 / calo.beta)
+        biased = tgt & is_had
+        lw = jnp.log(w_ln) + jnp.where(ln_b, jnp.log(w_z) + jnp.log(w_esc), 0.0)
+        log_w = jnp.sum(jnp.where(biased, lw, 0.0), axis=1)
+        ln, z, tau = jnp.where(tgt, ln_b, ln), jnp.where(tgt, z_b, z), jnp.where(tgt, tau_b, tau)
+    ln = ln & is_had
+    e_soft = jnp.where(is_had, jnp.where(ln, (1.0 - z) * e_h, e_h), 0.0)
+    dep = dep + hadronic(e_soft, t0, s0, x0, lam)
+    # leading neutral: interacts after an optical depth τ (λ_I of each slab), or escapes
+    s_int = s0 + tau
+    inside = (s_int[..., None] >= sb[:-1]) & (s_int[..., None] < sb[1:])  # (B, n_src, n)
+    pick = lambda arr: jnp.sum(jnp.where(inside, arr, 0.0), axis=-1)  # noqa: E731
+    t_int = pick(tb[:-1] + (s_int[..., None] - sb[:-1]) * lam / x0)
+    x0_int = jnp.where(jnp.any(inside, -1), pick(x0), 1.0)
+    lam_int = jnp.where(jnp.any(inside, -1), pick(lam), 1.0)
+    e_int = jnp.where(ln & (s_int < sb[-1]), z * e_h, 0.0)  # beyond the last slab: escaped
+    dep = dep + hadronic(e_int, t_int, s_int, x0_int, lam_int)
+    return {el.name: jnp.maximum(dep[:, i], 0.0) for i, el in enumerate(slabs)}, log_w

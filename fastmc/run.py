@@ -84,11 +84,20 @@ def prepare(cfg: RunConfig) -> Prepared:
     from fastmc.transport import slot_branches
 
     e_max = 1.5 * float(setup.beam.momentum)
-    signal_slot = setup.index(cfg.signal.target) if "signal" in cfg.channels else -1
+    signal_slot = -1  # the slot of a forced interaction: the signal's emission or the calorimeter channel's
+    if "signal" in cfg.channels:
+        signal_slot = setup.index(cfg.signal.target)
+    elif "calorimeter_nonhermeticity" in cfg.channels:
+        signal_slot = setup.index(cfg.calo.target)
     options = ChainOptions(cfg.chunk_size, ph.max_interactions, slot_branches(setup, physics, e_max), hadrons,
                            signal_slot)
-    from fastmc.response import HitBias
+    from fastmc.response import CaloBias, HitBias
 
+    showers = None
+    if cfg.showers.model == "profile":
+        from fastmc.physics.showers import build_shower_params
+
+        showers = build_shower_params(mats, cfg.showers, dtype)
     channel_params = {}
     for ch in cfg.channels:
         hits = None
@@ -99,6 +108,13 @@ def prepare(cfg: RunConfig) -> Prepared:
                               "hits": hits}
         if ch == "signal":  # emission tables of one boson mass: set by fastmc.sensitivity per mass
             channel_params[ch]["signal"] = None
+        if showers is not None:
+            channel_params[ch]["showers"] = showers
+        if ch == "calorimeter_nonhermeticity":
+            c = cfg.calo
+            channel_params[ch]["calo"] = CaloBias(q_neutral=jnp.asarray(c.q_neutral, dtype), beta=jnp.asarray(c.beta, dtype),
+                                                  z_focus=jnp.asarray(c.z_focus, dtype),
+                                                  v_min=jnp.asarray(c.v_min, dtype), target=c.target)
     return Prepared(
         cfg=cfg,
         setup=setup,
@@ -146,15 +162,20 @@ def simulate_events(
     state["alive"] = jnp.ones((chunk_size,), bool)
     forced = bool(mix is not None and mix.forced)
     branches = opts.branches
-    if signal is not None:
-        # the signal channel: one forced dark-boson emission in the target slot (muons only)
+    calo = params.get("calo")
+    if signal is not None or calo is not None:
+        # a forced interaction in the target slot: the signal's dark-boson emission, or the
+        # calorimeter channel's hard photonuclear interaction
         from fastmc.transport import BRANCH_SIGNAL
 
         branches = tuple(BRANCH_SIGNAL if i == opts.signal_slot else b for i, b in enumerate(branches))
         zero = jnp.zeros((chunk_size,), dtype)
-        state.update(log_w=zero, signal_x=zero, signal_e_x=zero)
-    final, truth = transport(setup, physics, state, key_c, opts.max_interactions, branches, forced, signal)
-    measured = detector_response(setup, truth, key_c, params.get("hits"))
+        state.setdefault("log_w", zero)
+        if signal is not None:
+            state.update(signal_x=zero, signal_e_x=zero)
+    final, truth = transport(setup, physics, state, key_c, opts.max_interactions, branches, forced, signal,
+                             None if calo is None else calo.v_min)
+    measured = detector_response(setup, truth, key_c, params.get("hits"), params.get("showers"), calo)
     variables = reconstruct(setup, measured)
     if signal is not None:
         variables["truth_hadron"] = jnp.zeros((chunk_size,), dtype)
@@ -163,6 +184,9 @@ def simulate_events(
     if opts.hadrons:
         log_w = final["log_w"] + measured["log_w"]
         variables["truth_hadron"] = state["hadron"].astype(dtype)
+    elif calo is not None:
+        log_w = final["log_w"] + measured["log_w"]
+        variables["truth_hadron"] = jnp.zeros((chunk_size,), dtype)
     else:
         log_w = jnp.zeros((chunk_size,), dtype) + measured["log_w"]
         variables["truth_hadron"] = jnp.zeros((chunk_size,), dtype)
@@ -170,7 +194,7 @@ def simulate_events(
 
 
 CHANNEL_FUNCS = {"analog": simulate_events, "hadron_decay": simulate_events, "momentum_misreconstruction": simulate_events,
-                 "signal": simulate_events}
+                 "calorimeter_nonhermeticity": simulate_events, "signal": simulate_events}
 
 
 @functools.partial(jax.jit, static_argnames=("opts", "channel", "with_events"))
@@ -458,6 +482,18 @@ def projection(cfg: RunConfig, result: RunResult, mot: float | None = None) -> d
                 "stat_err": est["stat_err"] / frac,
                 "upper_limit_90": None if est["upper_limit_90"] is None else est["upper_limit_90"] / frac,
             }
+    if "calorimeter_nonhermeticity" in proj["channels"]:
+        # the leading-neutral probability is an external input: the rate per unit of it too
+        # (the channel's rate is ∝ it: events without a leading neutral deposit their energy)
+        est = proj["channels"]["calorimeter_nonhermeticity"]
+        f = cfg.showers.leading_neutral
+        est["per_unit_fraction"] = {
+            "species": "leading neutral hadron",
+            "fraction": f,
+            "expected": est["expected"] / f,
+            "stat_err": est["stat_err"] / f,
+            "upper_limit_90": None if est["upper_limit_90"] is None else est["upper_limit_90"] / f,
+        }
     return proj
 
 

@@ -170,6 +170,7 @@ def material_step(
     e_proc = jnp.zeros(ekin_in.shape + (N_PROC,), dtype=ekin_in.dtype)
     hardest = jnp.zeros_like(ekin_in)
     hardest_proc = jnp.full(ekin_in.shape, -1, dtype=jnp.int32)
+    hardest_depth = jnp.zeros_like(ekin_in)
     if k:
         # process choice and v for all K slots in one vectorised look-up, from E_in − Δc·d
         e_at = jnp.maximum(ekin_in[:, None] - d_cont[:, None] * depth, 1.0)
@@ -185,6 +186,7 @@ def material_step(
             harder = de > hardest
             hardest = jnp.where(harder, de, hardest)
             hardest_proc = jnp.where(harder, proc[:, j], hardest_proc)
+            hardest_depth = jnp.where(harder, depth[:, j], hardest_depth)
     e_stoch = jnp.sum(e_proc, axis=-1)
     # Gaussian straggling of the sub-cut loss (one draw per step)
     var = continuous_straggling_var(tables, mat, safe_e, path)
@@ -223,6 +225,7 @@ def material_step(
         "e_proc": e_proc,
         "hardest": hardest,
         "hardest_proc": hardest_proc,
+        "hardest_depth": hardest_depth,  # fraction of the step length
         "overflow": overflow,
     }
     return new, rec
@@ -319,6 +322,7 @@ def transport(
     branches: tuple[int, ...] | None = None,
     forced_decay: bool = False,
     signal: Any = None,
+    photonuclear_v_min: Any = None,
 ) -> tuple[dict[str, jnp.ndarray], dict[str, Any]]:
     """Transport a batch from ``setup.beam.z_start`` through every element (``lax.scan``).
 
@@ -342,7 +346,9 @@ def transport(
     Signal: with ``signal`` (:class:`fastmc.physics.darkbrem.EmissionTables`) the slots marked
     ``BRANCH_SIGNAL`` in ``branches`` (the target) force one dark-boson emission μN → μN X at a
     depth drawn uniformly in the material (:func:`signal_material_step`); the state must carry
-    ``log_w``, to which the emission weight is added.
+    ``log_w``, to which the emission weight is added.  ``photonuclear_v_min`` (channel
+    ``calorimeter_nonhermeticity``) instead forces one photonuclear interaction with v ≥ v_min in
+    those slots (:func:`forced_photonuclear_step`).
     """
     key_t = stream_key(key_chunk, STREAM_TRANSPORT)
     bsz = state["ekin"].shape[0]
@@ -362,6 +368,7 @@ def transport(
         "e_proc": jnp.zeros((bsz, N_PROC), dtype),
         "hardest": zero,
         "hardest_proc": jnp.full((bsz,), -1, jnp.int32),
+        "hardest_depth": zero,
         "overflow": jnp.zeros((bsz,), bool),
     }
 
@@ -384,6 +391,15 @@ def transport(
             return st, {key_: rec[key_] for key_ in empty_rec}
 
         kernels.append(emit_step)
+    elif photonuclear_v_min is not None:
+
+        def force_step(st, a, key):
+            st, rec = forced_photonuclear_step(physics, photonuclear_v_min, st, a["mat"], a["length"], a["dscale"],
+                                               max_interactions, key)
+            rec["e_other"] = zero
+            return st, {key_: rec[key_] for key_ in empty_rec}
+
+        kernels.append(force_step)
 
     def body(carry, xs):
         st, n_over = carry
@@ -460,7 +476,7 @@ def expected_counts(setup: Setup, physics: Physics, ekin: float) -> dict[str, fl
     return out
 
 
-REC_KEYS = ("e_cont", "e_proc", "hardest", "hardest_proc", "e_other")
+REC_KEYS = ("e_cont", "e_proc", "hardest", "hardest_proc", "hardest_depth", "e_other")
 
 
 def signal_material_step(physics: Physics, signal: Any, state: dict, mat, length, density_scale, k: int, key):
@@ -483,15 +499,74 @@ def signal_material_step(physics: Physics, signal: Any, state: dict, mat, length
     st1 = emit(signal, st1, mat, length * density_scale, ue[:, 1:])
     st2, r2 = material_step(physics, st1, mat, length - d, density_scale, k,
                             uniforms(jax.random.fold_in(key, 9), (bsz, n_step_uniforms(k)), dtype))
-    harder = r2["hardest"] > r1["hardest"]
-    rec = {
+    return st2, combine_split_records(r1, r2, ue[:, 0])
+
+
+def forced_photonuclear_step(physics: Physics, v_min, state: dict, mat, length, density_scale, k: int, key):
+    """A material step with one photonuclear interaction of v = ΔE/E ≥ ``v_min`` forced at a uniform depth.
+
+    The weight added to ``log_w`` is the probability of such an interaction in the step (thin
+    target: Σ_pn(E_d; v ≥ v_min)·L with Σ_pn(v ≥ v_min) = Σ_pn(v > v_cut)·(1 − F(v_min)), F the
+    CDF of the photonuclear v at E_d, found by 24 bisections of the inverse-CDF table); v is drawn
+    from the same table restricted to [v_min, v_max].  Natural photonuclear interactions keep being
+    sampled around it: events with a natural one above v_min as well are counted in both the forced
+    and the natural way, a relative bias of order Σ_pn·L (≈ 1e-4 in 40 X0 of lead), far below
+    the statistical precision.
+    """
+    from fastmc.physics import sample_v_from_u, stochastic_xs
+    from fastmc.physics.showers import PROC_PHOTONUCLEAR
+
+    m = u.muon_mass_c2
+    bsz = state["ekin"].shape[0]
+    dtype = state["ekin"].dtype
+    ue = uniforms(jax.random.fold_in(key, 17), (bsz, 2), dtype)
+    d = ue[:, 0] * length
+    st1, r1 = material_step(physics, state, mat, d, density_scale, k,
+                            uniforms(jax.random.fold_in(key, 18), (bsz, n_step_uniforms(k)), dtype))
+    ekin = st1["ekin"]
+    safe = jnp.maximum(ekin, 1.0)
+    proc = jnp.full((bsz,), PROC_PHOTONUCLEAR, jnp.int32)
+    lo, hi = jnp.zeros_like(safe), jnp.ones_like(safe)
+    for _ in range(24):
+        mid = 0.5 * (lo + hi)
+        below = sample_v_from_u(physics.tables, mat, proc, safe, mid) < v_min
+        lo, hi = jnp.where(below, mid, lo), jnp.where(below, hi, mid)
+    u_min = hi
+    v = sample_v_from_u(physics.tables, mat, proc, safe, u_min + ue[:, 1] * (1.0 - u_min))
+    xs_pn = stochastic_xs(physics.tables, mat, safe)[:, PROC_PHOTONUCLEAR] * density_scale
+    prob = xs_pn * (1.0 - u_min) * length
+    alive = st1["alive"] & (prob > 0.0) & (v >= v_min * 0.999)
+    de = jnp.where(alive, jnp.minimum(v * (ekin + m), ekin), 0.0)
+    st1 = dict(st1)
+    st1["ekin"] = ekin - de
+    st1["log_w"] = state["log_w"] + jnp.where(alive, jnp.log(jnp.maximum(prob, 1e-37)), -jnp.inf)
+    st2, r2 = material_step(physics, st1, mat, length - d, density_scale, k,
+                            uniforms(jax.random.fold_in(key, 19), (bsz, n_step_uniforms(k)), dtype))
+    return st2, combine_split_records(r1, r2, ue[:, 0], {"de": de, "proc": PROC_PHOTONUCLEAR})
+
+
+def combine_split_records(r1: dict, r2: dict, f, forced: dict | None = None) -> dict:
+    """Truth record of a step split at fraction ``f`` of its length into r1 (before) and r2 (after),
+    with an optional ``forced`` interaction at ``f`` ({"de", "proc"}): sums, and the hardest one
+    with its depth as a fraction of the whole step."""
+    cands = [(r1["hardest"], r1["hardest_proc"], r1["hardest_depth"] * f),
+             (r2["hardest"], r2["hardest_proc"], f + (1.0 - f) * r2["hardest_depth"])]
+    e_proc = r1["e_proc"] + r2["e_proc"]
+    if forced is not None:
+        cands.append((forced["de"], jnp.full_like(r1["hardest_proc"], forced["proc"]), f))
+        e_proc = e_proc.at[:, forced["proc"]].add(forced["de"])
+    hardest, proc, depth = cands[0]
+    for h, p, d in cands[1:]:
+        harder = h > hardest
+        hardest, proc, depth = jnp.where(harder, h, hardest), jnp.where(harder, p, proc), jnp.where(harder, d, depth)
+    return {
         "e_cont": r1["e_cont"] + r2["e_cont"],
-        "e_proc": r1["e_proc"] + r2["e_proc"],
-        "hardest": jnp.where(harder, r2["hardest"], r1["hardest"]),
-        "hardest_proc": jnp.where(harder, r2["hardest_proc"], r1["hardest_proc"]),
+        "e_proc": e_proc,
+        "hardest": hardest,
+        "hardest_proc": proc,
+        "hardest_depth": depth,
         "overflow": r1["overflow"] | r2["overflow"],
     }
-    return st2, rec
 
 
 N_HADRON_UNIFORMS = 4 + 2  # 4 drift (second part) + absorption + decay-mode choice
