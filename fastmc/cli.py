@@ -419,7 +419,8 @@ def cmd_project(args) -> int:
                           log=lambda m: print(m, file=sys.stderr))
     else:
         result = run(cfg, prep, progress=not args.no_progress, target_rel_err=args.target_rel_err,
-                     max_seconds=args.max_seconds, chunk_ids=todo, devices=args.devices,
+                     max_seconds=args.max_seconds if args.max_seconds is not None else cfg.max_seconds,
+                     chunk_ids=todo, devices=args.devices,
                      checkpoint_every=every,
                      on_checkpoint=(lambda part: checkpoint(part if done is None else done.merge(part))) if every else None)
         if done is not None:

@@ -568,6 +568,7 @@ class RunConfig:
     misreco: MisrecoConfig = MisrecoConfig()
     signal: SignalConfig = SignalConfig()
     showers: ShowerSettings = ShowerSettings()
+    max_seconds: float | None = None  # default wall-time budget of a projection (s); --max-seconds overrides
     calo: CaloBiasConfig = CaloBiasConfig()
 
     def with_overrides(self, **changes: Any) -> RunConfig:
@@ -652,6 +653,7 @@ def load_run(path: str | Path, overrides: dict[str, Any] | None = None) -> RunCo
     if not channels or len(set(channels)) != len(channels):
         raise run.fail("channels", list(channels), "must be a non-empty list without repeats")
     save_events = run.boolean("save_events", False)
+    max_seconds = run.number("max_seconds", None, gt=0.0, le=1e7)  # wall-time budget (fastmc project)
     run.finish()
 
     ph = root.table("physics", {})
@@ -778,6 +780,7 @@ def load_run(path: str | Path, overrides: dict[str, Any] | None = None) -> RunCo
         signal=signal,
         showers=showers,
         calo=calo,
+        max_seconds=None if max_seconds is None else float(max_seconds),
     )
     return cfg
 

@@ -382,24 +382,19 @@ def transport(
         return step
 
     kernels = [lambda st, a, key: (st, empty_rec), make_material(1), make_material(max_interactions)]
+    forced_step = None  # the BRANCH_SIGNAL kernel: a forced interaction in the target slot
     if signal is not None:
-
-        def emit_step(st, a, key):
-            st, rec = signal_material_step(physics, signal, st, a["mat"], a["length"], a["dscale"],
-                                           max_interactions, key)
-            rec["e_other"] = zero
-            return st, {key_: rec[key_] for key_ in empty_rec}
-
-        kernels.append(emit_step)
+        forced_step = functools.partial(signal_material_step, physics, signal)
     elif photonuclear_v_min is not None:
+        forced_step = functools.partial(forced_photonuclear_step, physics, photonuclear_v_min)
+    if forced_step is not None:
 
-        def force_step(st, a, key):
-            st, rec = forced_photonuclear_step(physics, photonuclear_v_min, st, a["mat"], a["length"], a["dscale"],
-                                               max_interactions, key)
+        def force_kernel(st, a, key):
+            st, rec = forced_step(st, a["mat"], a["length"], a["dscale"], max_interactions, key)
             rec["e_other"] = zero
             return st, {key_: rec[key_] for key_ in empty_rec}
 
-        kernels.append(force_step)
+        kernels.append(force_kernel)
 
     def body(carry, xs):
         st, n_over = carry
