@@ -217,6 +217,7 @@ class ElementConfig:
     constant_term: float = 0.0
     noise: float = 0.0  # MeV
     response_scale: float = 1.0
+    half_width: float = 1e7  # mm, transverse half-size of a slab (square aperture; default: unbounded)
     source: str = ""
 
     @property
@@ -331,6 +332,7 @@ def _parse_element(sec: _Section, materials: tuple[str, ...]) -> ElementConfig:
         kw["time_window"] = sec.number("time_window_ns", 0.0, ge=0.0, le=1e6) * u.ns
         kw["road"] = sec.number("road_mm", 5.0, gt=0.0, le=1000.0) * u.mm
     if kind == "slab":
+        kw["half_width"] = sec.number("half_width_mm", 1e7, gt=0.0, le=1e7) * u.mm
         ro = sec.table("readout", {})
         readout = ro.string("kind", "none", choices=READOUT_KINDS)
         kw["readout"] = readout
@@ -508,6 +510,9 @@ class ShowerSettings:
     # external input like the kaon fraction (the channel also reports the rate per unit of it)
     leading_neutral: float = 0.01
     z_min: float = 0.8  # "single hard neutral hadron" = ≥ 80 % of ν (ldmx-sw PhotoNuclearDQM convention)
+    # mean transverse momentum of the leading neutral hadron: ≈ 0.35 GeV/c, the typical ⟨p_T⟩ of
+    # hadrons in soft hadronic and photoproduction collisions (approx.); p_T ~ p_T e^{−2 p_T/⟨p_T⟩}
+    neutral_pt: float = 0.35 * u.GeV
 
 
 @dataclasses.dataclass(frozen=True)
@@ -738,6 +743,7 @@ def load_run(path: str | Path, overrides: dict[str, Any] | None = None) -> RunCo
         h_over_e=sh.number("h_over_e", dsh.h_over_e, gt=0.0, le=2.0),
         leading_neutral=sh.number("leading_neutral", dsh.leading_neutral, ge=0.0, le=1.0),
         z_min=sh.number("z_min", dsh.z_min, ge=0.0, lt=1.0),
+        neutral_pt=sh.number("neutral_pt_GeV", dsh.neutral_pt / u.GeV, ge=0.0, le=100.0) * u.GeV,
     )
     sh.string("source", "")
     if "calorimeter_nonhermeticity" in channels and showers.model != "profile":

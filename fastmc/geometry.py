@@ -42,6 +42,7 @@ class Element:
     constant_term: jnp.ndarray
     noise: jnp.ndarray  # MeV
     response_scale: jnp.ndarray
+    half_width: jnp.ndarray  # mm (slabs): transverse half-size, square aperture
     name: str = static_field()
     kind: str = static_field()  # tracker | slab | magnet
     bend_plane: str = static_field(default="x")
@@ -174,6 +175,7 @@ def build_setup(model: ModelConfig, material_index: dict[str, int]) -> Setup:
                 constant_term=f(e.constant_term),
                 noise=f(e.noise),
                 response_scale=f(e.response_scale),
+                half_width=f(e.half_width),
                 name=e.name,
                 kind=e.kind,
                 bend_plane=e.bend_plane,

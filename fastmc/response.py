@@ -169,7 +169,7 @@ class CaloBias:
     target: str = static_field()
 
 
-N_SHOWER_UNIFORMS = 7
+N_SHOWER_UNIFORMS = 10
 
 
 def shower_deposits(setup: Setup, truth: dict, sh, key_r: jax.Array, calo: CaloBias | None = None):
@@ -226,11 +226,27 @@ def shower_deposits(setup: Setup, truth: dict, sh, key_r: jax.Array, calo: CaloB
     dep = local - jnp.where(showered, e_h, 0.0) + jnp.sum(jnp.where(is_em, e_h, 0.0)[..., None] * frac_em, axis=1)
     # --- photonuclear: a leading neutral hadron or not
     f_ln, z_min = sh.leading_neutral, sh.z_min
-    log_w = jnp.zeros((bsz,), dtype)
     ln = uu[..., 2] < f_ln
     z = z_min + (1.0 - z_min) * uu[..., 3]
     tau = -jnp.log(uu[..., 5])
-    tau_rem = sb[-1] - s0
+    # its path: the slabs it meets inside their apertures count, in interaction lengths (sb_eff)
+    p_t = -(jnp.log(uu[..., 7]) + jnp.log(uu[..., 8])) * 0.5 * sh.neutral_pt  # p_T e^{−2p_T/⟨p_T⟩}
+    theta = p_t / jnp.maximum(z * e_h, 1.0)
+    phi = 2.0 * math.pi * uu[..., 9]
+    zc = jnp.stack([el.z + 0.5 * el.thickness for el in slabs]).astype(dtype)  # slab centres
+    hw = jnp.stack([el.half_width for el in slabs]).astype(dtype)
+    z_src = jnp.stack([el.z + f[:, i] * el.thickness for i, el in enumerate(slabs)], axis=1)  # (B, n)
+    x_src, y_src = stack("x"), stack("y")
+    dz = zc - z_src[..., None]  # (B, n_src, n)
+    xn = x_src[..., None] + theta[..., None] * jnp.cos(phi)[..., None] * dz
+    yn = y_src[..., None] + theta[..., None] * jnp.sin(phi)[..., None] * dz
+    src = jnp.arange(n)[:, None] == jnp.arange(n)[None, :]
+    met = src | ((jnp.abs(xn) <= hw) & (jnp.abs(yn) <= hw) & (jnp.arange(n)[None, :] > jnp.arange(n)[:, None]))
+    width = jnp.where(met, (sb[1:] - sb[:-1]), 0.0)  # (B, n_src, n)
+    sb_eff = jnp.concatenate([jnp.zeros_like(width[..., :1]), jnp.cumsum(width, axis=-1)], axis=-1)
+    s0_eff = jnp.take_along_axis(sb_eff, jnp.arange(n)[None, :, None], axis=-1)[..., 0] + f * (sb[1:] - sb[:-1])
+    tau_rem = sb_eff[..., -1] - s0_eff
+    log_w = jnp.zeros((bsz,), dtype)
     if calo is not None:
         tgt = jnp.asarray([el.name == calo.target for el in slabs])  # (n,)
         ln_b = uu[..., 2] < calo.q_neutral
@@ -248,13 +264,16 @@ def shower_deposits(setup: Setup, truth: dict, sh, key_r: jax.Array, calo: CaloB
     ln = ln & is_had
     e_soft = jnp.where(is_had, jnp.where(ln, (1.0 - z) * e_h, e_h), 0.0)
     dep = dep + hadronic(e_soft, t0, s0, x0, lam)
-    # leading neutral: interacts after an optical depth τ (λ_I of each slab), or escapes
-    s_int = s0 + tau
-    inside = (s_int[..., None] >= sb[:-1]) & (s_int[..., None] < sb[1:])  # (B, n_src, n)
+    # leading neutral: interacts after an optical depth τ along its path, or escapes
+    s_eff = s0_eff + tau
+    inside = met & (s_eff[..., None] >= sb_eff[..., :-1]) & (s_eff[..., None] < sb_eff[..., 1:])  # (B, n_src, n)
+    frac_in = (s_eff[..., None] - sb_eff[..., :-1]) / jnp.maximum(width, 1e-30)  # position inside that slab
     pick = lambda arr: jnp.sum(jnp.where(inside, arr, 0.0), axis=-1)  # noqa: E731
-    t_int = pick(tb[:-1] + (s_int[..., None] - sb[:-1]) * lam / x0)
-    x0_int = jnp.where(jnp.any(inside, -1), pick(x0), 1.0)
-    lam_int = jnp.where(jnp.any(inside, -1), pick(lam), 1.0)
-    e_int = jnp.where(ln & (s_int < sb[-1]), z * e_h, 0.0)  # beyond the last slab: escaped
+    s_int = pick(sb[:-1] + frac_in * (sb[1:] - sb[:-1]))
+    t_int = pick(tb[:-1] + frac_in * (tb[1:] - tb[:-1]))
+    hit = jnp.any(inside, -1)
+    x0_int = jnp.where(hit, pick(jnp.broadcast_to(x0, inside.shape)), 1.0)
+    lam_int = jnp.where(hit, pick(jnp.broadcast_to(lam, inside.shape)), 1.0)
+    e_int = jnp.where(ln & hit, z * e_h, 0.0)  # no slab met before τ ran out: escaped
     dep = dep + hadronic(e_int, t_int, s_int, x0_int, lam_int)
     return {el.name: jnp.maximum(dep[:, i], 0.0) for i, el in enumerate(slabs)}, log_w

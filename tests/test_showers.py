@@ -62,13 +62,19 @@ def test_showers_gflash_fluctuations_follow_the_parametrisation():
     assert np.corrcoef(lt, la)[0, 1] == pytest.approx(0.705 - 0.023 * ln_y, abs=0.01)
 
 
-def _closure_setup(**showers_kw):
+def _closure_setup(hcal_half_width=None, **showers_kw):
+    import dataclasses
+
     from fastmc.config import ShowerSettings, load_run
     from fastmc.geometry import build_setup, setup_materials
 
     cfg = load_run(DATA / "calo_closure.toml")
     mats, index = setup_materials(cfg.model)
-    setup = build_setup(cfg.model, index)
+    model = cfg.model
+    if hcal_half_width is not None:
+        model = dataclasses.replace(model, elements=tuple(
+            dataclasses.replace(e, half_width=hcal_half_width) if e.name == "HCAL" else e for e in model.elements))
+    setup = build_setup(model, index)
     settings = ShowerSettings(model="profile", **showers_kw)
     return setup, showers.build_shower_params(mats, settings)
 
@@ -81,7 +87,7 @@ def _truth(setup, n, e_h, proc, depth=0.0):
         first = i == 0
         slabs[el.name] = {"e_cont": z, "e_proc": jnp.zeros((n, 4)).at[:, proc].set(e_h if first else 0.0),
                           "hardest": z + (e_h if first else 0.0), "hardest_proc": jnp.full((n,), proc if first else -1),
-                          "hardest_depth": z + depth, "e_other": z}
+                          "hardest_depth": z + depth, "e_other": z, "x": z, "y": z}
     return {"slabs": slabs}
 
 
@@ -104,6 +110,14 @@ def test_shower_deposits_conserve_energy_and_neutral_survival_is_exponential():
     tau = sum(float(e.thickness * e.density_scale / sh.lam[e.material]) for e in slabs)
     p_esc = float(np.mean(total < 1 * u.GeV))
     assert p_esc == pytest.approx(math.exp(-tau), abs=4 * math.sqrt(math.exp(-tau) / n) + 0.002)
+    # the same with an HCAL of 1 mm half-width 16 m downstream: the neutral hadron (θ = p_T/E ≫
+    # 1 mm/16 m) passes beside it, so only the target's interaction lengths can stop it
+    setup, sh = _closure_setup(hcal_half_width=1.0, h_over_e=1.0, leading_neutral=1.0, z_min=0.999999)
+    dep, _ = shower_deposits(setup, _truth(setup, n, 50 * u.GeV, showers.PROC_PHOTONUCLEAR), sh, jax.random.key(2))
+    total = np.asarray(sum(dep.values()))
+    tau_t = float(slabs[0].thickness / sh.lam[slabs[0].material])
+    p_esc = float(np.mean(total < 1 * u.GeV))
+    assert p_esc == pytest.approx(math.exp(-tau_t), abs=4 * math.sqrt(math.exp(-tau_t) / n) + 0.002)
 
 
 def test_calo_bias_weights_average_to_one():

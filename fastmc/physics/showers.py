@@ -6,9 +6,10 @@ transfer is deposited where it happens, as before).  The hardest transfer of eac
 slabs after it by a longitudinal profile measured in radiation lengths (EM part) and interaction
 lengths (hadronic part), accumulated through the slab sequence (gaps hold air and are skipped; a
 leak out of one calorimeter enters the next slab downstream).  What is left after the last slab
-escapes.  Lateral leakage is not modelled (the muon beam is centred on the calorimeters: the EM
-Molière radius of lead, 1.6 cm, and the hadronic lateral spread, ≈ 1 λ_I, are well inside the
-NA64μ calorimeters' cross sections), which is a stated limitation.
+escapes.  The lateral spread of the showers themselves is not modelled (the muon beam is centred
+on the calorimeters: the EM Molière radius of lead, 1.6 cm, and the hadronic lateral spread,
+≈ 1 λ_I, are well inside the NA64μ calorimeters' cross sections) — a stated limitation; the
+leading neutral hadron's direction is (below).
 
 EM showers (bremsstrahlung photons, pairs, knock-ons): the GFLASH parametrisation
 (G. Grindhammer & S. Peters, hep-ex/0001020, eqs. 7–12 and App. A.1; Grindhammer, Rudowicz &
@@ -38,10 +39,12 @@ Leading neutral hadron: with probability ``leading_neutral`` (card input, report
 the kaon fraction: no measurement was found) the hadronic system of a photonuclear interaction is
 one neutral hadron (n, K⁰_L) carrying a fraction z ∈ [z_min, 1] of ν (uniform; z_min = 0.8 is the
 LDMX photonuclear-DQM definition of "a single hard neutral hadron", ldmx-sw PhotoNuclearDQM) and a
-soft remainder (1 − z)ν that showers at once.  The neutral hadron flies on along the muon and
-interacts after an exponential number of interaction lengths (each slab's own λ_I); there it
-showers (hadronic profile); beyond the last slab it escapes unseen — the punch-through of the
-calorimeter non-hermeticity channel.
+soft remainder (1 − z)ν that showers at once.  The neutral hadron leaves the interaction point at
+an angle p_T/(zν) to the muon (p_T ~ p_T e^{−2p_T/⟨p_T⟩}, azimuth uniform) and crosses the slabs
+downstream; a slab it misses (outside its square aperture ``half_width_mm``) does not count.
+It interacts after an exponential number of interaction lengths (each slab's own λ_I) and
+showers there (hadronic profile); if it gets through every slab it meets, or past their sides,
+it escapes unseen — the punch-through and lateral non-hermeticity of the calorimeter channel.
 """
 
 from __future__ import annotations
@@ -67,6 +70,7 @@ class ShowerParams:
     h_over_e: Any
     leading_neutral: Any  # P(one neutral hadron carries z ≥ z_min of a photonuclear transfer)
     z_min: Any
+    neutral_pt: Any  # MeV, mean transverse momentum of the leading neutral hadron
 
 
 def build_shower_params(materials, settings, dtype=None) -> ShowerParams:
@@ -82,6 +86,7 @@ def build_shower_params(materials, settings, dtype=None) -> ShowerParams:
         h_over_e=jnp.asarray(settings.h_over_e, dt),
         leading_neutral=jnp.asarray(settings.leading_neutral, dt),
         z_min=jnp.asarray(settings.z_min, dt),
+        neutral_pt=jnp.asarray(settings.neutral_pt, dt),
     )
 
 
