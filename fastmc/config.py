@@ -527,6 +527,7 @@ class CaloBiasConfig:
     q_neutral: float = 0.5
     beta: float = 0.5
     z_focus: float = 0.02
+    pt_widen: float = 5.0  # half of the leading neutral's p_T drawn from a law this many times wider
 
 
 @dataclasses.dataclass(frozen=True)
@@ -730,6 +731,7 @@ def load_run(path: str | Path, overrides: dict[str, Any] | None = None) -> RunCo
         q_neutral=cb.number("q_neutral", dcb.q_neutral, gt=0.0, lt=1.0),
         beta=cb.number("beta", dcb.beta, gt=0.0, lt=1.0),
         z_focus=cb.number("z_focus", dcb.z_focus, gt=0.0, le=1.0),
+        pt_widen=cb.number("pt_widen", dcb.pt_widen, ge=1.0, le=100.0),
     )
     if "calorimeter_nonhermeticity" in channels:
         check_signal_target(model, calo.target, lambda why: cb.fail("target", calo.target, why))

@@ -166,10 +166,11 @@ class CaloBias:
     beta: jnp.ndarray
     z_focus: jnp.ndarray
     v_min: jnp.ndarray
+    pt_widen: jnp.ndarray
     target: str = static_field()
 
 
-N_SHOWER_UNIFORMS = 10
+N_SHOWER_UNIFORMS = 11
 
 
 def shower_deposits(setup: Setup, truth: dict, sh, key_r: jax.Array, calo: CaloBias | None = None):
@@ -181,7 +182,8 @@ def shower_deposits(setup: Setup, truth: dict, sh, key_r: jax.Array, calo: CaloB
     Bock EM term in X0 plus the hadronic term, × h/e, in λ_I).  Photonuclear transfers may give a
     leading neutral hadron that interacts after an exponential optical depth, or escapes.  With
     ``calo``, the hadronic system of the target slab's photonuclear transfer is biased (leading
-    neutral with probability q, z focused near 1, escape with probability ≥ 1 − β; exact weights).
+    neutral with probability q, z focused near 1, p_T half of the time from a law ``pt_widen``
+    times wider — lateral escapes —, escape with probability ≥ 1 − β; exact weights).
     All slabs are handled at once: arrays (B, n_source_slabs, n_boundaries).
     """
     from fastmc.physics.showers import PROC_PHOTONUCLEAR, bock_em_share, bock_parameters, gamma_cdf, gflash_parameters
@@ -230,16 +232,27 @@ def shower_deposits(setup: Setup, truth: dict, sh, key_r: jax.Array, calo: CaloB
     z = z_min + (1.0 - z_min) * uu[..., 3]
     tau = -jnp.log(uu[..., 5])
     # its path: the slabs it meets inside their apertures count, in interaction lengths (sb_eff)
-    p_t = -(jnp.log(uu[..., 7]) + jnp.log(uu[..., 8])) * 0.5 * sh.neutral_pt  # p_T e^{−2p_T/⟨p_T⟩}
+    g2 = -(jnp.log(uu[..., 7]) + jnp.log(uu[..., 8]))  # Gamma(2, 1): p_T = g2·⟨p_T⟩/2 ~ p_T e^{−2p_T/⟨p_T⟩}
+    p_t = g2 * 0.5 * sh.neutral_pt
+    if calo is not None:  # target slab: half of the p_T drawn from a law `pt_widen` times wider
+        wide = uu[..., 10] >= 0.5
+        p_t_b = jnp.where(wide, p_t * calo.pt_widen, p_t)
+        b1, b2 = 2.0 / sh.neutral_pt, 2.0 / (sh.neutral_pt * calo.pt_widen)
+        dens = lambda b, x: b * b * x * jnp.exp(-b * x)  # noqa: E731
+        w_pt = dens(b1, p_t_b) / (0.5 * dens(b1, p_t_b) + 0.5 * dens(b2, p_t_b))
+    if calo is not None:
+        p_t = jnp.where(jnp.asarray([el.name == calo.target for el in slabs]), p_t_b, p_t)
     theta = p_t / jnp.maximum(z * e_h, 1.0)
     phi = 2.0 * math.pi * uu[..., 9]
     zc = jnp.stack([el.z + 0.5 * el.thickness for el in slabs]).astype(dtype)  # slab centres
     hw = jnp.stack([el.half_width for el in slabs]).astype(dtype)
     z_src = jnp.stack([el.z + f[:, i] * el.thickness for i, el in enumerate(slabs)], axis=1)  # (B, n)
-    x_src, y_src = stack("x"), stack("y")
+    # transverse offset from the beam axis through the interaction point, on which the
+    # calorimeters are centred (the beam spot, σ ≈ 1 cm, and the muon's own angle, ≲ 1 mrad, are
+    # neglected next to the apertures; the model's z axis is not the beam axis after MS1's bend)
     dz = zc - z_src[..., None]  # (B, n_src, n)
-    xn = x_src[..., None] + theta[..., None] * jnp.cos(phi)[..., None] * dz
-    yn = y_src[..., None] + theta[..., None] * jnp.sin(phi)[..., None] * dz
+    xn = theta[..., None] * jnp.cos(phi)[..., None] * dz
+    yn = theta[..., None] * jnp.sin(phi)[..., None] * dz
     src = jnp.arange(n)[:, None] == jnp.arange(n)[None, :]
     met = src | ((jnp.abs(xn) <= hw) & (jnp.abs(yn) <= hw) & (jnp.arange(n)[None, :] > jnp.arange(n)[:, None]))
     width = jnp.where(met, (sb[1:] - sb[:-1]), 0.0)  # (B, n_src, n)
@@ -258,7 +271,7 @@ def shower_deposits(setup: Setup, truth: dict, sh, key_r: jax.Array, calo: CaloB
         escaped = tau_b >= tau_rem
         w_esc = jnp.where(escaped, jnp.exp(-tau_rem) / (calo.beta * jnp.exp(-tau_rem) + 1.0 - calo.beta), 1.0 / calo.beta)
         biased = tgt & is_had
-        lw = jnp.log(w_ln) + jnp.where(ln_b, jnp.log(w_z) + jnp.log(w_esc), 0.0)
+        lw = jnp.log(w_ln) + jnp.where(ln_b, jnp.log(w_z) + jnp.log(w_esc) + jnp.log(w_pt), 0.0)
         log_w = jnp.sum(jnp.where(biased, lw, 0.0), axis=1)
         ln, z, tau = jnp.where(tgt, ln_b, ln), jnp.where(tgt, z_b, z), jnp.where(tgt, tau_b, tau)
     ln = ln & is_had

@@ -114,7 +114,8 @@ def prepare(cfg: RunConfig) -> Prepared:
             c = cfg.calo
             channel_params[ch]["calo"] = CaloBias(q_neutral=jnp.asarray(c.q_neutral, dtype), beta=jnp.asarray(c.beta, dtype),
                                                   z_focus=jnp.asarray(c.z_focus, dtype),
-                                                  v_min=jnp.asarray(c.v_min, dtype), target=c.target)
+                                                  v_min=jnp.asarray(c.v_min, dtype),
+                                                  pt_widen=jnp.asarray(c.pt_widen, dtype), target=c.target)
     return Prepared(
         cfg=cfg,
         setup=setup,

@@ -434,7 +434,7 @@ def transport(
         if el.kind == "tracker":
             hits[el.name] = (outs["x"][i], outs["y"][i], outs["alive"][i])
         elif el.kind == "slab":
-            slabs[el.name] = {key: outs[key][i] for key in (*REC_KEYS, "x", "y")}  # x, y: at the exit face
+            slabs[el.name] = {key: outs[key][i] for key in REC_KEYS}
     return final, {"hits": hits, "slabs": slabs, "n_overflow": n_overflow}
 
 

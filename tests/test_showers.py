@@ -87,7 +87,7 @@ def _truth(setup, n, e_h, proc, depth=0.0):
         first = i == 0
         slabs[el.name] = {"e_cont": z, "e_proc": jnp.zeros((n, 4)).at[:, proc].set(e_h if first else 0.0),
                           "hardest": z + (e_h if first else 0.0), "hardest_proc": jnp.full((n,), proc if first else -1),
-                          "hardest_depth": z + depth, "e_other": z, "x": z, "y": z}
+                          "hardest_depth": z + depth, "e_other": z}
     return {"slabs": slabs}
 
 
@@ -127,7 +127,7 @@ def test_calo_bias_weights_average_to_one():
 
     setup, sh = _closure_setup(leading_neutral=0.05)
     bias = CaloBias(q_neutral=jnp.asarray(0.5), beta=jnp.asarray(0.5), z_focus=jnp.asarray(0.02),
-                    v_min=jnp.asarray(0.1), target="ECAL")
+                    v_min=jnp.asarray(0.1), pt_widen=jnp.asarray(5.0), target="ECAL")
     n = 200_000
     _, lw = shower_deposits(setup, _truth(setup, n, 60 * u.GeV, showers.PROC_PHOTONUCLEAR, 0.5), sh,
                             jax.random.key(4), bias)
