@@ -91,20 +91,25 @@ def _truth(setup, n, e_h, proc, depth=0.0):
     return {"slabs": slabs}
 
 
-def test_shower_deposits_conserve_energy_and_neutral_survival_is_exponential():
+def _deposits(setup, truth, sh, key, bias=None):
+    """shower_deposits compiled (eager dispatch of its many small ops is slow)."""
     from fastmc.response import shower_deposits
 
+    return jax.jit(lambda t, s, k, b: shower_deposits(setup, t, s, k, b))(truth, sh, key, bias)
+
+
+def test_shower_deposits_conserve_energy_and_neutral_survival_is_exponential():
     n = 100_000
     # EM shower at the front of 107 X0 + 27 X0: everything is deposited
     setup, sh = _closure_setup(h_over_e=1.0, leading_neutral=0.0)
-    dep, lw = shower_deposits(setup, _truth(setup, n, 50 * u.GeV, showers.PROC_BREMS), sh, jax.random.key(1))
+    dep, lw = _deposits(setup, _truth(setup, n, 50 * u.GeV, showers.PROC_BREMS), sh, jax.random.key(1))
     total = np.asarray(sum(dep.values()))
     np.testing.assert_allclose(total, 50 * u.GeV, rtol=1e-4)
     assert float(jnp.max(jnp.abs(lw))) == 0.0
     # a leading neutral with z = 1 (z_min → 1) from the front: it escapes unseen with probability
     # e^{−τ}, τ = the whole sequence in interaction lengths
     setup, sh = _closure_setup(h_over_e=1.0, leading_neutral=1.0, z_min=0.999999)
-    dep, _ = shower_deposits(setup, _truth(setup, n, 50 * u.GeV, showers.PROC_PHOTONUCLEAR), sh, jax.random.key(2))
+    dep, _ = _deposits(setup, _truth(setup, n, 50 * u.GeV, showers.PROC_PHOTONUCLEAR), sh, jax.random.key(2))
     total = np.asarray(sum(dep.values()))
     slabs = [e for e in setup.elements if e.kind == "slab"]
     tau = sum(float(e.thickness * e.density_scale / sh.lam[e.material]) for e in slabs)
@@ -113,7 +118,7 @@ def test_shower_deposits_conserve_energy_and_neutral_survival_is_exponential():
     # the same with an HCAL of 1 mm half-width 16 m downstream: the neutral hadron (θ = p_T/E ≫
     # 1 mm/16 m) passes beside it, so only the target's interaction lengths can stop it
     setup, sh = _closure_setup(hcal_half_width=1.0, h_over_e=1.0, leading_neutral=1.0, z_min=0.999999)
-    dep, _ = shower_deposits(setup, _truth(setup, n, 50 * u.GeV, showers.PROC_PHOTONUCLEAR), sh, jax.random.key(2))
+    dep, _ = _deposits(setup, _truth(setup, n, 50 * u.GeV, showers.PROC_PHOTONUCLEAR), sh, jax.random.key(2))
     total = np.asarray(sum(dep.values()))
     tau_t = float(slabs[0].thickness / sh.lam[slabs[0].material])
     p_esc = float(np.mean(total < 1 * u.GeV))
@@ -123,14 +128,13 @@ def test_shower_deposits_conserve_energy_and_neutral_survival_is_exponential():
 def test_calo_bias_weights_average_to_one():
     """The biased hadronic system (leading neutral, z, escape) is a proposal with exact weights:
     E_q[w] = 1 (defensive mixtures, module response)."""
-    from fastmc.response import CaloBias, shower_deposits
+    from fastmc.response import CaloBias
 
     setup, sh = _closure_setup(leading_neutral=0.05)
     bias = CaloBias(q_neutral=jnp.asarray(0.5), beta=jnp.asarray(0.5), z_focus=jnp.asarray(0.02),
                     v_min=jnp.asarray(0.1), pt_widen=jnp.asarray(5.0), target="ECAL")
     n = 200_000
-    _, lw = shower_deposits(setup, _truth(setup, n, 60 * u.GeV, showers.PROC_PHOTONUCLEAR, 0.5), sh,
-                            jax.random.key(4), bias)
+    _, lw = _deposits(setup, _truth(setup, n, 60 * u.GeV, showers.PROC_PHOTONUCLEAR, 0.5), sh, jax.random.key(4), bias)
     w = np.exp(np.asarray(lw, np.float64))
     assert w.mean() == pytest.approx(1.0, abs=4 * w.std() / math.sqrt(n))
 
@@ -138,9 +142,8 @@ def test_calo_bias_weights_average_to_one():
 def test_calorimeter_channel_closure_with_analog():
     """Biased (forced hard photonuclear interaction, leading neutral forced to escape) ≡ analog
     within 3 combined standard errors on a setup where punch-through is frequent (card
-    tests/data/calo_closure.toml), with a much better figure of merit."""
-    import time
-
+    tests/data/calo_closure.toml), with a much smaller variance per simulated muon (the two
+    chains cost about the same per muon; timings are measured in the closing note, never here)."""
     from fastmc.config import load_run
     from fastmc.run import prepare, projection, run
 
@@ -148,15 +151,13 @@ def test_calorimeter_channel_closure_with_analog():
     est = {}
     for ch, n in (("analog", 262144), ("calorimeter_nonhermeticity", 65536)):
         c = cfg.with_overrides(channels=(ch,), n_muons=n)
-        t0 = time.perf_counter()  # compile included for both: the same chain
-        res = run(c, prepare(c), progress=False)
-        est[ch] = dict(projection(c, res)["channels"][ch], seconds=time.perf_counter() - t0)
+        est[ch] = projection(c, run(c, prepare(c), progress=False))["channels"][ch]
     a, b = est["analog"], est["calorimeter_nonhermeticity"]
     assert a["n_selected"] >= 20
     z = (a["expected"] - b["expected"]) / math.hypot(a["stat_err"], b["stat_err"])
     assert abs(z) < 3, (a, b)
-    fom = lambda e: 1.0 / (e["rel_err"] ** 2 * e["seconds"])  # noqa: E731
-    assert fom(b) > 30 * fom(a)
+    per_muon_var = lambda e: e["rel_err"] ** 2 * e["n_generated"]  # noqa: E731
+    assert per_muon_var(a) > 30 * per_muon_var(b)
 
 
 def test_showers_gamma_cdf_table_matches_jax_gammainc():
