@@ -43,7 +43,7 @@ class ChainOptions:
     max_interactions: int
     branches: tuple[int, ...]
     hadrons: bool = False  # transport beam hadrons (K⁺, π⁺) with decays in flight
-    signal_slot: int = -1  # element slot of the signal's forced emission (the target), -1: none
+    forced_slot: int = -1  # element slot of a forced interaction (signal emission / calorimeter channel), -1: none
 
 
 @dataclasses.dataclass
@@ -84,13 +84,13 @@ def prepare(cfg: RunConfig) -> Prepared:
     from fastmc.transport import slot_branches
 
     e_max = 1.5 * float(setup.beam.momentum)
-    signal_slot = -1  # the slot of a forced interaction: the signal's emission or the calorimeter channel's
+    forced_slot = -1  # the slot of a forced interaction: the signal's emission or the calorimeter channel's
     if "signal" in cfg.channels:
-        signal_slot = setup.index(cfg.signal.target)
+        forced_slot = setup.index(cfg.signal.target)
     elif "calorimeter_nonhermeticity" in cfg.channels:
-        signal_slot = setup.index(cfg.calo.target)
+        forced_slot = setup.index(cfg.calo.target)
     options = ChainOptions(cfg.chunk_size, ph.max_interactions, slot_branches(setup, physics, e_max), hadrons,
-                           signal_slot)
+                           forced_slot)
     from fastmc.response import CaloBias, HitBias
 
     showers = None
@@ -169,7 +169,7 @@ def simulate_events(
         # calorimeter channel's hard photonuclear interaction
         from fastmc.transport import BRANCH_SIGNAL
 
-        branches = tuple(BRANCH_SIGNAL if i == opts.signal_slot else b for i, b in enumerate(branches))
+        branches = tuple(BRANCH_SIGNAL if i == opts.forced_slot else b for i, b in enumerate(branches))
         zero = jnp.zeros((chunk_size,), dtype)
         state.setdefault("log_w", zero)
         if signal is not None:
@@ -178,19 +178,11 @@ def simulate_events(
                              None if calo is None else calo.v_min)
     measured = detector_response(setup, truth, key_c, params.get("hits"), params.get("showers"), calo)
     variables = reconstruct(setup, measured)
+    # weights of the biased choices made in transport (species, forced decays/interactions) and response
+    log_w = (final["log_w"] if "log_w" in final else jnp.zeros((chunk_size,), dtype)) + measured["log_w"]
+    variables["truth_hadron"] = state["hadron"].astype(dtype) if opts.hadrons else jnp.zeros((chunk_size,), dtype)
     if signal is not None:
-        variables["truth_hadron"] = jnp.zeros((chunk_size,), dtype)
         variables["truth_signal_x"] = final["signal_x"]
-        return variables, final["log_w"] + measured["log_w"], {"n_overflow": truth["n_overflow"]}
-    if opts.hadrons:
-        log_w = final["log_w"] + measured["log_w"]
-        variables["truth_hadron"] = state["hadron"].astype(dtype)
-    elif calo is not None:
-        log_w = final["log_w"] + measured["log_w"]
-        variables["truth_hadron"] = jnp.zeros((chunk_size,), dtype)
-    else:
-        log_w = jnp.zeros((chunk_size,), dtype) + measured["log_w"]
-        variables["truth_hadron"] = jnp.zeros((chunk_size,), dtype)
     return variables, log_w, {"n_overflow": truth["n_overflow"]}
 
 
@@ -472,30 +464,25 @@ def projection(cfg: RunConfig, result: RunResult, mot: float | None = None) -> d
     if "hadron_decay" in proj["channels"]:
         # the hadron fractions are external inputs: also report the rate per unit fraction
         g = cfg.hadron_decay.kaon_generation_fraction
-        est = proj["channels"]["hadron_decay"]
         frac = cfg.admixture.kaon_fraction if g == 1.0 else cfg.admixture.pion_fraction if g == 0.0 else None
-        label = "K+" if g == 1.0 else "pi+" if g == 0.0 else None
         if frac:
-            est["per_unit_fraction"] = {
-                "species": label,
-                "fraction": frac,
-                "expected": est["expected"] / frac,
-                "stat_err": est["stat_err"] / frac,
-                "upper_limit_90": None if est["upper_limit_90"] is None else est["upper_limit_90"] / frac,
-            }
+            _per_unit(proj["channels"]["hadron_decay"], "K+" if g == 1.0 else "pi+", frac)
     if "calorimeter_nonhermeticity" in proj["channels"]:
-        # the leading-neutral probability is an external input: the rate per unit of it too
-        # (the channel's rate is ∝ it: events without a leading neutral deposit their energy)
-        est = proj["channels"]["calorimeter_nonhermeticity"]
-        f = cfg.showers.leading_neutral
-        est["per_unit_fraction"] = {
-            "species": "leading neutral hadron",
-            "fraction": f,
-            "expected": est["expected"] / f,
-            "stat_err": est["stat_err"] / f,
-            "upper_limit_90": None if est["upper_limit_90"] is None else est["upper_limit_90"] / f,
-        }
+        # the leading-neutral probability is an external input too (the channel's rate is ∝ it:
+        # events without a leading neutral deposit their energy)
+        _per_unit(proj["channels"]["calorimeter_nonhermeticity"], "leading neutral hadron", cfg.showers.leading_neutral)
     return proj
+
+
+def _per_unit(est: dict[str, Any], species: str, frac: float) -> None:
+    """Add the estimate per unit of an external input fraction (kaon fraction, leading-neutral probability)."""
+    est["per_unit_fraction"] = {
+        "species": species,
+        "fraction": frac,
+        "expected": est["expected"] / frac,
+        "stat_err": est["stat_err"] / frac,
+        "upper_limit_90": None if est["upper_limit_90"] is None else est["upper_limit_90"] / frac,
+    }
 
 
 def projection_from(mot: float, region0: str, result: RunResult) -> dict[str, Any]:
