@@ -236,6 +236,31 @@ class SpectrometerConfig:
     incoming: tuple[str, ...] = ()  # trackers of the track before the target (kink variable)
 
 
+# [optimise."<element>.<field>"] in a model: field → (ElementConfig attribute, element kinds, unit of the file)
+OPTIMISE_FIELDS = {
+    "z_m": ("z", ("tracker", "slab", "magnet"), "m"),
+    "thickness_mm": ("thickness", ("slab",), "mm"),  # slabs of one material
+    "n_layers": ("thickness", ("slab",), "layers"),  # sampling slabs: continuous while optimising
+    "field_integral_Tm": ("field_integral", ("magnet",), "T·m"),
+    "resolution_mm": ("resolution", ("tracker",), "mm"),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimiseParam:
+    """One optimisable number of a model, in the unit of the file (``unit``)."""
+
+    name: str  # "<element>.<field>"
+    element: str
+    field: str  # key of OPTIMISE_FIELDS
+    lo: float
+    hi: float
+    value: float  # the model's value
+    scale: float  # internal value (mm, T·m) per unit of the file
+    cost_per_unit: float = 0.0
+    unit: str = ""
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     path: Path
@@ -247,6 +272,7 @@ class ModelConfig:
     beam: BeamConfig
     elements: tuple[ElementConfig, ...]
     spectrometers: tuple[SpectrometerConfig, ...]
+    optimise: tuple[OptimiseParam, ...] = ()  # numbers fastmc optimize may move ([optimise.<name>])
 
     def element(self, name: str) -> ElementConfig:
         for e in self.elements:
@@ -413,6 +439,7 @@ def load_model(path: str | Path) -> ModelConfig:
     if len(set(outputs)) != len(outputs):
         raise root.fail("spectrometers", outputs, "each output (p_in, p_out) may be produced once")
     root.string("source", "")
+    optimise = _parse_optimise_params(root.table("optimise", {}), elements)
     root.finish()
     return ModelConfig(
         path=path,
@@ -424,7 +451,62 @@ def load_model(path: str | Path) -> ModelConfig:
         beam=beam,
         elements=elements,
         spectrometers=spectrometers,
+        optimise=optimise,
     )
+
+
+def _parse_optimise_params(sec: _Section, elements: tuple[ElementConfig, ...]) -> tuple[OptimiseParam, ...]:
+    """``[optimise."<element>.<field>"] min, max, cost_per_unit``: bounds in the file's unit; the
+    elements must stay ordered along z whatever values within the bounds are taken."""
+    by_name = {e.name: e for e in elements}
+    out = []
+    for name in list(sec.data):
+        t = sec.table(name)
+        el_name, _, field = name.rpartition(".")
+        if el_name not in by_name:
+            raise sec.fail(name, t.data, f"no element {el_name!r} in the model (write [optimise.\"ELEMENT.FIELD\"])")
+        e = by_name[el_name]
+        if field not in OPTIMISE_FIELDS or e.kind not in OPTIMISE_FIELDS[field][1]:
+            ok = [f for f, (_, kinds, _) in OPTIMISE_FIELDS.items() if e.kind in kinds]
+            raise sec.fail(name, t.data, f"{field!r} is not optimisable for a {e.kind} (optimisable: {', '.join(ok)})")
+        if field == "n_layers" and not e.layers:
+            raise sec.fail(name, t.data, "n_layers needs a sampling slab (layers = ...); use thickness_mm")
+        if field == "thickness_mm" and e.layers:
+            raise sec.fail(name, t.data, "a sampling slab's depth is optimised as n_layers")
+        cell = sum(x for _, x in e.layers) * u.mm
+        scale = {"z_m": u.m, "thickness_mm": u.mm, "n_layers": cell, "field_integral_Tm": 1.0, "resolution_mm": u.mm}[field]
+        value = getattr(e, OPTIMISE_FIELDS[field][0]) / scale
+        lo = t.number("min")
+        hi = t.number("max")
+        if not lo < hi:
+            raise t.fail("max", hi, f"must be > min = {lo:g}")
+        if field in ("thickness_mm", "n_layers", "resolution_mm") and not lo > 0:
+            raise t.fail("min", lo, "must be > 0")
+        if not lo - 1e-9 * abs(lo) <= value <= hi + 1e-9 * abs(hi):
+            raise t.fail("min", lo, f"the model's value {value:g} lies outside [min, max] = [{lo:g}, {hi:g}]")
+        cost = t.number("cost_per_unit", 0.0, ge=0.0)
+        t.string("source", "")
+        t.finish()
+        out.append(OptimiseParam(name, el_name, field, float(lo), float(hi), float(value), float(scale), float(cost),
+                                 OPTIMISE_FIELDS[field][2]))
+    # ordering along z at the extremes of the bounds
+    rng = {}
+    for e in elements:
+        z, t = (e.z, e.z), (e.thickness, e.thickness)
+        for p in out:
+            if p.element == e.name:
+                span = (p.lo * p.scale, p.hi * p.scale)
+                if p.field == "z_m":
+                    z = span
+                elif p.field in ("thickness_mm", "n_layers"):
+                    t = span
+        rng[e.name] = (z[0], z[1] + t[1])
+    for a, b in zip(elements, elements[1:]):
+        if rng[a.name][1] > rng[b.name][0] + 1e-9 and any(p.element in (a.name, b.name) for p in out):
+            raise sec.fail(next(p.name for p in out if p.element in (a.name, b.name)), "bounds",
+                           f"within the bounds {a.name} (ends up to z = {rng[a.name][1] / u.m:g} m) may overlap "
+                           f"{b.name} (starts from z = {rng[b.name][0] / u.m:g} m)")
+    return tuple(out)
 
 
 # ----------------------------------------------------------------------------------------
@@ -557,6 +639,25 @@ class SignalConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class OptimiseSettings:
+    """The ``[optimise]`` table of a run card (``fastmc optimize``; see :mod:`fastmc.optimise`)."""
+
+    steps: int = 40
+    learning_rate: float = 0.1  # Adam step in the unconstrained (logit) coordinates
+    batch: int = 4096  # muons per channel per step
+    resample_every: int = 1  # new random numbers every this many steps (common random numbers within)
+    temperature: float = 0.05  # soft cuts: logistic edge width / cut value
+    signal_mass_MeV: float = 100.0  # signal benchmark of the figure of merit
+    punzi_a: float = 1.28  # Punzi's a (one-sided 90 % CL)
+    budget: float | None = None  # cost budget (units of cost_per_unit × parameter)
+    cost_weight: float = 1.0
+    max_length_m: float | None = None  # upper bound on the setup length (first to last element)
+    length_weight: float = 1.0
+    channels: tuple[str, ...] = ()  # background channels of the objective (default: the card's, but analog)
+    eval_n_muons: int | None = None  # hard-mode evaluation (default: the card's n_muons)
+
+
+@dataclasses.dataclass(frozen=True)
 class RunConfig:
     path: Path
     sha256: str
@@ -576,6 +677,7 @@ class RunConfig:
     showers: ShowerSettings = ShowerSettings()
     max_seconds: float | None = None  # default wall-time budget of a projection (s); --max-seconds overrides
     calo: CaloBiasConfig = CaloBiasConfig()
+    optimise: OptimiseSettings = OptimiseSettings()
 
     def with_overrides(self, **changes: Any) -> RunConfig:
         return dataclasses.replace(self, **changes)
@@ -757,6 +859,7 @@ def load_run(path: str | Path, overrides: dict[str, Any] | None = None) -> RunCo
     signal = _parse_signal(root.table("signal", {}), model)
 
     variables = selection_variables(model)
+    optimise = _parse_optimise_settings(root.table("optimise", {}), channels)
     sel = root.table("selection")
     regions = []
     for region_name in list(sel.data):
@@ -789,8 +892,41 @@ def load_run(path: str | Path, overrides: dict[str, Any] | None = None) -> RunCo
         showers=showers,
         calo=calo,
         max_seconds=None if max_seconds is None else float(max_seconds),
+        optimise=optimise,
     )
     return cfg
+
+
+def _parse_optimise_settings(sec: _Section, channels: tuple[str, ...]) -> OptimiseSettings:
+    d = OptimiseSettings()
+    bkg = tuple(c for c in channels if c != "analog") or channels
+    chans = sec.strings("channels", list(bkg))
+    for c in chans:
+        if c not in channels:
+            raise sec.fail("channels", list(chans), f"{c!r}: must be one of the card's channels (run.channels)")
+    if not chans:
+        raise sec.fail("channels", [], "needs at least one background channel")
+    budget = sec.number("budget", None, gt=0.0)
+    max_len = sec.number("max_length_m", None, gt=0.0)
+    mass = sec.number("signal_mass_MeV", d.signal_mass_MeV)
+    check_signal_mass(mass, lambda why: sec.fail("signal_mass_MeV", mass, why))
+    out = OptimiseSettings(
+        steps=sec.number("steps", d.steps, integer=True, ge=1, le=100000),
+        learning_rate=sec.number("learning_rate", d.learning_rate, gt=0.0, le=10.0),
+        batch=sec.number("batch", d.batch, integer=True, ge=16, le=2**22),
+        resample_every=sec.number("resample_every", d.resample_every, integer=True, ge=1),
+        temperature=sec.number("temperature", d.temperature, gt=0.0, le=1.0),
+        signal_mass_MeV=float(mass),
+        punzi_a=sec.number("punzi_a", d.punzi_a, gt=0.0, le=10.0),
+        budget=budget,
+        cost_weight=sec.number("cost_weight", d.cost_weight, ge=0.0),
+        max_length_m=max_len,
+        length_weight=sec.number("length_weight", d.length_weight, ge=0.0),
+        channels=tuple(chans),
+        eval_n_muons=sec.number("eval_n_muons", None, integer=True, ge=1, le=10**15),
+    )
+    sec.finish()
+    return out
 
 
 def _parse_signal(sec: _Section, model: ModelConfig) -> SignalConfig:

@@ -278,3 +278,49 @@ def plot_projection(data: dict[str, Any], out_dir: Path, stem: str) -> list[Path
     p = out_dir / f"{stem}_pout.png"
     _save(plt, fig, p, written)
     return written
+
+
+def plot_optimisation(hist: dict[str, Any], path: Path) -> None:
+    """History of ``fastmc optimize``: soft loss and FOM, the parameters within their bounds, and the
+    hard-mode FOM of baseline and optimum (with statistical errors) when evaluated."""
+    plt = require_matplotlib()
+    steps = np.arange(len(hist["loss"]))
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+    ax = axes[0]
+    ax.plot(steps, hist["loss"], color="tab:blue", label="soft loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss = −log FOM + penalties", color="tab:blue")
+    ax2 = ax.twinx()
+    ax2.plot(steps, hist["penalty_cost"] + hist["penalty_length"], color="tab:red", lw=1, label="penalties")
+    ax2.set_ylabel("penalties", color="tab:red")
+    ax.set_title("soft objective (per-step keys)")
+    ax = axes[1]
+    x = np.asarray(hist["x"])
+    frac = (x - hist["min"]) / (hist["max"] - hist["min"])
+    for i, name in enumerate(hist["names"]):
+        ax.plot(steps, frac[:, i], label=f"{name} [{x[0, i]:.4g} → {x[-1, i]:.4g} {hist['units'][i]}]")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("step")
+    ax.set_ylabel("(x − min)/(max − min)")
+    ax.legend(fontsize=7, loc="best")
+    ax.set_title("parameters within their bounds")
+    ax = axes[2]
+    ev = hist.get("evaluation") or {}
+    if ev.get("baseline") and ev.get("optimised"):
+        labels = ["baseline", "optimised"]
+        f = [ev[k]["fom"] for k in labels]
+        fe = [ev[k]["fom_err"] for k in labels]
+        ax.bar(labels, f, yerr=fe, color=["tab:gray", "tab:green"], capsize=6)
+        ax.set_ylabel("Punzi FOM, hard mode, fresh keys")
+        for i, k in enumerate(labels):
+            ax.text(i, f[i] * 0.5, f"B = {ev[k]['background']:.3g} ± {ev[k]['background_err']:.2g}\n"
+                    f"S(g=1) = {ev[k]['signal_events_g1']:.3g}", ha="center", fontsize=8)
+        ax.set_title("the result: hard-mode re-evaluation")
+    else:
+        ax.plot(steps, hist["fom"], color="tab:green")
+        ax.set_xlabel("step")
+        ax.set_ylabel("soft FOM")
+        ax.set_title("soft figure of merit (not evaluated in hard mode)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -128,19 +128,21 @@ def tracker_hits(setup: Setup, truth: dict, key_r: jax.Array, bias: HitBias | No
 
 
 def detector_response(setup: Setup, truth: dict, key_chunk: jax.Array, bias: HitBias | None = None,
-                      showers=None, calo: CaloBias | None = None) -> dict:
+                      showers=None, calo: CaloBias | None = None, temperature=None) -> dict:
     """Measured hits ``hits[name] = (mx, my, present)``, ``energies[group]`` (MeV) and ``log_w``.
 
     ``showers`` (:class:`fastmc.physics.showers.ShowerParams`): the hardest transfer of each slab
     showers through the slab sequence (:func:`shower_deposits`); without it every transfer is
     deposited where it happened.  ``calo``: the calorimeter channel's biasing of the forced
-    photonuclear interaction's hadronic system.
+    photonuclear interaction's hadronic system.  ``temperature`` (soft mode, :mod:`fastmc.optimise`):
+    the slab apertures seen by a leading neutral hadron become logistic edges of width
+    temperature × half-width.
     """
     key_r = stream_key(key_chunk, STREAM_RESPONSE)
     hits, log_w = tracker_hits(setup, truth, key_r, bias) if setup.trackers else ({}, 0.0)
     deposits = None
     if showers is not None:
-        deposits, lw = shower_deposits(setup, truth, showers, key_r, calo)
+        deposits, lw = shower_deposits(setup, truth, showers, key_r, calo, temperature)
         log_w = log_w + lw
     energies: dict[str, jnp.ndarray] = {}
     for i, el in enumerate(setup.elements):
@@ -173,7 +175,8 @@ class CaloBias:
 N_SHOWER_UNIFORMS = 11
 
 
-def shower_deposits(setup: Setup, truth: dict, sh, key_r: jax.Array, calo: CaloBias | None = None):
+def shower_deposits(setup: Setup, truth: dict, sh, key_r: jax.Array, calo: CaloBias | None = None,
+                    temperature=None):
     """Energy (MeV, EM-scale equivalent) reaching each slab when hard transfers shower; and log_w.
 
     See :mod:`fastmc.physics.showers`.  Depth along the slab sequence is accumulated in radiation
@@ -254,8 +257,15 @@ def shower_deposits(setup: Setup, truth: dict, sh, key_r: jax.Array, calo: CaloB
     xn = theta[..., None] * jnp.cos(phi)[..., None] * dz
     yn = theta[..., None] * jnp.sin(phi)[..., None] * dz
     src = jnp.arange(n)[:, None] == jnp.arange(n)[None, :]
-    met = src | ((jnp.abs(xn) <= hw) & (jnp.abs(yn) <= hw) & (jnp.arange(n)[None, :] > jnp.arange(n)[:, None]))
-    width = jnp.where(met, (sb[1:] - sb[:-1]), 0.0)  # (B, n_src, n)
+    later = jnp.arange(n)[None, :] > jnp.arange(n)[:, None]
+    if temperature is None:
+        met = src | ((jnp.abs(xn) <= hw) & (jnp.abs(yn) <= hw) & later)
+        width = jnp.where(met, (sb[1:] - sb[:-1]), 0.0)  # (B, n_src, n)
+    else:  # soft aperture: the fraction of the slab's depth that counts is a logistic of the offset
+        edge = temperature * hw
+        inside_ap = jax.nn.sigmoid((hw - jnp.abs(xn)) / edge) * jax.nn.sigmoid((hw - jnp.abs(yn)) / edge)
+        width = jnp.where(src, 1.0, jnp.where(later, inside_ap, 0.0)) * (sb[1:] - sb[:-1])
+        met = width > 0
     sb_eff = jnp.concatenate([jnp.zeros_like(width[..., :1]), jnp.cumsum(width, axis=-1)], axis=-1)
     s0_eff = jnp.take_along_axis(sb_eff, jnp.arange(n)[None, :, None], axis=-1)[..., 0] + f * (sb[1:] - sb[:-1])
     tau_rem = sb_eff[..., -1] - s0_eff
@@ -280,7 +290,7 @@ def shower_deposits(setup: Setup, truth: dict, sh, key_r: jax.Array, calo: CaloB
     # leading neutral: interacts after an optical depth τ along its path, or escapes
     s_eff = s0_eff + tau
     inside = met & (s_eff[..., None] >= sb_eff[..., :-1]) & (s_eff[..., None] < sb_eff[..., 1:])  # (B, n_src, n)
-    frac_in = (s_eff[..., None] - sb_eff[..., :-1]) / jnp.maximum(width, 1e-30)  # position inside that slab
+    frac_in = (s_eff[..., None] - sb_eff[..., :-1]) / jnp.maximum(width, 1e-12)  # position inside that slab
     pick = lambda arr: jnp.sum(jnp.where(inside, arr, 0.0), axis=-1)  # noqa: E731
     s_int = pick(sb[:-1] + frac_in * (sb[1:] - sb[:-1]))
     t_int = pick(tb[:-1] + frac_in * (tb[1:] - tb[:-1]))

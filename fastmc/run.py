@@ -143,8 +143,13 @@ def simulate_events(
     (:class:`fastmc.beam.Admixture`: species generation fractions, natural or forced decays;
     None for a muon-only card) and ``hits`` (:class:`fastmc.response.HitBias`: forced tracker
     pathologies; None = natural).  Returns (variables, log_w, extras).
+
+    Soft mode (``params["soft"] = {"setup_ref", "temperature"}``, :mod:`fastmc.optimise` only):
+    length-dependent discrete draws use ``setup_ref``'s lengths and are reweighted
+    (:func:`fastmc.transport.transport`), slab apertures get logistic edges.
     """
     params = params or {}
+    soft = params.get("soft")
     mix = params.get("mix")
     signal = params.get("signal")
     from fastmc.beam import sample_beam
@@ -174,9 +179,12 @@ def simulate_events(
         state.setdefault("log_w", zero)
         if signal is not None:
             state.update(signal_x=zero, signal_e_x=zero)
+    if soft is not None:
+        state.setdefault("log_w", jnp.zeros((chunk_size,), dtype))
     final, truth = transport(setup, physics, state, key_c, opts.max_interactions, branches, forced, signal,
-                             None if calo is None else calo.v_min)
-    measured = detector_response(setup, truth, key_c, params.get("hits"), params.get("showers"), calo)
+                             None if calo is None else calo.v_min, None if soft is None else soft["setup_ref"])
+    measured = detector_response(setup, truth, key_c, params.get("hits"), params.get("showers"), calo,
+                                 None if soft is None else soft["temperature"])
     variables = reconstruct(setup, measured)
     # weights of the biased choices made in transport (species, forced decays/interactions) and response
     log_w = (final["log_w"] if "log_w" in final else jnp.zeros((chunk_size,), dtype)) + measured["log_w"]

@@ -9,6 +9,7 @@ optimisation lives beside them and is never used for a projection.
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 
 from fastmc._pytree import pytree_dataclass, static_field
@@ -82,3 +83,32 @@ def pass_masks(selection: Selection, variables: dict[str, jnp.ndarray], valid: j
             m = m & (v >= c.lo) & (v <= c.hi)
             masks.append(m)
     return jnp.stack(masks)
+
+
+def soft_pass(selection: Selection, variables: dict[str, jnp.ndarray], valid: jnp.ndarray, temperature) -> jnp.ndarray:
+    """(n_slots, B) pass *weights* in [0, 1]: every cut ``lo <= v <= hi`` relaxed to
+    σ((v − lo)/τ_lo)·σ((hi − v)/τ_hi), τ = temperature × max(|cut|, 1) in the variable's unit
+    (a logistic edge as wide as ``temperature`` of the cut value).  For optimisation only
+    (``fastmc optimize``); every reported number uses :func:`pass_masks`.
+
+    Variables set to ±inf for events without a track give exactly 0 or 1 with zero gradient
+    (inputs are cleaned with ``where`` on both sides, so no NaN reaches the gradient).
+    """
+    out = []
+    for r in selection.regions:
+        m = valid.astype(jnp.result_type(float))
+        out.append(m)
+        for c in r.cuts:
+            v = variables[c.var]
+            finite = jnp.isfinite(v)
+            v_safe = jnp.where(finite, v, 0.0)
+            for bound, sign in ((c.lo, 1.0), (c.hi, -1.0)):
+                b_fin = jnp.isfinite(bound)
+                b_safe = jnp.where(b_fin, bound, 0.0)
+                tau = temperature * jnp.maximum(jnp.abs(b_safe), 1.0)
+                s = jax.nn.sigmoid(sign * (v_safe - b_safe) / tau)
+                # an infinite variable passes a bound iff it lies on the right side of it
+                s = jnp.where(finite, s, (sign * v > sign * b_safe).astype(s.dtype))
+                m = m * jnp.where(b_fin, s, 1.0)
+            out.append(m)
+    return jnp.stack(out)

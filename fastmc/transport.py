@@ -127,8 +127,16 @@ def material_step(
     density_scale: jnp.ndarray,
     k: int,
     uu: jnp.ndarray,
+    length_ref: jnp.ndarray | None = None,
 ) -> tuple[dict[str, jnp.ndarray], dict[str, jnp.ndarray]]:
     """Transport through ``length`` mm of material ``mat``; ``uu`` has shape (B, n_step_uniforms(k)).
+
+    ``length_ref`` (soft mode, :mod:`fastmc.optimise`): the number of interactions is drawn from
+    the Poisson law of a *reference* length (a frozen proposal) and the likelihood ratio
+    Pois(N; Σℓ)/Pois(N; Σℓ_ref) = (ℓ/ℓ_ref)^N e^{−Σ(ℓ − ℓ_ref)} goes into ``state["log_w"]``: the
+    estimate is unchanged in expectation and, for fixed random numbers, smooth in ℓ (a count
+    drawn by inverse CDF jumps when ℓ moves; Glasserman, "Monte Carlo Methods in Financial
+    Engineering" (2004) §7.3, the likelihood-ratio method).  At ℓ = ℓ_ref the weight is 1.
 
     Returns the new state and the truth record of the step: continuous (sub-cut) loss
     ``e_cont``, stochastic loss per process ``e_proc`` (B, 4), hardest single transfer
@@ -152,7 +160,13 @@ def material_step(
     xs = stochastic_xs(tables, mat, safe_e) * density_scale  # (B, 4) 1/mm
     xs = jnp.where((alive & is_mu)[:, None], xs, 0.0)
     xs_tot = jnp.sum(xs, axis=-1)
-    n, overflow = _poisson_count(xs_tot * length, uu[:, 0], k)
+    if length_ref is None:
+        n, overflow = _poisson_count(xs_tot * length, uu[:, 0], k)
+    else:
+        lam, lam_ref = xs_tot * length, xs_tot * length_ref
+        n, overflow = _poisson_count(lam_ref, uu[:, 0], k)
+        ratio = jnp.where(lam_ref > 0, length / jnp.where(lam_ref > 0, length_ref, 1.0), 1.0)
+        lw_count = n * jnp.log(jnp.maximum(ratio, 1e-300)) - (lam - lam_ref)
     overflow = overflow & alive
 
     # ordered depths (fractions of the length) of the N interactions; unused slots parked at 1
@@ -228,6 +242,8 @@ def material_step(
         "hardest_depth": hardest_depth,  # fraction of the step length
         "overflow": overflow,
     }
+    if length_ref is not None:
+        new["log_w"] = state["log_w"] + jnp.where(alive & is_mu, lw_count, 0.0)
     return new, rec
 
 
@@ -323,6 +339,7 @@ def transport(
     forced_decay: bool = False,
     signal: Any = None,
     photonuclear_v_min: Any = None,
+    setup_ref: Setup | None = None,
 ) -> tuple[dict[str, jnp.ndarray], dict[str, Any]]:
     """Transport a batch from ``setup.beam.z_start`` through every element (``lax.scan``).
 
@@ -349,12 +366,20 @@ def transport(
     ``log_w``, to which the emission weight is added.  ``photonuclear_v_min`` (channel
     ``calorimeter_nonhermeticity``) instead forces one photonuclear interaction with v ≥ v_min in
     those slots (:func:`forced_photonuclear_step`).
+
+    Soft mode (``setup_ref``, :mod:`fastmc.optimise`): discrete draws whose law depends on a
+    material length — interaction counts and hadron absorption — are drawn with the lengths of
+    ``setup_ref`` (a frozen proposal, no gradient) and reweighted to ``setup``'s lengths in
+    ``state["log_w"]`` (the state must carry it): the chain is then smooth in the slab
+    thicknesses for fixed keys, and unbiased.
     """
     key_t = stream_key(key_chunk, STREAM_TRANSPORT)
     bsz = state["ekin"].shape[0]
     dtype = state["ekin"].dtype
     hadrons = "species" in state
     arrays = element_arrays(setup)
+    if setup_ref is not None:
+        arrays["length_ref"] = jax.lax.stop_gradient(element_arrays(setup_ref)["length"])
     n_el = len(setup.elements)
     if branches is None:
         branches = tuple(BRANCH_NONE if el.kind == "magnet" else BRANCH_THICK for el in setup.elements)
@@ -375,7 +400,7 @@ def transport(
     def make_material(k: int):
         def step(st, a, key):
             uu = uniforms(key, (bsz, n_step_uniforms(k)), dtype)
-            st, rec = material_step(physics, st, a["mat"], a["length"], a["dscale"], k, uu)
+            st, rec = material_step(physics, st, a["mat"], a["length"], a["dscale"], k, uu, a.get("length_ref"))
             rec["e_other"] = zero
             return st, {key_: rec[key_] for key_ in empty_rec}
 
@@ -390,7 +415,8 @@ def transport(
     if forced_step is not None:
 
         def force_kernel(st, a, key):
-            st, rec = forced_step(st, a["mat"], a["length"], a["dscale"], max_interactions, key)
+            st, rec = forced_step(st, a["mat"], a["length"], a["dscale"], max_interactions, key,
+                                  length_ref=a.get("length_ref"))
             rec["e_other"] = zero
             return st, {key_: rec[key_] for key_ in empty_rec}
 
@@ -474,7 +500,8 @@ def expected_counts(setup: Setup, physics: Physics, ekin: float) -> dict[str, fl
 REC_KEYS = ("e_cont", "e_proc", "hardest", "hardest_proc", "hardest_depth", "e_other")
 
 
-def signal_material_step(physics: Physics, signal: Any, state: dict, mat, length, density_scale, k: int, key):
+def signal_material_step(physics: Physics, signal: Any, state: dict, mat, length, density_scale, k: int, key,
+                         length_ref=None):
     """A material step with one forced dark-boson emission (the signal channel's target slot).
 
     The emission depth d is uniform in [0, L] (proposal density 1/L); the muon is transported
@@ -489,15 +516,17 @@ def signal_material_step(physics: Physics, signal: Any, state: dict, mat, length
     dtype = state["ekin"].dtype
     ue = uniforms(jax.random.fold_in(key, 7), (bsz, 1 + N_EMIT_UNIFORMS), dtype)
     d = ue[:, 0] * length
+    ref1, ref2 = _split_ref(length_ref, ue[:, 0])
     st1, r1 = material_step(physics, state, mat, d, density_scale, k,
-                            uniforms(jax.random.fold_in(key, 8), (bsz, n_step_uniforms(k)), dtype))
+                            uniforms(jax.random.fold_in(key, 8), (bsz, n_step_uniforms(k)), dtype), ref1)
     st1 = emit(signal, st1, mat, length * density_scale, ue[:, 1:])
     st2, r2 = material_step(physics, st1, mat, length - d, density_scale, k,
-                            uniforms(jax.random.fold_in(key, 9), (bsz, n_step_uniforms(k)), dtype))
+                            uniforms(jax.random.fold_in(key, 9), (bsz, n_step_uniforms(k)), dtype), ref2)
     return st2, combine_split_records(r1, r2, ue[:, 0])
 
 
-def forced_photonuclear_step(physics: Physics, v_min, state: dict, mat, length, density_scale, k: int, key):
+def forced_photonuclear_step(physics: Physics, v_min, state: dict, mat, length, density_scale, k: int, key,
+                             length_ref=None):
     """A material step with one photonuclear interaction of v = ΔE/E ≥ ``v_min`` forced at a uniform depth.
 
     The weight added to ``log_w`` is the probability of such an interaction in the step (thin
@@ -516,8 +545,9 @@ def forced_photonuclear_step(physics: Physics, v_min, state: dict, mat, length, 
     dtype = state["ekin"].dtype
     ue = uniforms(jax.random.fold_in(key, 17), (bsz, 2), dtype)
     d = ue[:, 0] * length
+    ref1, ref2 = _split_ref(length_ref, ue[:, 0])
     st1, r1 = material_step(physics, state, mat, d, density_scale, k,
-                            uniforms(jax.random.fold_in(key, 18), (bsz, n_step_uniforms(k)), dtype))
+                            uniforms(jax.random.fold_in(key, 18), (bsz, n_step_uniforms(k)), dtype), ref1)
     ekin = st1["ekin"]
     safe = jnp.maximum(ekin, 1.0)
     proc = jnp.full((bsz,), PROC_PHOTONUCLEAR, jnp.int32)
@@ -536,8 +566,15 @@ def forced_photonuclear_step(physics: Physics, v_min, state: dict, mat, length, 
     st1["ekin"] = ekin - de
     st1["log_w"] = state["log_w"] + jnp.where(alive, jnp.log(jnp.maximum(prob, 1e-37)), -jnp.inf)
     st2, r2 = material_step(physics, st1, mat, length - d, density_scale, k,
-                            uniforms(jax.random.fold_in(key, 19), (bsz, n_step_uniforms(k)), dtype))
+                            uniforms(jax.random.fold_in(key, 19), (bsz, n_step_uniforms(k)), dtype), ref2)
     return st2, combine_split_records(r1, r2, ue[:, 0], {"de": de, "proc": PROC_PHOTONUCLEAR})
+
+
+def _split_ref(length_ref, f):
+    """Reference lengths (soft mode) of a step split at fraction ``f``; (None, None) otherwise."""
+    if length_ref is None:
+        return None, None
+    return f * length_ref, (1.0 - f) * length_ref
 
 
 def combine_split_records(r1: dict, r2: dict, f, forced: dict | None = None) -> dict:
@@ -597,8 +634,16 @@ def hadron_slot_before_material(physics, st, a, gap_mat, gap_scale, uu_drift, ke
     zd = st["z_decay"]
     ell = jnp.clip(zd - z1, 0.0, a["length"]) * a["dscale"]
     p_survive = jnp.exp(-ell / physics.lambda_i[a["mat"]])
-    absorbed = had & (uu[:, 4] > p_survive)
     st = dict(st)
+    if "length_ref" in a:  # soft mode: draw with the reference length, reweight (see transport)
+        ell_ref = jnp.clip(zd - z1, 0.0, a["length_ref"]) * a["dscale"]
+        p_ref = jnp.exp(-ell_ref / physics.lambda_i[a["mat"]])
+        absorbed = had & (uu[:, 4] > p_ref)
+        lw = jnp.where(absorbed, jnp.log(jnp.maximum(1.0 - p_survive, 1e-300)) - jnp.log(jnp.maximum(1.0 - p_ref, 1e-300)),
+                       (ell_ref - ell) / physics.lambda_i[a["mat"]])
+        st["log_w"] = st["log_w"] + jnp.where(had, lw, 0.0)
+    else:
+        absorbed = had & (uu[:, 4] > p_survive)
     st["e_pending"] = st["e_pending"] + jnp.where(absorbed, st["ekin"], 0.0)
     st["alive"] = st["alive"] & ~absorbed
     in_mat = st["alive"] & had & (zd >= z1) & (zd < z2)

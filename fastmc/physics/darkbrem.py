@@ -315,7 +315,9 @@ def sample_emission_from_u(tab: EmissionTables, etot, uu):
     m2 = u.muon_mass_c2**2
     u0 = tab.mass**2 * (1.0 - x) / x + m2 * x
     v = jnp.clip(v, 0.0, 1.0 - 1e-6)
-    theta = jnp.sqrt(u0 / (etot**2 * x) * v / (1.0 - v))
+    arg = u0 / (etot**2 * x) * v / (1.0 - v)
+    pos = arg > 0  # sqrt only of positive values: finite gradients at v = 0 (soft mode)
+    theta = jnp.where(pos, jnp.sqrt(jnp.where(pos, arg, 1.0)), 0.0)
     phi = 2.0 * math.pi * uu[:, 2]
     return x, theta, phi
 

@@ -166,7 +166,9 @@ def gamma_cdf(alpha, beta, t):
     fa = jnp.clip((alpha - _A0) / (_A1 - _A0) * (_NA - 1), 0.0, _NA - 1.000001)
     ia = jnp.floor(fa).astype(jnp.int32)
     wa = fa - ia
-    fu = jnp.sqrt(jnp.maximum(beta * t, 0.0)) / _U1 * (_NU - 1)
+    bt = beta * t
+    pos = bt > 0.0  # sqrt only of positive depths: a finite gradient (zero) at and below the start
+    fu = jnp.where(pos, jnp.sqrt(jnp.where(pos, bt, 1.0)), 0.0) / _U1 * (_NU - 1)
     beyond = fu >= _NU - 1
     fu = jnp.minimum(fu, _NU - 1.000001)
     iu = jnp.floor(fu).astype(jnp.int32)
