@@ -462,6 +462,7 @@ def _parse_optimise_params(sec: _Section, elements: tuple[ElementConfig, ...]) -
     out = []
     for name in list(sec.data):
         t = sec.table(name)
+        t.prefix = f'optimise."{name}"'
         el_name, _, field = name.rpartition(".")
         if el_name not in by_name:
             raise sec.fail(name, t.data, f"no element {el_name!r} in the model (write [optimise.\"ELEMENT.FIELD\"])")
@@ -503,9 +504,11 @@ def _parse_optimise_params(sec: _Section, elements: tuple[ElementConfig, ...]) -
         rng[e.name] = (z[0], z[1] + t[1])
     for a, b in zip(elements, elements[1:]):
         if rng[a.name][1] > rng[b.name][0] + 1e-9 and any(p.element in (a.name, b.name) for p in out):
-            raise sec.fail(next(p.name for p in out if p.element in (a.name, b.name)), "bounds",
-                           f"within the bounds {a.name} (ends up to z = {rng[a.name][1] / u.m:g} m) may overlap "
-                           f"{b.name} (starts from z = {rng[b.name][0] / u.m:g} m)")
+            p = next(p for p in out if p.element in (a.name, b.name))
+            bound, val = ("max", p.hi) if p.element == a.name else ("min", p.lo)
+            raise ConfigError(f'{sec.path}: optimise."{p.name}".{bound} = {val!r}: within the bounds {a.name!r} '
+                              f"(ends up to z = {rng[a.name][1] / u.m:g} m) may overlap {b.name!r} "
+                              f"(starts from z = {rng[b.name][0] / u.m:g} m)")
     return tuple(out)
 
 

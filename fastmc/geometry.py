@@ -80,7 +80,7 @@ class Setup:
     gap_material: jnp.ndarray
     gap_density_scale: jnp.ndarray
     spectrometers: tuple[Spectrometer, ...] = static_field()
-    name: str = static_field(default="")
+    # (no model name here: a static field would recompile the chain for a renamed copy of a model)
 
     def element(self, name: str) -> Element:
         for e in self.elements:
@@ -210,7 +210,6 @@ def build_setup(model: ModelConfig, material_index: dict[str, int]) -> Setup:
         gap_material=jnp.asarray(gap, dtype=jnp.int32),
         gap_density_scale=f(model.gap_density_scale),
         spectrometers=spectrometers,
-        name=model.name,
     )
 
 

@@ -136,7 +136,8 @@ def apply_params(setup, spec_params, x):
     return dataclasses.replace(setup, elements=tuple(els))
 
 
-def _channel_mean(setup, setup_ref, physics, selection, key, opts, params, temperature, slot, bsz):
+def _channel_events(setup, setup_ref, physics, selection, key, opts, params, temperature, slot, bsz):
+    """Per-event contributions w·s (B,) of one channel in soft mode: weight × soft pass."""
     from fastmc.run import simulate_events
     from fastmc.selection import soft_pass
 
@@ -146,21 +147,22 @@ def _channel_mean(setup, setup_ref, physics, selection, key, opts, params, tempe
     s = soft_pass(selection, variables, jnp.ones((bsz,), bool), temperature)[slot]
     ok = jnp.isfinite(log_w)
     w = jnp.where(ok, jnp.exp(jnp.where(ok, log_w, 0.0)), 0.0)
-    return jnp.mean(w * s)
+    return w * s
 
 
-def soft_terms(x, x_ref, key, temperature, data, spec: Spec) -> dict[str, jnp.ndarray]:
-    """Soft-mode background per channel (events at MOT) and signal mean weight (per muon, g = 1)."""
+def event_terms(x, x_ref, key, temperature, data, spec: Spec) -> dict[str, jnp.ndarray]:
+    """Soft-mode per-event contributions: ``B_<channel>`` (events at MOT per generated muon, (B,))
+    and ``signal`` (emission probability × soft pass per muon for g = 1, (B,))."""
     setup = apply_params(data["setup"], spec.params, x)
     setup_ref = apply_params(data["setup"], spec.params, jax.lax.stop_gradient(x_ref))
     out = {}
     for i, ch in enumerate(spec.channels):
-        m = _channel_mean(setup, setup_ref, data["physics_b"], data["selection"], jax.random.fold_in(key, i),
-                          spec.opts_bkg, data["params_b"][ch], temperature, spec.signal_slot, spec.batch)
-        out[f"B_{ch}"] = data["mot"] * m
-    out["signal"] = _channel_mean(setup, setup_ref, data["physics_s"], data["selection"],
-                                  jax.random.fold_in(key, 1000), spec.opts_sig, data["params_s"], temperature,
-                                  spec.signal_slot, spec.batch)
+        c = _channel_events(setup, setup_ref, data["physics_b"], data["selection"], jax.random.fold_in(key, i),
+                            spec.opts_bkg, data["params_b"][ch], temperature, spec.signal_slot, spec.batch)
+        out[f"B_{ch}"] = data["mot"] * c
+    out["signal"] = _channel_events(setup, setup_ref, data["physics_s"], data["selection"],
+                                    jax.random.fold_in(key, 1000), spec.opts_sig, data["params_s"], temperature,
+                                    spec.signal_slot, spec.batch)
     return out
 
 
@@ -189,15 +191,14 @@ def fom(signal_yield, background, a):
     return signal_yield / (0.5 * a + jnp.sqrt(jnp.maximum(background, 0.0) + 1e-12))
 
 
-def soft_objective(x, x_ref, key, temperature, data, settings, spec: Spec):
-    """(loss, components) of the soft objective at parameters ``x`` (file units)."""
-    terms = soft_terms(x, x_ref, key, temperature, data, spec)
-    bkg = sum(terms[f"B_{ch}"] for ch in spec.channels)
-    y = data["mot"] * settings["br"] * terms["signal"]
+def objective_from_means(means, x, data, settings, spec: Spec):
+    """(loss, components) from the channel means of :func:`event_terms` and the parameters."""
+    bkg = sum(means[f"B_{ch}"] for ch in spec.channels)
+    y = data["mot"] * settings["br"] * means["signal"]
     f = fom(y, bkg, settings["punzi_a"])
     pen = penalties(x, apply_params(data["setup"], spec.params, x), settings)
     loss = -jnp.log(jnp.maximum(f, 1e-300)) + pen["penalty_cost"] + pen["penalty_length"]
-    comps = {**terms, "background": bkg, "signal_events_g1": y, "fom": f, **pen}
+    comps = {**means, "background": bkg, "signal_events_g1": y, "fom": f, **pen}
     return loss, comps
 
 
@@ -206,15 +207,27 @@ def value_and_grad(x, x_ref, key, temperature, data, settings, spec: Spec):
     """Loss, components and ∂loss/∂x — compiled once per problem; x, x_ref, key, temperature and
     every geometry number are traced (moving them never recompiles).
 
-    Forward mode (one tangent per parameter, ``jax.jacfwd``): a handful of parameters, and no
-    reverse pass through the transport scan — whose transposed switch/where branches can meet
-    0·∞ products from guarded singularities (√ at 0, ranged-out muons) that forward mode never
-    forms."""
+    The per-event contributions are differentiated in forward mode (``jax.jacfwd``: one tangent
+    per parameter, a handful of them, and no reverse pass through the transport scan).  An event
+    whose tangent is not finite (a float overflow at a singular point of the chain, e.g. an
+    extreme shower-fluctuation draw) is left out of the gradient — not of the value — and counted
+    in the component ``n_nonfinite_tangents``; the chain rule through the means is then exact.
+    """
     def f(xx):
-        loss, comps = soft_objective(xx, x_ref, key, temperature, data, settings, spec)
-        return loss, (loss, comps)
+        ev = event_terms(xx, x_ref, key, temperature, data, spec)
+        return ev, ev
 
-    g, (loss, comps) = jax.jacfwd(f, has_aux=True)(x)
+    jac, ev = jax.jacfwd(f, has_aux=True)(x)
+    means = {k: jnp.mean(v) for k, v in ev.items()}
+    dmeans, bad = {}, jnp.zeros((), jnp.int32)
+    for k, jk in jac.items():  # (B, n_params)
+        fin = jnp.all(jnp.isfinite(jk), axis=1)
+        bad = bad + jnp.sum(~fin)
+        dmeans[k] = jnp.mean(jnp.where(fin[:, None], jk, 0.0), axis=0)
+    (loss, comps), (g_m, g_x) = jax.value_and_grad(objective_from_means, argnums=(0, 1), has_aux=True)(
+        means, x, data, settings, spec)
+    g = g_x + sum(g_m[k] * dmeans[k] for k in means)
+    comps = {**comps, "n_nonfinite_tangents": bad}
     return loss, comps, g
 
 
@@ -278,8 +291,10 @@ def optimise(problem: Problem, steps: int | None = None, seed: int | None = None
             hist.setdefault(k, []).append(val)
         if not np.all(np.isfinite(gz)):
             raise FloatingPointError(f"non-finite gradient at step {step}: {dict(zip([p.name for p in problem.params], gx))}")
+        bad = int(comps["n_nonfinite_tangents"])
         log(f"step {step:3d}: loss {loss:.4f}  FOM {comps['fom']:.4g}  B {comps['background']:.4g}  "
-            + "  ".join(f"{p.name}={xi:.4g}" for p, xi in zip(problem.params, x)))
+            + "  ".join(f"{p.name}={xi:.4g}" for p, xi in zip(problem.params, x))
+            + (f"  ({bad} events with non-finite tangents left out of the gradient)" if bad else ""))
         if step == n:
             break
         m = b1 * m + (1 - b1) * gz

@@ -66,7 +66,8 @@ def signal_yields(cfg: RunConfig, masses: list[float], model: str, *, n_muons: i
     for m in masses:
         t0 = time.perf_counter()
         tab = build_emission_tables(model, m, material)
-        prep.channel_params["signal"] = {"mix": None, "hits": None, "signal": tab}
+        # keep the channel's other parameters (the shower response of the card)
+        prep.channel_params["signal"] = {**prep.channel_params["signal"], "mix": None, "hits": None, "signal": tab}
         res = run(cfg_s, prep, progress=progress)
         t = res.tallies()["signal"]
         gen, sel = t[0].estimate(1.0), t[final].estimate(1.0)
