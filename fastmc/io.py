@@ -84,6 +84,18 @@ def provenance(cfg, result, prepared=None) -> dict[str, Any]:
     }
 
 
+def write_header(f, kind: str, command_line: str, prov: dict[str, Any] | None) -> None:
+    """File attributes (version, schema, creation time, command line, kind) and /provenance."""
+    f.attrs["fastmc_version"] = fastmc.__version__
+    f.attrs["schema_version"] = fastmc.SCHEMA_VERSION
+    f.attrs["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat()
+    f.attrs["command_line"] = command_line
+    f.attrs["kind"] = kind
+    g = f.create_group("provenance")
+    for k, v in (prov or {}).items():
+        g.attrs[k] = json.dumps(v) if isinstance(v, (list, dict)) else v
+
+
 @contextlib.contextmanager
 def atomic_h5(path: Path):
     """An HDF5 file opened for writing under a temporary name beside ``path`` and renamed into

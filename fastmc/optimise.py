@@ -42,8 +42,9 @@ import functools
 import math
 import re
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -316,7 +317,7 @@ def file_values(params: tuple[OptimiseParam, ...], x) -> list[float | int]:
     out: list[float | int] = []
     for p, xi in zip(params, x):
         if p.field == "n_layers":
-            k = int(round(float(xi)))
+            k = round(float(xi))
             k = min(max(k, math.ceil(p.lo)), math.floor(p.hi))
             out.append(k)
         else:
@@ -409,22 +410,12 @@ def hard_evaluation(cfg: RunConfig, seed: int, n_muons: int, progress: bool = Fa
 def write_history(path: Path, cfg: RunConfig, problem: Problem, hist: dict[str, Any], evaluation: dict[str, Any],
                   model_text: str, result, command_line: str) -> None:
     """HDF5: /optimise (per-step loss, components, gradient norm, parameters), /evaluation, provenance."""
-    import datetime as _dt
     import json
 
-    import fastmc
-    from fastmc.io import atomic_h5, provenance
+    from fastmc.io import atomic_h5, provenance, write_header
 
     with atomic_h5(Path(path)) as f:
-        f.attrs["fastmc_version"] = fastmc.__version__
-        f.attrs["schema_version"] = fastmc.SCHEMA_VERSION
-        f.attrs["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat()
-        f.attrs["command_line"] = command_line
-        f.attrs["kind"] = "optimise"
-        prov = f.create_group("provenance")
-        if result is not None:
-            for k, v in provenance(cfg, result).items():
-                prov.attrs[k] = json.dumps(v) if isinstance(v, (list, dict)) else v
+        write_header(f, "optimise", command_line, None if result is None else provenance(cfg, result))
         g = f.create_group("config")
         g.attrs["json"] = json.dumps(cfg.to_dict())
         g.attrs["run_card"] = Path(cfg.path).read_text() if Path(cfg.path).is_file() else ""

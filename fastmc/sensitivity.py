@@ -150,22 +150,13 @@ def format_sensitivity(summary: dict[str, Any]) -> str:
 
 def write_sensitivity(path, cfg: RunConfig, summary: dict[str, Any], prep, result, command_line: str) -> None:
     """HDF5: /sensitivity (one dataset per column, attributes for the limit), provenance, config."""
-    import datetime as _dt
     import json
     from pathlib import Path
 
-    import fastmc
-    from fastmc.io import atomic_h5, provenance
+    from fastmc.io import atomic_h5, provenance, write_header
 
     with atomic_h5(Path(path)) as f:
-        f.attrs["fastmc_version"] = fastmc.__version__
-        f.attrs["schema_version"] = fastmc.SCHEMA_VERSION
-        f.attrs["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat()
-        f.attrs["command_line"] = command_line
-        f.attrs["kind"] = "sensitivity"
-        prov = f.create_group("provenance")
-        for k, v in provenance(cfg, result, prep).items():
-            prov.attrs[k] = json.dumps(v) if isinstance(v, (list, dict)) else v
+        write_header(f, "sensitivity", command_line, provenance(cfg, result, prep))
         g = f.create_group("config")
         g.attrs["json"] = json.dumps(cfg.to_dict())
         g.attrs["run_card"] = Path(cfg.path).read_text() if Path(cfg.path).is_file() else ""

@@ -110,7 +110,7 @@ def test_soft_gradient_equals_finite_differences(problem64):
 
 
 def test_gradient_finite_at_the_bounds_and_no_recompilation(problem64):
-    O, pb, key, _ = problem64
+    O, pb, _, _ = problem64
     n_compiled = O.value_and_grad._cache_size()
     with jax.enable_x64(True):
         for x in (pb.lo, pb.hi):
@@ -124,7 +124,7 @@ def test_gradient_finite_at_the_bounds_and_no_recompilation(problem64):
 def test_frozen_proposal_reweighting_is_unbiased(problem64):
     """Soft background with the interaction counts/absorptions drawn at a thinner reference
     geometry and reweighted must equal, in expectation, the one drawn at the geometry itself."""
-    O, pb, key, _ = problem64
+    O, pb, _, _ = problem64
     x = pb.x0.copy()
     names = [p.name for p in pb.params]
     x[names.index("ECAL.n_layers")] = 130.0
