@@ -540,8 +540,17 @@ def cmd_env(args) -> int:
 
 
 def _peak_rss_mb() -> float:
+    """Peak resident memory of this process (MB).  Linux: VmHWM of /proc/self/status, which
+    starts afresh at exec — ru_maxrss does not (a process started from a large parent, e.g. a
+    test runner, would report the parent's size).  Elsewhere: ru_maxrss."""
     import resource
 
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return float(line.split()[1]) / 1024.0  # kB
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
 
 

@@ -216,11 +216,12 @@ def test_cli_scheduler_bad_spec_one_line(capsys):
 
 def _peak_rss_kib(tmp_path: Path, n_chunks: int) -> int:
     script = (
-        "import resource, sys\n"
-        "from fastmc.cli import main\n"
+        "import sys\n"
+        "from fastmc.cli import _peak_rss_mb, main\n"
         f"rc = main(['project', {str(CARD)!r}, '--n-muons', '{CHUNK * n_chunks}', '--chunk-size', '{CHUNK}', "
         "'--no-progress', '--json'])\n"
-        "print('RSS', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n"
+        # this process's own peak (VmHWM): ru_maxrss would include the parent test runner's size
+        "print('RSS', int(_peak_rss_mb() * 1024), file=sys.stderr)\n"
         "sys.exit(rc)\n"
     )
     r = subprocess.run([sys.executable, "-c", script], env=_env(tmp_path), capture_output=True, text=True, timeout=300)
