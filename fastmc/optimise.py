@@ -86,10 +86,9 @@ class Problem:
 
 def build_problem(cfg: RunConfig, batch: int | None = None) -> Problem:
     """Prepare the background channels and the signal channel of ``cfg`` for the soft objective."""
-    from fastmc.geometry import setup_materials
     from fastmc.physics.darkbrem import build_emission_tables, invisible_branching
     from fastmc.run import prepare
-    from fastmc.sensitivity import signal_run_config
+    from fastmc.sensitivity import signal_run_config, target_material
 
     params = cfg.model.optimise
     if not params:
@@ -101,10 +100,8 @@ def build_problem(cfg: RunConfig, batch: int | None = None) -> Problem:
     prep_b = prepare(cfg_b)
     cfg_s = signal_run_config(cfg).with_overrides(chunk_size=bsz)
     prep_s = prepare(cfg_s)
-    mats, _ = setup_materials(cfg.model)
     mass = st.signal_mass_MeV * u.MeV
-    target = prep_s.setup.element(cfg.signal.target)
-    tab = build_emission_tables(cfg.signal.model, mass, mats[int(target.material)])
+    tab = build_emission_tables(cfg.signal.model, mass, target_material(cfg, prep_s.setup))
     setup = prep_b.setup
     spec_params = tuple((setup.index(p.element), OPTIMISE_FIELDS[p.field][0], p.scale) for p in params)
     region = cfg.regions[0][0]
@@ -391,8 +388,7 @@ def hard_evaluation(cfg: RunConfig, seed: int, n_muons: int, progress: bool = Fa
     proj = projection(cfg_b, res)
     bkg = sum(c["expected"] for c in proj["channels"].values())
     bkg_err = math.sqrt(sum(c["stat_err"] ** 2 for c in proj["channels"].values()))
-    rows, _, _ = signal_yields(cfg_b.with_overrides(signal=dataclasses.replace(cfg.signal, n_muons=n_muons)),
-                               [st.signal_mass_MeV * u.MeV], cfg.signal.model, log=log)
+    rows, _, _ = signal_yields(cfg_b, [st.signal_mass_MeV * u.MeV], cfg.signal.model, n_muons=n_muons, log=log)
     y = cfg.mot * rows[0]["yield_per_mot_g1"]
     y_err = cfg.mot * rows[0]["yield_per_mot_g1_err"]
     den = 0.5 * st.punzi_a + math.sqrt(max(bkg, 0.0))

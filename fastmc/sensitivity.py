@@ -40,13 +40,20 @@ def signal_run_config(cfg: RunConfig, n_muons: int | None = None) -> RunConfig:
                               n_muons=int(n_muons or cfg.signal.n_muons))
 
 
+def target_material(cfg: RunConfig, setup) -> Any:
+    """The material of the card's signal target (the emission tables are built for it)."""
+    from fastmc.geometry import setup_materials
+
+    mats, _ = setup_materials(cfg.model)
+    return mats[int(setup.element(cfg.signal.target).material)]
+
+
 def signal_yields(cfg: RunConfig, masses: list[float], model: str, *, n_muons: int | None = None,
                   progress: bool = False, log: Callable[[str], None] = lambda s: None) -> tuple[list[dict[str, Any]], Any, Any]:
     """Per mass: emission probability, efficiency and yield per MOT for g = 1 (with errors).
 
     Returns (rows, the prepared chain, the last mass's run result — for provenance).
     """
-    from fastmc.geometry import setup_materials
     from fastmc.physics.darkbrem import build_emission_tables, invisible_branching, sigma_total
     from fastmc.run import prepare, run
 
@@ -56,9 +63,7 @@ def signal_yields(cfg: RunConfig, masses: list[float], model: str, *, n_muons: i
         f"{cfg.path}: signal.target = {cfg.signal.target!r}: {why} (set [signal] target)"))
     cfg_s = signal_run_config(cfg, n_muons)
     prep = prepare(cfg_s)
-    mats, _ = setup_materials(cfg.model)
-    target = prep.setup.element(cfg.signal.target)
-    material = mats[int(target.material)]
+    material = target_material(cfg, prep.setup)
     region = cfg.regions[0][0]
     final = [i for i, s in enumerate(prep.selection.slots()) if s[0] == region][-1]
     e_beam = float(prep.setup.beam.momentum)  # total energy ≈ p at 160 GeV
