@@ -15,7 +15,9 @@ piece of material of length L (:func:`material_step`):
    v = ΔE/E from its inverse-CDF table (``fastmc.physics``);
 4. the straggling of the sub-cut loss is added once as a Gaussian;
 5. multiple scattering (``fastmc.physics.scattering``) changes the slopes and shifts the
-   position at the exit, with p = √(p_in p_out).
+   position at the exit, at the momentum p_eff of the segments between the interactions
+   (1/p_eff² = Σ f_s/p_s²); each interaction adds its own deflection of the muon
+   (``fastmc.physics.deflection``: the p_T taken by the δ-ray, photon, pair or virtual photon).
 
 Σ is evaluated at the entry energy: at the energies and thicknesses of NA64μ the cross sections
 above v_c change by < 1 % across one element (they are nearly flat in E), and the bias of that
@@ -35,6 +37,7 @@ import numpy as np
 
 from fastmc import units as u
 from fastmc.geometry import Setup
+from fastmc.physics.deflection import N_KICK_UNIFORMS
 from fastmc.physics.scattering import N_UNIFORMS as N_SCAT_UNIFORMS
 from fastmc.rng import STREAM_TRANSPORT, normal_from_uniform, stream_key, uniforms
 
@@ -104,7 +107,7 @@ jax.tree_util.register_pytree_node(Physics, Physics.tree_flatten, Physics.tree_u
 
 def n_step_uniforms(k: int) -> int:
     """Uniforms one material step with ``k`` interaction slots consumes per muon."""
-    return 2 + 3 * k + N_SCAT_UNIFORMS
+    return 2 + 3 * k + N_SCAT_UNIFORMS + N_KICK_UNIFORMS * k
 
 
 def _poisson_count(lam: jnp.ndarray, u0: jnp.ndarray, k: int) -> tuple[jnp.ndarray, jnp.ndarray]:
@@ -192,15 +195,36 @@ def material_step(
         v = sample_v_from_u(tables, mat, proc, e_at, uu[:, 2 + 2 * k : 2 + 3 * k])
         active = slot[None, :] < n[:, None]
         lost = jnp.zeros_like(ekin_in)
+        e_before, de_all = [], []
         for j in range(k):
             avail = jnp.maximum(e_at[:, j] - lost, 0.0)
             de = jnp.where(active[:, j], jnp.minimum(v[:, j] * (avail + m), avail), 0.0)
+            e_before.append(avail)
+            de_all.append(de)
             lost = lost + de
             e_proc = e_proc + jax.nn.one_hot(proc[:, j], N_PROC, dtype=ekin_in.dtype) * de[:, None]
             harder = de > hardest
             hardest = jnp.where(harder, de, hardest)
             hardest_proc = jnp.where(harder, proc[:, j], hardest_proc)
             hardest_depth = jnp.where(harder, depth[:, j], hardest_depth)
+    # deflection of the muon in its discrete interactions (fastmc.physics.deflection): the kick
+    # of slot j turns the direction by p_T/p_after and displaces the exit point by that angle
+    # times the remaining depth (1 − d_j)·L
+    kick_tx = kick_ty = kick_dx = kick_dy = jnp.zeros_like(ekin_in)
+    if k:
+        from fastmc.physics.deflection import muon_kick_pt
+
+        uk = uu[:, 2 + 3 * k + N_SCAT_UNIFORMS :].reshape(ekin_in.shape[0], k, N_KICK_UNIFORMS)
+        eb = jnp.stack(e_before, axis=-1)
+        de_k = jnp.stack(de_all, axis=-1)
+        pt = muon_kick_pt(proc, eb + m, de_k, uk[..., 1:])
+        p_after, _ = kinematics(jnp.maximum(eb - de_k, 0.0), m)
+        dth = pt / jnp.maximum(p_after, 1.0)
+        phi = 2.0 * np.pi * uk[..., 0]
+        kx, ky = dth * jnp.cos(phi), dth * jnp.sin(phi)
+        kick_tx, kick_ty = jnp.sum(kx, axis=-1), jnp.sum(ky, axis=-1)
+        rest = jnp.asarray(length)[..., None] * (1.0 - depth)
+        kick_dx, kick_dy = jnp.sum(kx * rest, axis=-1), jnp.sum(ky * rest, axis=-1)
     e_stoch = jnp.sum(e_proc, axis=-1)
     # Gaussian straggling of the sub-cut loss (one draw per step)
     var = continuous_straggling_var(tables, mat, safe_e, path)
@@ -210,10 +234,23 @@ def material_step(
     ekin = jnp.where(alive, ekin, ekin_in)
     e_cont = jnp.where(alive, ekin_in - ekin - e_stoch, 0.0)
 
-    # multiple scattering with p = √(p_in p_out)
-    p_in, _ = kinematics(ekin_in, mass)
-    p_out, _ = kinematics(ekin, mass)
-    p_mid = jnp.sqrt(p_in * jnp.maximum(p_out, 1e-3))
+    # multiple scattering at the momentum p_eff with 1/p_eff² = Σ_s f_s/p_s² over the segments
+    # between the interactions (fractions f_s of the step, p_s at each segment's midpoint): θ0² ∝
+    # ∫ dx/p(x)² (PDG RPP 2024 eq. 34.15 without its logarithm), so a muon that radiates early in
+    # a thick absorber scatters at its lower momentum over the rest of it.  Without interactions
+    # this is the continuous-loss midpoint (≈ √(p_in p_out) used before).
+    if k:
+        lost_cum = jnp.cumsum(jnp.stack(de_all, axis=-1), axis=-1)
+        start = jnp.concatenate([jnp.zeros_like(depth[:, :1]), depth], axis=-1)
+        end = jnp.concatenate([depth, jnp.ones_like(depth[:, :1])], axis=-1)
+        e_start = jnp.concatenate([ekin_in[:, None], e_at - lost_cum], axis=-1)
+    else:
+        start, end, e_start = jnp.zeros_like(ekin_in)[:, None], jnp.ones_like(ekin_in)[:, None], ekin_in[:, None]
+    frac = end - start
+    e_mid = jnp.maximum(e_start - 0.5 * d_cont[:, None] * frac, 0.0)
+    p_seg, _ = kinematics(e_mid, jnp.asarray(mass)[..., None] if jnp.ndim(mass) else mass)
+    inv_p2 = jnp.sum(frac / jnp.maximum(p_seg, 1.0) ** 2, axis=-1)
+    p_mid = jax.lax.rsqrt(jnp.maximum(inv_p2, 1e-30))
     beta_mid = p_mid / jnp.sqrt(p_mid**2 + mass**2)
     scat = sample_scattering_info(
         physics.scattering,
@@ -221,10 +258,11 @@ def material_step(
         jnp.maximum(p_mid, 1.0),
         beta_mid,
         path,
-        uu[:, 2 + 3 * k :],
+        uu[:, 2 + 3 * k : 2 + 3 * k + N_SCAT_UNIFORMS],
         model=physics.scattering_model,
     )
-    dtx, dty, dx, dy = scat["dtheta_x"], scat["dtheta_y"], scat["dx"], scat["dy"]
+    dtx, dty = scat["dtheta_x"] + kick_tx, scat["dtheta_y"] + kick_ty
+    dx, dy = scat["dx"] + kick_dx, scat["dy"] + kick_dy
     overflow = overflow | (scat["overflow"] & alive)
     still = alive & (ekin > 0.0)
     new = dict(state)
@@ -543,7 +581,7 @@ def forced_photonuclear_step(physics: Physics, v_min, state: dict, mat, length, 
     m = u.muon_mass_c2
     bsz = state["ekin"].shape[0]
     dtype = state["ekin"].dtype
-    ue = uniforms(jax.random.fold_in(key, 17), (bsz, 2), dtype)
+    ue = uniforms(jax.random.fold_in(key, 17), (bsz, 2 + N_KICK_UNIFORMS), dtype)
     d = ue[:, 0] * length
     ref1, ref2 = _split_ref(length_ref, ue[:, 0])
     st1, r1 = material_step(physics, state, mat, d, density_scale, k,
@@ -564,6 +602,15 @@ def forced_photonuclear_step(physics: Physics, v_min, state: dict, mat, length, 
     de = jnp.where(alive, jnp.minimum(v * (ekin + m), ekin), 0.0)
     st1 = dict(st1)
     st1["ekin"] = ekin - de
+    # the muon's deflection at the forced vertex (fastmc.physics.deflection)
+    from fastmc.physics.deflection import muon_kick_pt
+
+    pt = muon_kick_pt(proc, ekin + m, de, ue[:, 3:])
+    p_after, _ = kinematics(ekin - de, m)
+    dth = jnp.where(alive, pt / jnp.maximum(p_after, 1.0), 0.0)
+    phi = 2.0 * np.pi * ue[:, 2]
+    st1["tx"] = st1["tx"] + dth * jnp.cos(phi)
+    st1["ty"] = st1["ty"] + dth * jnp.sin(phi)
     st1["log_w"] = state["log_w"] + jnp.where(alive, jnp.log(jnp.maximum(prob, 1e-37)), -jnp.inf)
     st2, r2 = material_step(physics, st1, mat, length - d, density_scale, k,
                             uniforms(jax.random.fold_in(key, 19), (bsz, n_step_uniforms(k)), dtype), ref2)

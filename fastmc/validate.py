@@ -63,7 +63,7 @@ _CHECK_KEYS = {
     "tail_fraction": {"thresholds_GeV", "thresholds_theta0", "two_sided", "rel_tol", "n_sigma", "reason"},
     "median": {"rel_tol", "n_sigma", "reason"},
     "core_width": {"rel_tol", "n_sigma", "reason"},
-    "chi2": {"p_min", "min_count", "reason"},
+    "chi2": {"p_min", "min_count", "modes", "reason"},
 }
 N_BOOTSTRAP = 40
 INFO_MIN_COUNT = 10
@@ -468,6 +468,8 @@ def load_tolerances(path: Path) -> dict[str, dict[str, dict[str, dict[str, Any]]
                 for key in ("rel_tol", "n_sigma", "p_min"):
                     if key in par and not (isinstance(par[key], (int, float)) and par[key] > 0):
                         raise TableError(f"{where}: {key} = {par[key]!r}: must be a number > 0")
+                if "modes" in par and par["modes"] not in ("all", "common"):
+                    raise TableError(f"{where}: modes = {par['modes']!r}: must be \"all\" or \"common\"")
                 if kind == "tail_fraction" and not (par.get("thresholds_GeV") or par.get("thresholds_theta0")):
                     raise TableError(f"{where}: needs thresholds_GeV or thresholds_theta0")
         out[suite] = obs_map
@@ -839,25 +841,45 @@ def _not_comparable(suite: str, mode: str, obs: str, sim: dict) -> str:
 
 
 def _mode_fraction_rows(s: str, group: Group, sim: dict, checks: dict) -> list[dict]:
-    """Observed branching fractions: one bin per mode known to either side."""
+    """Observed branching fractions: one bin per mode known to either side.
+
+    With ``modes = "common"`` the comparison is conditional on the decay modes that *both* models
+    contain (observed at least once on each side): fastmc's fractions are renormalised to the
+    decays into those modes, and the modes only one side has are reported (``only_fastmc``,
+    ``only_reference``) instead of entering the χ².  A mode missing from one model's decay table
+    is a content difference, not a disagreement on the shared physics."""
     ref_counts = {k: int(v) for k, v in json.loads(group.attrs["mode_counts_json"]).items()}
     names = sim["mode_names"]
-    n_mc = len(sim["mode"])
-    mc_counts = {nm: int(np.sum(sim["mode"] == i)) for i, nm in enumerate(names)}
-    keys = list(dict.fromkeys(list(names) + sorted(ref_counts)))
-    ref_h = Hist(np.arange(len(keys) + 1, dtype=float), np.array([ref_counts.get(k, 0) for k in keys]), 0.0, 0.0,
-                 float(group.n_events))
-    mc_h = Hist(ref_h.edges, np.array([mc_counts.get(k, 0) for k in keys]), 0.0, 0.0, float(n_mc))
+    mc_counts_all = {nm: int(np.sum(sim["mode"] == i)) for i, nm in enumerate(names)}
     rows = []
     for kind, par in checks.items():
         if kind != "chi2":
             continue
+        mc_counts = dict(mc_counts_all)
+        n_mc, n_ref = len(sim["mode"]), group.n_events
+        only = {}
+        if par.get("modes", "all") == "common":
+            common = {k for k, v in mc_counts.items() if v > 0} & {k for k, v in ref_counts.items() if v > 0}
+            only = {"only_fastmc": {k: v / n_mc for k, v in mc_counts.items() if v > 0 and k not in common},
+                    "only_reference": {k: v / n_ref for k, v in ref_counts.items() if v > 0 and k not in common}}
+            mc_counts = {k: v for k, v in mc_counts.items() if k in common}
+            n_mc = sum(mc_counts.values())
+            n_ref = sum(v for k, v in ref_counts.items() if k in common)
+            ref_use = {k: v for k, v in ref_counts.items() if k in common}
+        else:
+            ref_use = ref_counts
+        keys = list(dict.fromkeys([k for k in names if k in mc_counts] + sorted(ref_use)))
+        ref_h = Hist(np.arange(len(keys) + 1, dtype=float), np.array([ref_use.get(k, 0) for k in keys]), 0.0, 0.0,
+                     float(n_ref))
+        mc_h = Hist(ref_h.edges, np.array([mc_counts.get(k, 0) for k in keys]), 0.0, 0.0, float(n_mc))
         r = chi2_check(ref_h, mc_h, par["p_min"], par.get("min_count", INFO_MIN_COUNT))
         cmp = compare_bins(ref_h, mc_h, par.get("min_count", INFO_MIN_COUNT))
-        r["modes"] = {k: {"ref": ref_counts.get(k, 0) / group.n_events, "mc": mc_counts.get(k, 0) / n_mc,
+        r["modes"] = {k: {"ref": ref_use.get(k, 0) / max(n_ref, 1), "mc": mc_counts.get(k, 0) / max(n_mc, 1),
                           "pull": float(cmp["pull"][i + 1])} for i, k in enumerate(keys)}
+        r.update(only)
         row = _row(s, group, "mode_fractions", kind, par, r, {"chi2_ndf": r["chi2_ndf"], "p_value": r["p_value"]})
-        row["note"] = ""
+        row["note"] = "; ".join(f"{group.name} modes {side.replace('_', ' ')} (left out of the χ²): "
+                                + ", ".join(f"{k} {v:.3g}" for k, v in m.items()) for side, m in only.items() if m)
         rows.append(row)
     return rows
 

@@ -103,13 +103,18 @@ def test_chain_highland_model_width_within_5_percent_of_highland(material, thick
     n = 200_000
     out, rec = propagate_slab(material, thickness_mm, 160.0, n, seed=4, return_record=True,
                               settings=PhysicsSettings(scattering="highland"))
-    width = float(np.std(rec["tx"].astype(np.float64)))  # pure Gaussian: the rms is the width
+    # Gaussian multiple scattering, but the discrete interactions add their own deflections
+    # (fastmc.physics.deflection) and a muon that radiates scatters more: the tails are not
+    # Gaussian, so the width is taken from the core (IQR/1.349; Highland's θ0 is itself a fit to
+    # the central 98 %, PDG RPP 2024 §34.3)
+    q25, q75 = np.percentile(rec["tx"].astype(np.float64), [25.0, 75.0])
+    width = float((q75 - q25) / 1.3490)
     mat = get_material(material)
     p_in = math.sqrt((160e3 + u.muon_mass_c2) ** 2 - u.muon_mass_c2**2)
     p_out = math.sqrt((out.mean() * 1e3 + u.muon_mass_c2) ** 2 - u.muon_mass_c2**2)
     p = math.sqrt(p_in * p_out)
     theta0 = float(highland_theta0(p, p / math.hypot(p, u.muon_mass_c2), thickness_mm / mat.X0_mm))
-    # rms of n Gaussian samples: relative σ = 1/√(2n) = 0.16 %; tolerance 5 % (issue #2)
+    # IQR width of n samples: relative σ ≈ 1.1/√n = 0.25 %; tolerance 5 % (issue #2)
     assert abs(width / theta0 - 1.0) < 0.05, f"{material}: width {width:.4g} rad vs Highland {theta0:.4g} rad"
 
 
