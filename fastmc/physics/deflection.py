@@ -57,7 +57,7 @@ import jax.numpy as jnp
 
 from fastmc import units
 
-__all__ = ["N_KICK_UNIFORMS", "N_PN_TRIES", "muon_kick_pt", "photonuclear_t", "M0_VD"]
+__all__ = ["M0_VD", "N_KICK_UNIFORMS", "N_PN_TRIES", "muon_kick_pt", "photonuclear_t"]
 
 PROC_IONISATION, PROC_BREMS, PROC_PAIR, PROC_PHOTONUCLEAR = 0, 1, 2, 3
 N_PN_TRIES = 3  # proposal draws of the photonuclear t (module docstring)
