@@ -519,6 +519,7 @@ def _parse_optimise_params(sec: _Section, elements: tuple[ElementConfig, ...]) -
 CHANNELS = ("analog", "hadron_decay", "momentum_misreconstruction", "calorimeter_nonhermeticity")
 SHOWER_MODELS = ("none", "profile")
 SCATTERING_MODELS = ("highland", "highland_single")
+FORM_FACTORS = ("geant4", "exponential")  # fastmc.physics.scattering.FORM_FACTORS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -544,6 +545,7 @@ class PhysicsSettings:
     pair: str = "pair.kp"
     photonuclear: str = "photonuclear.bb"
     scattering: str = "highland_single"
+    form_factor: str = "geant4"  # nuclear form factor of single scattering (fastmc.physics.scattering)
     max_interactions: int = 8
     overflow_tolerance: float = 1e-3
 
@@ -777,6 +779,7 @@ def load_run(path: str | Path, overrides: dict[str, Any] | None = None) -> RunCo
         pair=ph.string("pair", defaults.pair),
         photonuclear=ph.string("photonuclear", defaults.photonuclear),
         scattering=ph.string("scattering", defaults.scattering, choices=SCATTERING_MODELS),
+        form_factor=ph.string("form_factor", defaults.form_factor, choices=FORM_FACTORS),
         max_interactions=ph.number("max_interactions", defaults.max_interactions, integer=True, ge=0, le=64),
         overflow_tolerance=ph.number("overflow_tolerance", defaults.overflow_tolerance, ge=0.0, le=1.0),
     )

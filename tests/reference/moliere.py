@@ -31,8 +31,9 @@ Single-scattering tail with nuclear size
 ----------------------------------------
 For the nuclear-size test we also provide the expected number of single scatters above a space
 angle theta, computed by direct numerical quadrature of the Wentzel-screened Rutherford cross
-section times an exponential-charge-distribution form factor |F(q)|^2 = (1 + q^2 <r^2>/12)^-4
-with <r^2> = 3/5 R^2, R = 1.2 A^(1/3) fm (uniform-sphere rms radius), q = p theta.
+section times an exponential-charge-distribution form factor |F(q)|^2 = (1 + q^2 <r^2>/12)^-n
+with <r^2> = 3/5 R^2, R = 1.2 A^(1/3) fm (uniform-sphere rms radius), q = p theta; the
+power of the form factor is an argument (fastmc's default law is (1 + q^2 <r^2>/12)^-2).
 """
 
 from __future__ import annotations
@@ -133,8 +134,11 @@ def highland_theta0(p_mev: float, beta: float, x_over_X0: float, z: int = 1) -> 
 
 def single_scatter_count_above(elements: Sequence[tuple[int, float, float]], density_g_cm3: float,
                                thickness_mm: float, p_mev: float, beta: float, theta: float,
-                               nuclear_size: bool = True) -> float:
+                               nuclear_size: bool = True, ff_power: int = 2) -> float:
     """Expected number of single scatters with space angle > theta (quadrature, small angle).
+
+    |F|^2 = (1 + q^2 <r^2>/12)^-ff_power (2: the law Geant4 11.4 samples, fastmc's default; 4: the
+    exponential charge distribution).
 
     dN = sum_i 2 chi_ci^2 t dt / (t^2 + chi_ai^2)^2 |F_i(p t)|^2 with each element's own
     (Lynch-Dahl) screening angle; chi_ci^2 as in moliere_params restricted to element i.
@@ -150,7 +154,7 @@ def single_scatter_count_above(elements: Sequence[tuple[int, float, float]], den
 
         def integrand(s: float) -> float:  # s = ln t
             t = math.exp(s)
-            ff = (1.0 + (p_mev * t) ** 2 * r2_over_12) ** -4 if nuclear_size else 1.0
+            ff = (1.0 + (p_mev * t) ** 2 * r2_over_12) ** -ff_power if nuclear_size else 1.0
             return 2.0 * cc2 * t * t / (t * t + a2) ** 2 * ff
 
         val, _ = integrate.quad(integrand, math.log(theta), math.log(theta) + 40.0, limit=400)
