@@ -87,9 +87,10 @@ def pybind_version() -> str:
 class SlabDetector(g4.G4VUserDetectorConstruction):
     """Layers [(fastmc_material, thickness_mm), ...] along +z starting at z0 = -L/2."""
 
-    def __init__(self, layers, world_material="G4_Galactic", vacuum_length_mm=None):
+    def __init__(self, layers, world_material="G4_Galactic", vacuum_length_mm=None, max_step_mm=None):
         super().__init__()
         self.layers = [(str(m), float(t)) for m, t in layers]
+        self.max_step_mm = max_step_mm  # G4UserLimits max step in every layer (needs G4StepLimiterPhysics)
         self.total_mm = sum(t for _, t in self.layers)
         self.world_material = world_material
         self.vacuum_length_mm = vacuum_length_mm
@@ -116,6 +117,10 @@ class SlabDetector(g4.G4VUserDetectorConstruction):
                                0.5 * thick * mm)
                 lv = g4.G4LogicalVolume(sol, mat, f"L_{name}_{thick}")
                 self._keep += [sol, lv]
+                if self.max_step_mm:
+                    ul = g4.G4UserLimits(float(self.max_step_mm) * mm)
+                    lv.SetUserLimits(ul)
+                    self._keep.append(ul)
                 logicals[key] = lv
             pv = g4.G4PVPlacement(None, g4.G4ThreeVector(0, 0, (z + 0.5 * thick) * mm), logicals[key],
                                   f"P{i}", wlog, False, i, False)
@@ -128,10 +133,12 @@ class SlabDetector(g4.G4VUserDetectorConstruction):
 # Physics
 # --------------------------------------------------------------------------------------------
 class MuonPhysicsList(g4.G4VModularPhysicsList):
-    def __init__(self, shower: bool = False):
+    def __init__(self, shower: bool = False, step_limiter: bool = False):
         super().__init__()
         self.RegisterPhysics(g4.G4EmStandardPhysics())
         self.RegisterPhysics(g4.G4DecayPhysics())
+        if step_limiter:  # G4StepLimiter process, honours G4UserLimits::MaxAllowedStep
+            self.RegisterPhysics(g4.G4StepLimiterPhysics())
         if shower:
             self.RegisterPhysics(g4.G4HadronElasticPhysics())
             self.RegisterPhysics(g4.G4HadronPhysicsFTFP_BERT())
@@ -300,8 +307,13 @@ def run_worker(spec: dict, out_path: str) -> None:
     n = int(spec["n_events"])
     seed = int(spec["seed"])
     cut_mm = float(spec.get("cut_mm", 0.7))
+    # Optional (only deflection.py sets it): maximum step in every layer (G4UserLimits, enforced by
+    # G4StepLimiterPhysics). G4VMultipleScattering::AlongStepDoIt drops the displacement of a step
+    # that ends on a volume boundary (post-step safety ~ 0), so a layer crossed in one step is left
+    # with x = y = 0 exactly; several steps per layer leave only the last one undisplaced.
+    max_step_mm = spec.get("max_step_mm")
     if kind == "slab":
-        det = SlabDetector(spec["layers"])
+        det = SlabDetector(spec["layers"], max_step_mm=max_step_mm)
         z_gun = -0.5 * det.total_mm - 0.5 * FRONT_GAP_MM
         z_exit = 0.5 * det.total_mm
     elif kind == "decay":
@@ -310,15 +322,30 @@ def run_worker(spec: dict, out_path: str) -> None:
         z_exit = None
     else:
         raise ValueError(kind)
-    phys = MuonPhysicsList()
+    phys = MuonPhysicsList(step_limiter=bool(max_step_mm))
     rm, ui = _init_run_manager(det, phys, cut_mm, seed)
     restrict_em_extra(ui)
     ui.ApplyCommand(f"/run/setCut {cut_mm} mm")
+    # Optional (only deflection.py sets it): lateral displacement in the msc model of muons and
+    # hadrons. Geant4's default is false (G4EmParameters::MuHadLateralDisplacement), so WentzelVI
+    # then moves the muon within an msc step only along its direction (plus the explicit single
+    # scatters), missing the Fermi-Eyges displacement of every msc step. Left unset (eloss, decay),
+    # no command is applied and the set-up is exactly the default one.
+    mu_had_lat = spec.get("mu_had_lateral_displacement")
+    if mu_had_lat is not None:
+        cmd = f"/process/msc/MuHadLateralDisplacement {'true' if mu_had_lat else 'false'}"
+        ui.ApplyCommand(cmd)  # returns None in geant4-pybind; the value is checked after Initialize()
     ui.ApplyCommand(f"/random/setSeeds {seed} {seed + 7919}")
     rm.Initialize()
     removed = strip_egamma_processes()
+    emp = g4.G4EmParameters.Instance()
     meta = {"geant4_version": geant4_version(), "pybind_version": pybind_version(),
-            "removed_processes": removed, "mu_processes": muon_process_names()}
+            "removed_processes": removed, "mu_processes": muon_process_names(),
+            "msc_mu_had_lateral_displacement": bool(emp.MuHadLateralDisplacement()),
+            "msc_lateral_displacement_e": bool(emp.LateralDisplacement())}
+    if mu_had_lat is not None and bool(emp.MuHadLateralDisplacement()) != bool(mu_had_lat):
+        raise RuntimeError(f"MuHadLateralDisplacement is {emp.MuHadLateralDisplacement()} after "
+                           f"Initialize(), asked for {mu_had_lat}")
     gun = Gun(spec["particle"], float(spec["momentum_GeV"]), z_gun)
     rm.SetUserAction(gun)
     if kind == "slab":

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Regenerate every Geant4 reference table in calibration/ (one Geant4 process at a time).
 
-    python calibration/scripts/make_all.py                     # full statistics (~30 min of CPU on one core)
+    python calibration/scripts/make_all.py                     # full statistics (~35 min of CPU on one core)
     python calibration/scripts/make_all.py --events-scale 0.002 --out-dir /tmp/tables  # quick check (~25 s)
 
 Runs eloss.py, deflection.py, decay.py and showers.py in that order (showers.py only probes which
