@@ -41,5 +41,10 @@ def uniforms(key: jax.Array, shape: tuple[int, ...], dtype=None) -> jnp.ndarray:
 
 
 def normal_from_uniform(u: jnp.ndarray) -> jnp.ndarray:
-    """Standard normal deviate by inverse CDF: √2·erfinv(2u − 1)."""
-    return jnp.sqrt(2.0) * jax.scipy.special.erfinv(2.0 * u - 1.0)
+    """Standard normal deviate by inverse CDF: √2·erfinv(2u − 1).
+
+    2u − 1 is clipped to ±(1 − 2⁻²³): in float32 the largest value of :func:`uniforms`,
+    (2²⁴ − ½)·2⁻²⁴, rounds to 1.0 (probability 2⁻²⁴ per draw), where erfinv is infinite; the
+    clip maps it to 5.3σ and changes no other value."""
+    x = jnp.clip(2.0 * u - 1.0, -(1.0 - 2.0**-23), 1.0 - 2.0**-23)
+    return jnp.sqrt(2.0) * jax.scipy.special.erfinv(x)

@@ -39,6 +39,10 @@ from fastmc import units as u
 from fastmc.geometry import Setup
 from fastmc.physics.deflection import N_KICK_UNIFORMS
 from fastmc.physics.scattering import N_UNIFORMS as N_SCAT_UNIFORMS
+from fastmc.physics.straggling import N_RAD_UNIFORMS
+from fastmc.physics.straggling import N_UNIFORMS as N_ION_UNIFORMS
+
+N_STRAGGLE_UNIFORMS = N_ION_UNIFORMS + N_RAD_UNIFORMS
 from fastmc.rng import STREAM_TRANSPORT, normal_from_uniform, stream_key, uniforms
 
 __all__ = ["Physics", "material_step", "drift", "transport", "element_arrays", "propagate_slab", "n_step_uniforms", "kinematics"]
@@ -107,7 +111,15 @@ jax.tree_util.register_pytree_node(Physics, Physics.tree_flatten, Physics.tree_u
 
 def n_step_uniforms(k: int) -> int:
     """Uniforms one material step with ``k`` interaction slots consumes per muon."""
-    return 2 + 3 * k + N_SCAT_UNIFORMS + N_KICK_UNIFORMS * k
+    return 2 + 3 * k + N_SCAT_UNIFORMS + N_KICK_UNIFORMS * k + N_STRAGGLE_UNIFORMS
+
+
+def _knock_on_kinematics(etot: jnp.ndarray, mass: float = u.muon_mass_c2):
+    """(β², γ, T_max) of a projectile of total energy ``etot`` [MeV] (PDG RPP 2024 eq. 34.4)."""
+    gamma = etot / mass
+    bg2 = jnp.maximum(gamma * gamma - 1.0, 0.0)
+    r = u.electron_mass_c2 / mass
+    return bg2 / (gamma * gamma), gamma, 2.0 * u.electron_mass_c2 * bg2 / (1.0 + 2.0 * gamma * r + r * r)
 
 
 def _poisson_count(lam: jnp.ndarray, u0: jnp.ndarray, k: int) -> tuple[jnp.ndarray, jnp.ndarray]:
@@ -214,7 +226,8 @@ def material_step(
     if k:
         from fastmc.physics.deflection import muon_kick_pt
 
-        uk = uu[:, 2 + 3 * k + N_SCAT_UNIFORMS :].reshape(ekin_in.shape[0], k, N_KICK_UNIFORMS)
+        k0 = 2 + 3 * k + N_SCAT_UNIFORMS
+        uk = uu[:, k0 : k0 + N_KICK_UNIFORMS * k].reshape(ekin_in.shape[0], k, N_KICK_UNIFORMS)
         eb = jnp.stack(e_before, axis=-1)
         de_k = jnp.stack(de_all, axis=-1)
         pt = muon_kick_pt(proc, eb + m, de_k, uk[..., 1:])
@@ -226,9 +239,30 @@ def material_step(
         rest = jnp.asarray(length)[..., None] * (1.0 - depth)
         kick_dx, kick_dy = jnp.sum(kx * rest, axis=-1), jnp.sum(ky * rest, axis=-1)
     e_stoch = jnp.sum(e_proc, axis=-1)
-    # Gaussian straggling of the sub-cut loss (one draw per step)
+    # Straggling of the sub-cut loss (one draw per step).  Hard mode: the knock-on part by
+    # fastmc.physics.straggling.sample_fluctuation (Landau–Vavilov: exact large knock-ons above ξ
+    # + a three-cumulant body) and the rest of the tabulated sub-cut variance (radiation below the
+    # cut) by sample_radiative_fluctuation (dN/dε ∝ 1/ε, variance matched); a thin layer gets its
+    # Landau peak and tail instead of a symmetric Gaussian.  Soft
+    # mode (length_ref given, fastmc.optimise) keeps one Gaussian of the same variance: its draw
+    # is smooth in the geometry, the tail slots' knock-on counts are not.
     var = continuous_straggling_var(tables, mat, safe_e, path)
-    ekin = ekin_in - d_cont - e_stoch + jnp.sqrt(var) * normal_from_uniform(uu[:, 1])
+    if length_ref is None:
+        from fastmc.physics.straggling import fluctuation_variance, sample_fluctuation, sample_radiative_fluctuation
+
+        etot_eq = safe_e + m
+        beta2 = 1.0 - (m / etot_eq) ** 2
+        _, _, t_max = _knock_on_kinematics(etot_eq)
+        t_cut = jnp.minimum(jnp.maximum(tables.v_cut * etot_eq, tables.e_cut), t_max)
+        xi = tables.xi_per_mm[jnp.asarray(mat, jnp.int32)] * path / beta2
+        b = beta2 / t_max
+        var_rad = jnp.maximum(var - fluctuation_variance(xi, t_cut, b), 0.0)
+        us = uu[:, n_step_uniforms(k) - N_STRAGGLE_UNIFORMS :]
+        fluct = sample_fluctuation(xi, t_cut, us[:, :N_ION_UNIFORMS], b) + sample_radiative_fluctuation(
+            var_rad, t_cut, us[:, N_ION_UNIFORMS:])
+    else:
+        fluct = jnp.sqrt(var) * normal_from_uniform(uu[:, 1])
+    ekin = ekin_in - d_cont - e_stoch - jnp.where(alive, fluct, 0.0)  # loss = Δc + fluctuation
     ekin = jnp.where(e_after_cont > 0.0, ekin, 0.0)  # ranged out
     ekin = jnp.clip(ekin, 0.0, ekin_in)
     ekin = jnp.where(alive, ekin, ekin_in)

@@ -62,7 +62,7 @@ from fastmc._pytree import pytree_dataclass, static_field
 from fastmc.materials import Material, get_material
 from fastmc.physics.registry import INTERACTIONS, gauss_legendre01, get_process
 
-TABLES_VERSION = "1"
+TABLES_VERSION = "2"  # 2: leaf xi_per_mm (Landau straggling)
 _MMU = units.muon_mass_c2
 
 
@@ -119,7 +119,7 @@ class PhysicsTables:
     """Energy-loss tables for a tuple of materials (indices = positions in ``materials``).
 
     Leaves (numpy float64 from :func:`build_tables`; ``device()`` gives jnp arrays):
-    ``density`` (M,) g/cm³; ``dedx_cont`` (M, N) continuous dE/dx [MeV/mm]; ``range_mm`` (M, N)
+    ``density`` (M,) g/cm³; ``xi_per_mm`` (M,) Landau's ξ per mm at β = 1 [MeV/mm]; ``dedx_cont`` (M, N) continuous dE/dx [MeV/mm]; ``range_mm`` (M, N)
     CSDA range of the continuous loss [mm]; ``inv_ln_ekin`` (M, NR) ln T on a grid uniform in
     ln R from ``inv_ln_r0`` (M,) with step ``inv_dln_r`` (M,); ``xs`` (M, N, 4) macroscopic
     cross sections above the cut [1/mm]; ``straggle`` (M, N) sub-cut variance rate [MeV²/mm];
@@ -127,6 +127,7 @@ class PhysicsTables:
     """
 
     density: object
+    xi_per_mm: object
     dedx_cont: object
     range_mm: object
     inv_ln_ekin: object
@@ -316,6 +317,8 @@ def _build_material(material: Material, config: PhysicsConfig) -> dict:
     inv_e = np.interp(inv_r, ln_r, np.log(ekin_f[nodes]))
     return {
         "density": material.density,
+        # Landau ξ per mm at β = 1: (K/2)(Z/A)ρ [MeV/mm] (PDG RPP 2024 eq. 34.11)
+        "xi_per_mm": 0.5 * units.K_bethe * material.Z_over_A * material.density / units.cm,
         "dedx_cont": s_f[nodes],
         "range_mm": rng,
         "inv_ln_ekin": inv_e,
@@ -330,7 +333,7 @@ def _build_material(material: Material, config: PhysicsConfig) -> dict:
 
 
 _LEAVES = (
-    "density", "dedx_cont", "range_mm", "inv_ln_ekin", "inv_ln_r0", "inv_dln_r",
+    "density", "xi_per_mm", "dedx_cont", "range_mm", "inv_ln_ekin", "inv_ln_r0", "inv_dln_r",
     "xs", "straggle", "ln_v_lo", "ln_v_hi", "icdf",
 )
 
