@@ -520,6 +520,7 @@ CHANNELS = ("analog", "hadron_decay", "momentum_misreconstruction", "calorimeter
 SHOWER_MODELS = ("none", "profile")
 SCATTERING_MODELS = ("highland", "highland_single")
 FORM_FACTORS = ("geant4", "exponential")  # fastmc.physics.scattering.FORM_FACTORS
+SCREENINGS = ("geant4", "moliere")  # fastmc.physics.scattering.SCREENINGS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -546,6 +547,7 @@ class PhysicsSettings:
     photonuclear: str = "photonuclear.bb"
     scattering: str = "highland_single"
     form_factor: str = "geant4"  # nuclear form factor of single scattering (fastmc.physics.scattering)
+    screening: str = "geant4"  # screening angle of single scattering (fastmc.physics.scattering)
     max_interactions: int = 8
     overflow_tolerance: float = 1e-3
 
@@ -780,6 +782,7 @@ def load_run(path: str | Path, overrides: dict[str, Any] | None = None) -> RunCo
         photonuclear=ph.string("photonuclear", defaults.photonuclear),
         scattering=ph.string("scattering", defaults.scattering, choices=SCATTERING_MODELS),
         form_factor=ph.string("form_factor", defaults.form_factor, choices=FORM_FACTORS),
+        screening=ph.string("screening", defaults.screening, choices=SCREENINGS),
         max_interactions=ph.number("max_interactions", defaults.max_interactions, integer=True, ge=0, le=64),
         overflow_tolerance=ph.number("overflow_tolerance", defaults.overflow_tolerance, ge=0.0, le=1.0),
     )

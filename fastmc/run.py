@@ -78,7 +78,7 @@ def prepare(cfg: RunConfig) -> Prepared:
 
         decay = build_decay_tables().device(dtype)
     lambda_i = jnp.asarray([m.lambda_I_mm for m in mats], dtype)
-    physics = Physics(tables.device(dtype), build_scattering_params(mats, form_factor=ph.form_factor).device(dtype), ph.scattering, lambda_i, decay)
+    physics = Physics(tables.device(dtype), build_scattering_params(mats, form_factor=ph.form_factor, screening=ph.screening).device(dtype), ph.scattering, lambda_i, decay)
     setup = build_setup(cfg.model, index)
     from fastmc.beam import build_admixture
     from fastmc.transport import slot_branches

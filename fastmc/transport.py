@@ -811,7 +811,7 @@ def _layers_physics(materials: tuple[str, ...], settings) -> Physics:
     mats = [resolve_material(m) for m in materials]
     dtype = jnp.result_type(float)
     tables = build_tables(mats, settings.tables_config()).device(dtype)
-    scat = build_scattering_params(mats, form_factor=settings.form_factor).device(dtype)
+    scat = build_scattering_params(mats, form_factor=settings.form_factor, screening=settings.screening).device(dtype)
     return Physics(tables, scat, settings.scattering, jnp.asarray([m.lambda_I_mm for m in mats], dtype))
 
 

@@ -73,20 +73,36 @@ SLABS = [
 N_MU = 200_000
 
 
+# The references of this file (Molière/Bethe, Lynch & Dahl) use Molière's screening angle; the
+# default "geant4" screening (x (1 + e^{-Z²/1000}) on chi_a²) is tested on its own below.
 @pytest.fixture(scope="module")
 def params():
-    return S.build_scattering_params(MATS).device()
+    return S.build_scattering_params(MATS, screening="moliere").device()
 
 
 @pytest.fixture(scope="module")
 def params_highland():
     """Core width tied to Highland (``core="highland"``): the reference of the issue-#3 test."""
-    return S.build_scattering_params(MATS, core="highland").device()
+    return S.build_scattering_params(MATS, core="highland", screening="moliere").device()
 
 
 @pytest.fixture(scope="module")
 def params_point():
-    return S.build_scattering_params(MATS, nuclear_size=False).device()
+    return S.build_scattering_params(MATS, nuclear_size=False, screening="moliere").device()
+
+
+def test_scattering_geant4_screening_scales_chi_a2():
+    """Default screening: chi_a² × (1 + exp(−Z²/1000)) element by element (Geant4 11.4
+    G4WentzelOKandVIxSection::InitialiseA); everything else unchanged."""
+    g4 = S.build_scattering_params(MATS)
+    mo = S.build_scattering_params(MATS, screening="moliere")
+    assert g4.screening == "geant4"
+    for i, m in enumerate(MATS):
+        for j, (z, _, _) in enumerate(m.elements):
+            assert (g4.screen0[i, j] / mo.screen0[i, j]) ** 2 == pytest.approx(1 + math.exp(-z * z / 1000), rel=1e-12)
+    np.testing.assert_array_equal(g4.chi_c2_coef, mo.chi_c2_coef)
+    with pytest.raises(ValueError, match="screening"):
+        S.build_scattering_params(MATS, screening="thomas")
 
 
 _INFO = jax.jit(S.sample_scattering_info, static_argnames="model")  # one jit: shapes reused → cache
