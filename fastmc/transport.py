@@ -283,8 +283,15 @@ def material_step(
     frac = end - start
     e_mid = jnp.maximum(e_start - 0.5 * d_cont[:, None] * frac, 0.0)
     p_seg, _ = kinematics(e_mid, jnp.asarray(mass)[..., None] if jnp.ndim(mass) else mass)
-    inv_p2 = jnp.sum(frac / jnp.maximum(p_seg, 1.0) ** 2, axis=-1)
+    ip2 = 1.0 / jnp.maximum(p_seg, 1.0) ** 2
+    inv_p2 = jnp.sum(frac * ip2, axis=-1)
     p_mid = jax.lax.rsqrt(jnp.maximum(inv_p2, 1e-30))
+    # where along the step the scattering happens (weight f_s/p_s²): the lever arms of the exit
+    # displacement, ∫w(1 − z) and ∫w(1 − z)² — a muon that radiates early scatters late, and its
+    # displacement is smaller than L θ/√3
+    norm = jnp.maximum(inv_p2, 1e-30)
+    lever = (jnp.sum(ip2 * frac * (1.0 - 0.5 * (start + end)), axis=-1) / norm,
+             jnp.sum(ip2 * ((1.0 - start) ** 3 - (1.0 - end) ** 3), axis=-1) / (3.0 * norm))
     beta_mid = p_mid / jnp.sqrt(p_mid**2 + mass**2)
     scat = sample_scattering_info(
         physics.scattering,
@@ -294,6 +301,7 @@ def material_step(
         path,
         uu[:, 2 + 3 * k : 2 + 3 * k + N_SCAT_UNIFORMS],
         model=physics.scattering_model,
+        lever=lever,
     )
     dtx, dty = scat["dtheta_x"] + kick_tx, scat["dtheta_y"] + kick_ty
     dx, dy = scat["dx"] + kick_dx, scat["dy"] + kick_dy

@@ -381,7 +381,8 @@ def overflow_probability(params: ScatteringParams, mat: Any, pmag: Any, beta: An
 
 
 def sample_scattering_info(params: ScatteringParams, mat: Any, pmag: Any, beta: Any,
-                           length_mm: Any, u: Any, model: str = "highland_single") -> dict:
+                           length_mm: Any, u: Any, model: str = "highland_single",
+                           lever: tuple[Any, Any] | None = None) -> dict:
     """As :func:`sample_scattering`, returning a dict with also ``n_single`` (accepted single
     scatters, int32), ``overflow`` (bool: the Poisson draw exceeded N_SINGLE_MAX and was capped),
     ``theta0`` (Highland), ``theta_core`` (the core-width reference of ``params.core``; Highland
@@ -394,11 +395,17 @@ def sample_scattering_info(params: ScatteringParams, mat: Any, pmag: Any, beta: 
     uc = jnp.clip(u, _TINY_U, 1.0 - _TINY_U)
     z = ndtri(uc[:, :N_GAUSS_UNIFORMS])
     sig = s["theta0"] if model == "highland" else s["sigma_g"]
-    inv12 = 1.0 / math.sqrt(12.0)
     dthx = sig * z[:, 1]
     dthy = sig * z[:, 3]
-    dx = Ls * sig * (z[:, 0] * inv12 + 0.5 * z[:, 1])
-    dy = Ls * sig * (z[:, 2] * inv12 + 0.5 * z[:, 3])
+    if lever is None:  # scattering uniform along the step: PDG RPP 2024 eqs. 34.20-21
+        c_ind, c_ang = 1.0 / math.sqrt(12.0), 0.5
+    else:
+        # scattering of density w(z) along the step (``lever`` = (∫w(1 − z), ∫w(1 − z)²), z in
+        # units of L, ∫w = 1): Cov(x, θ) = L σ² m1, Var x = L² σ² m2 (uniform w: 1/2, 1/3)
+        m1, m2 = lever
+        c_ind, c_ang = jnp.sqrt(jnp.maximum(m2 - m1 * m1, 0.0)), m1
+    dx = Ls * sig * (z[:, 0] * c_ind + c_ang * z[:, 1])
+    dy = Ls * sig * (z[:, 2] * c_ind + c_ang * z[:, 3])
     n_acc = jnp.zeros(dthx.shape, jnp.int32)
     overflow = jnp.zeros(dthx.shape, bool)
     if model == "highland_single":
