@@ -49,11 +49,11 @@ theta_t^2 = nu chi_a^2, nu = Omega/(2(1 - F)), Omega = chi_c^2/(1.167 chi_a^2), 
 (1 + nu)/(nu (1 + F^2))) evaluated with the *same* cross section as the sampled tail, i.e. including
 |F_i|^2 (:func:`moliere_core_theta0`; with point nuclei it is their eq. 7 exactly, a 2 % fit to
 Molière's central width).  Once theta0 > theta_nuc the form factor caps the variance, so the
-width grows like sqrt(L) without Highland's logarithm: at 160 GeV/c the core is +6.3 % (lead 1 X0),
-+2.7 % (10 X0), −1.6 % (40 X0), −2.4 % (iron 0.5 m), −5.5 % (1.5 m), −7.6 % (3 m) relative to Highland,
-and agrees with Geant4 11.4 (WentzelVI + single scattering, same exponential form factor) to
-< 2 % on all six validation slabs (``fastmc validate --suite deflection``), where the Highland core
-deviated by −7 % … +9 %.  ``"highland"`` — the core is Highland's theta0 (PDG RPP 2024 eq. 34.15).
+width grows like sqrt(L) without Highland's logarithm.  With the default form factor and screening
+the fitted core of the full transport (kicks included) agrees with Geant4 11.4 (WentzelVI + single
+scattering) to +1.1 … +1.3 % behind 1, 10 and 40 X0 of lead and +1.5 … +2.6 % behind 0.5, 1.5 and
+3 m of iron (``fastmc validate --suite deflection``, 2026-11-27), where the Highland core deviated
+by −7 % … +9 %.  ``"highland"`` — the core is Highland's theta0 (PDG RPP 2024 eq. 34.15).
 Below, theta0 stands for the chosen core width; ``model="highland"`` (pure Gaussian) always uses
 Highland.
 
