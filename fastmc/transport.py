@@ -13,7 +13,8 @@ piece of material of length L (:func:`material_step`):
 3. between interactions the muon loses energy continuously along the CSDA range table of the
    sub-cut loss; at each interaction the process is chosen with probability σ_p/Σ and
    v = ΔE/E from its inverse-CDF table (``fastmc.physics``);
-4. the straggling of the sub-cut loss is added once as a Gaussian;
+4. the straggling of the sub-cut loss is added once (``fastmc.physics.straggling``: Landau–Vavilov
+   knock-ons and a compound-Poisson radiative part; one Gaussian in the soft optimisation mode);
 5. multiple scattering (``fastmc.physics.scattering``) changes the slopes and shifts the
    position at the exit, at the momentum p_eff of the segments between the interactions
    (1/p_eff² = Σ f_s/p_s²); each interaction adds its own deflection of the muon
@@ -41,9 +42,9 @@ from fastmc.physics.deflection import N_KICK_UNIFORMS
 from fastmc.physics.scattering import N_UNIFORMS as N_SCAT_UNIFORMS
 from fastmc.physics.straggling import N_RAD_UNIFORMS
 from fastmc.physics.straggling import N_UNIFORMS as N_ION_UNIFORMS
+from fastmc.rng import STREAM_TRANSPORT, normal_from_uniform, stream_key, uniforms
 
 N_STRAGGLE_UNIFORMS = N_ION_UNIFORMS + N_RAD_UNIFORMS
-from fastmc.rng import STREAM_TRANSPORT, normal_from_uniform, stream_key, uniforms
 
 __all__ = ["Physics", "material_step", "drift", "transport", "element_arrays", "propagate_slab", "n_step_uniforms", "kinematics"]
 
@@ -120,6 +121,20 @@ def _knock_on_kinematics(etot: jnp.ndarray, mass: float = u.muon_mass_c2):
     bg2 = jnp.maximum(gamma * gamma - 1.0, 0.0)
     r = u.electron_mass_c2 / mass
     return bg2 / (gamma * gamma), gamma, 2.0 * u.electron_mass_c2 * bg2 / (1.0 + 2.0 * gamma * r + r * r)
+
+
+def _kick_angles(proc, ekin_before, de, uk):
+    """Projected angle changes (rad) of muons of kinetic energy ``ekin_before`` [MeV] in an
+    interaction of process ``proc`` transferring ``de`` (:mod:`fastmc.physics.deflection`);
+    ``uk`` (..., N_KICK_UNIFORMS): the azimuth, then the process's own draws."""
+    from fastmc.physics.deflection import muon_kick_pt
+
+    m = u.muon_mass_c2
+    pt = muon_kick_pt(proc, ekin_before + m, de, uk[..., 1:])
+    p_after, _ = kinematics(jnp.maximum(ekin_before - de, 0.0), m)
+    dth = pt / jnp.maximum(p_after, 1.0)
+    phi = 2.0 * np.pi * uk[..., 0]
+    return dth * jnp.cos(phi), dth * jnp.sin(phi)
 
 
 def _poisson_count(lam: jnp.ndarray, u0: jnp.ndarray, k: int) -> tuple[jnp.ndarray, jnp.ndarray]:
@@ -224,17 +239,10 @@ def material_step(
     # times the remaining depth (1 − d_j)·L
     kick_tx = kick_ty = kick_dx = kick_dy = jnp.zeros_like(ekin_in)
     if k:
-        from fastmc.physics.deflection import muon_kick_pt
-
         k0 = 2 + 3 * k + N_SCAT_UNIFORMS
         uk = uu[:, k0 : k0 + N_KICK_UNIFORMS * k].reshape(ekin_in.shape[0], k, N_KICK_UNIFORMS)
-        eb = jnp.stack(e_before, axis=-1)
         de_k = jnp.stack(de_all, axis=-1)
-        pt = muon_kick_pt(proc, eb + m, de_k, uk[..., 1:])
-        p_after, _ = kinematics(jnp.maximum(eb - de_k, 0.0), m)
-        dth = pt / jnp.maximum(p_after, 1.0)
-        phi = 2.0 * np.pi * uk[..., 0]
-        kx, ky = dth * jnp.cos(phi), dth * jnp.sin(phi)
+        kx, ky = _kick_angles(proc, jnp.stack(e_before, axis=-1), de_k, uk)
         kick_tx, kick_ty = jnp.sum(kx, axis=-1), jnp.sum(ky, axis=-1)
         rest = jnp.asarray(length)[..., None] * (1.0 - depth)
         kick_dx, kick_dy = jnp.sum(kx * rest, axis=-1), jnp.sum(ky * rest, axis=-1)
@@ -274,7 +282,7 @@ def material_step(
     # a thick absorber scatters at its lower momentum over the rest of it.  Without interactions
     # this is the continuous-loss midpoint (≈ √(p_in p_out) used before).
     if k:
-        lost_cum = jnp.cumsum(jnp.stack(de_all, axis=-1), axis=-1)
+        lost_cum = jnp.cumsum(de_k, axis=-1)
         start = jnp.concatenate([jnp.zeros_like(depth[:, :1]), depth], axis=-1)
         end = jnp.concatenate([depth, jnp.ones_like(depth[:, :1])], axis=-1)
         e_start = jnp.concatenate([ekin_in[:, None], e_at - lost_cum], axis=-1)
@@ -645,14 +653,9 @@ def forced_photonuclear_step(physics: Physics, v_min, state: dict, mat, length, 
     st1 = dict(st1)
     st1["ekin"] = ekin - de
     # the muon's deflection at the forced vertex (fastmc.physics.deflection)
-    from fastmc.physics.deflection import muon_kick_pt
-
-    pt = muon_kick_pt(proc, ekin + m, de, ue[:, 3:])
-    p_after, _ = kinematics(ekin - de, m)
-    dth = jnp.where(alive, pt / jnp.maximum(p_after, 1.0), 0.0)
-    phi = 2.0 * np.pi * ue[:, 2]
-    st1["tx"] = st1["tx"] + dth * jnp.cos(phi)
-    st1["ty"] = st1["ty"] + dth * jnp.sin(phi)
+    kx, ky = _kick_angles(proc, ekin, de, ue[:, 2:])
+    st1["tx"] = st1["tx"] + jnp.where(alive, kx, 0.0)
+    st1["ty"] = st1["ty"] + jnp.where(alive, ky, 0.0)
     st1["log_w"] = state["log_w"] + jnp.where(alive, jnp.log(jnp.maximum(prob, 1e-37)), -jnp.inf)
     st2, r2 = material_step(physics, st1, mat, length - d, density_scale, k,
                             uniforms(jax.random.fold_in(key, 19), (bsz, n_step_uniforms(k)), dtype), ref2)
