@@ -621,13 +621,14 @@ class CaloBiasConfig:
 
 @dataclasses.dataclass(frozen=True)
 class MisrecoConfig:
-    """Biasing of the ``momentum_misreconstruction`` channel: in ``n_forced`` tracker planes
-    (chosen at random among ``planes``) the hit is drawn from a defensive mixture
-    β·natural + (1−β)·pathology (wide-tail hit, or lost hit replaced by a stray one)."""
+    """Biasing of the ``momentum_misreconstruction`` channel: a defensive mixture of the natural
+    hits (probability ``beta``) and scenarios in which the hits of one spectrometer arm among
+    ``planes`` fake a slope (:mod:`fastmc.response`); pushed stray-hit offsets follow a ramp
+    density of power ``push_power`` on the pushed side (0: uniform)."""
 
-    planes: tuple[str, ...] = ()  # default: every tracker of the spectrometers and incoming tracks
-    n_forced: int = 2
+    planes: tuple[str, ...] = ()  # default: every tracker of the p_out spectrometer and its incoming track
     beta: float = 0.5
+    push_power: float = 3.0
 
 
 SIGNAL_MODELS = ("z_prime", "dark_photon", "scalar")  # fastmc.physics.darkbrem.SIGNAL_MODELS
@@ -724,9 +725,11 @@ def selection_variables(model: ModelConfig) -> tuple[str, ...]:
     """The names a cut may use for this model."""
     names = ["in_ok", "out_ok", "truth_hadron"]
     for s in model.spectrometers:
-        names += [f"{s.output}_GeV", f"{s.output}_chi2ndf"]
+        names += [f"{s.output}_GeV", f"{s.output}_chi2ndf", f"{s.output}_hits_up", f"{s.output}_hits_down"]
         if s.incoming:
-            names += [f"kink_{s.output}_mrad", f"kink_{s.output}_pt_MeV"]
+            names += [f"kink_{s.output}_mrad", f"kink_{s.output}_pt_MeV", f"{s.output}_hits_in"]
+    if any(s.output == "p_in" for s in model.spectrometers) and any(s.incoming for s in model.spectrometers):
+        names.append("kink_beam_mrad")
     groups = sorted({e.group for e in model.elements if e.kind == "slab" and e.readout != "none"})
     for g in groups:
         names += [f"e_{g}_GeV", f"e_{g}_MeV"]
@@ -825,13 +828,12 @@ def load_run(path: str | Path, overrides: dict[str, Any] | None = None) -> RunCo
     for n in planes:
         if n not in trackers:
             raise mr.fail("planes", list(planes), f"{n!r} is not a tracker of the model")
-    n_forced = mr.number("n_forced", 2, integer=True, ge=1, le=2)
-    if len(planes) < n_forced:
-        raise mr.fail("planes", list(planes), f"needs at least n_forced = {n_forced} planes")
+    if len(planes) < 2:
+        raise mr.fail("planes", list(planes), "needs at least 2 planes (a faked slope needs two displaced hits)")
     misreco = MisrecoConfig(
         planes=tuple(planes),
-        n_forced=n_forced,
         beta=mr.number("beta", 0.5, gt=0.0, lt=1.0),
+        push_power=mr.number("push_power", 3.0, ge=0.0, le=20.0),
     )
     mr.finish()
     cb = chs.table("calorimeter_nonhermeticity", {})

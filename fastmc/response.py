@@ -15,14 +15,28 @@ Trackers.  Each plane's hit falls in one of four categories (both projections to
 :func:`fastmc.geometry.pickup_probability`).  A hit is recorded only if the muon reached the
 plane.  Simplification: when the true hit is present, a closer stray hit is never preferred.
 
-Biasing (channel ``momentum_misreconstruction``).  In m planes S chosen uniformly among the
-channel's P planes the category is drawn from the defensive mixture q_j = β p_j + (1 − β) f_j,
-where f_j puts probability ½ on each pathology (c = 1 and c = 3; all on the one that exists if
-only one has p > 0).  Offsets given the category have the same law under p and q.  The proposal
-of the whole configuration is Q(c) = Π_i p_i(c_i) · e_m(r)/C(P, m) with r_i = q_i(c_i)/p_i(c_i)
-and e_m the elementary symmetric polynomial, so the exact weight is w = C(P, m)/e_m(r) ≤ β^−m
-(Hesterberg, Technometrics 37 (1995) 185, defensive mixtures; Owen, "Monte Carlo theory,
-methods and examples" (2013) ch. 9–10).
+Biasing (channel ``momentum_misreconstruction``).  A momentum is mis-measured when the hits of
+one spectrometer arm fake a slope: with the others lost, two or more displaced hits (stray pile-up
+hits, uniform within the ±road, or wide-component hits) turn the fitted line.  The proposal is a
+defensive mixture over *scenarios* (Hesterberg, Technometrics 37 (1995) 185; Owen & Zhou, JASA 95
+(2000) 135): with probability β every plane is natural; otherwise one of K scenarios is chosen
+uniformly.  A scenario names, for one spectrometer, a subset S (|S| ≥ 2) of an arm's planes whose
+hits are displaced, the arm's other planes whose hits are lost, and for the upstream arm possibly
+the same for the incoming arm (a faked upstream slope shows as a kink unless the incoming track
+turns with it).  Displaced hits are "pushed" to the side σ = ±1 that makes |Δθ| larger
+(down-arm slope up, up-arm and incoming slopes down, times the sign of q·∫B dl; each plane signed
+by its side of the subset's centre): a pushed plane gets a stray hit (if it has pile-up) or a
+wide-component hit (if it has one) — if both, in proportion to their natural chances of an offset
+beyond half the road, within [0.1, 0.9] — whose bend-plane offset is drawn on the pushed
+side only — strays from (a+1)t^a/ρ, t = σ·o/ρ ∈ [0, 1] (a = ``push_power``, default 3), wide hits
+from the half-normal.  Relative to the natural law the density is 2(a+1)t^a resp. 2 times higher
+on that side and zero on the other, so the weights of one scenario barely vary.  Scenarios whose
+largest slope change is below a quarter of the nominal bend are dropped (:func:`misreco_scenarios`).  Categories and offsets of every biased plane are evaluated under
+every component, so the weight
+
+    w = P(x)/Q(x) = 1 / (β + (1 − β)/K · Σ_k Π_i q_k,i(x_i)/p_i(x_i)) ≤ 1/β
+
+is exact (balance heuristic, Veach & Guibas, SIGGRAPH 1995) and bounded.
 
 Calorimeters and counters: the energy lost in the element (and the energy of decay photons or
 absorbed hadrons deposited there) is scaled by ``response_scale`` and smeared with
@@ -46,13 +60,104 @@ from fastmc.rng import STREAM_RESPONSE, normal_from_uniform, stream_key, uniform
 N_CATEGORIES = 4
 
 
+# roles of a plane in a misreconstruction scenario (:class:`HitBias`)
+ROLE_NATURAL, ROLE_LOST, ROLE_PUSH_UP, ROLE_PUSH_DOWN = 0, 1, 2, 3
+TAIL_REACH = 3.0  # the largest offset of a pushed wide-component hit, in σ_tail, for the reach estimate
+
+
 @pytree_dataclass
 class HitBias:
-    """The misreconstruction channel's forcing: which planes, how many, defensive weight β."""
+    """The misreconstruction channel's scenario mixture (module docstring).
+
+    ``roles[k][i]``: what scenario k does to ``planes[i]`` (ROLE_*; the push direction is
+    multiplied by the sign of q·∫B dl of spectrometer ``spectrometer[k]`` when sampling);
+    ``axis[i]``: the bend plane ("x"/"y") in which plane i's offset is pushed.
+    """
 
     beta: jnp.ndarray
+    push_power: jnp.ndarray
     planes: tuple[str, ...] = static_field()
-    n_forced: int = static_field(default=2)
+    axis: tuple[str, ...] = static_field()
+    roles: tuple[tuple[int, ...], ...] = static_field()
+    spectrometer: tuple[int, ...] = static_field()
+
+
+def misreco_scenarios(setup: Setup, planes: tuple[str, ...], min_reach: float = 0.25):
+    """The scenarios of :class:`HitBias` for the trackers ``planes`` (concrete setup values).
+
+    For every spectrometer and arm: (1) each single plane pushed, the arm's others natural; (2) each
+    subset S (|S| ≥ 2) pushed, the arm's other planes lost; (3) each upstream variant together with
+    each incoming one (a single plane, or a subset, pushed; the incoming arm's others natural).
+    Downstream pushes turn the slope up, upstream and incoming ones down (module docstring); a
+    plane's push sign is its side of the weighted centre of the planes carrying hits (a plane at the
+    centre stays natural).  Scenarios whose largest slope change — strays at the road edge, or wide
+    hits at 3σ_tail, in a weighted least-squares fit — is below ``min_reach`` × the nominal bend
+    angle are dropped (the incoming arm only follows the upstream one and is not checked).
+    Returns (planes, axis, roles, spectrometer index) with only the planes some scenario touches.
+    """
+    from itertools import combinations
+
+    def f(x):
+        return float(jnp.asarray(x))
+
+    def shift(name):  # largest offset a pushed hit of this plane gets (mm)
+        e = setup.element(name)
+        pc = category_probabilities(f(e.efficiency), f(e.tail_fraction), f(e.pickup))
+        return f(e.road) if f(pc[3]) > 0 else TAIL_REACH * f(e.tail_sigma) if f(pc[1]) > 0 else 0.0
+
+    def push(fitted, pushed, direction):
+        """Roles of the pushed planes among the ``fitted`` ones, and the largest slope change."""
+        z = {n: f(setup.element(n).z + setup.element(n).thickness) for n in fitted}
+        w = {n: 1.0 / f(setup.element(n).resolution) ** 2 for n in fitted}
+        zbar = sum(w[n] * z[n] for n in fitted) / sum(w.values())
+        szz = sum(w[n] * (z[n] - zbar) ** 2 for n in fitted)
+        span = max(z.values()) - min(z.values())
+        roles, reach = {}, 0.0
+        for n in pushed:
+            side = 0 if abs(z[n] - zbar) < 1e-6 * span else (1 if z[n] > zbar else -1)
+            roles[n] = ROLE_NATURAL if side == 0 else ROLE_PUSH_UP if side * direction > 0 else ROLE_PUSH_DOWN
+            reach += w[n] * abs(z[n] - zbar) * shift(n) / max(szz, 1e-30)
+        return roles, reach
+
+    allowed = set(planes)
+    scen: list[tuple[int, dict[str, int]]] = []
+    for si, s in enumerate(setup.spectrometers):
+        bl = sum(f(setup.element(m).field_integral) for m in s.magnets)
+        bend = abs(u.GEV_PER_TESLA_METRE * bl / (f(setup.beam.momentum) / u.GeV))
+
+        def subsets(arm, direction, check=True):
+            mine = [n for n in arm if n in allowed]
+            out = []
+            for r in range(2, len(mine) + 1):
+                for sub in combinations(mine, r):
+                    roles, reach = push(sub, sub, direction)
+                    if not check or reach >= min_reach * bend:
+                        out.append({**{n: ROLE_LOST for n in mine}, **roles})
+            return out
+
+        def singles(arm, direction):  # one plane pushed, the arm's others natural
+            if len(arm) < 2:
+                return []
+            out = []
+            for n in arm:
+                if n in allowed:
+                    roles, reach = push(arm, [n], direction)
+                    if reach >= min_reach * bend and roles[n] != ROLE_NATURAL:
+                        out.append(roles)
+            return out
+
+        down = singles(s.downstream, +1) + subsets(s.downstream, +1)
+        up = singles(s.upstream, -1) + subsets(s.upstream, -1)
+        # the incoming track may follow a faked upstream slope: one or more of its planes pushed
+        inc = [r for r in singles(s.incoming, -1) + subsets(s.incoming, -1, check=False)] if s.incoming else []
+        inc = [{k: v for k, v in r.items() if v != ROLE_LOST} for r in inc]  # (the others stay natural)
+        scen.extend((si, r) for r in down + up)
+        scen.extend((si, {**r, **i}) for r in up for i in inc)
+    used = tuple(n for n in setup.trackers if any(n in r for _, r in scen))
+    axis = tuple(next(s.plane for s in setup.spectrometers if n in (*s.upstream, *s.downstream, *s.incoming))
+                 for n in used)
+    roles = tuple(tuple(r.get(n, ROLE_NATURAL) for n in used) for _, r in scen)
+    return used, axis, roles, tuple(si for si, _ in scen)
 
 
 def calorimeter_sigma(edep, stochastic_term, constant_term, noise):
@@ -97,34 +202,89 @@ def tracker_hits(setup: Setup, truth: dict, key_r: jax.Array, bias: HitBias | No
     uu = uniforms(jax.random.fold_in(key_r, 10_000), (n_p, bsz, 5), dtype)
     p = category_probabilities(eff, f_t, pick) * jnp.ones((n_p, bsz, 1), dtype)  # (P, B, 4)
     log_w = jnp.zeros((bsz,), dtype)
-    if bias is None:
-        cat = _draw_category(p, uu[..., 0])
-    else:
-        biased = jnp.asarray([n in bias.planes for n in names])
-        q = bias.beta * p + (1 - bias.beta) * pathology_probabilities(p)
-        # m distinct planes among the biased ones: the m largest of P uniforms (others masked)
-        us = uniforms(jax.random.fold_in(key_r, 10_001), (bsz, n_p), dtype)
-        us = jnp.where(biased[None, :], us, -1.0)
-        kth = jax.lax.top_k(us, bias.n_forced)[0][:, -1:]
-        forced = (us >= kth).T  # (P, B)
-        cat = _draw_category(jnp.where(forced[..., None], q, p), uu[..., 0])
-        pc = jnp.take_along_axis(p, cat[..., None], -1)[..., 0]
-        qc = jnp.take_along_axis(q, cat[..., None], -1)[..., 0]
-        r = jnp.where(biased[:, None], qc / pc, 0.0)  # (P, B); unbiased planes do not enter
-        n_b = len(bias.planes)
-        if bias.n_forced == 1:
-            e_m = jnp.sum(r, axis=0)
-        else:
-            e_m = 0.5 * (jnp.sum(r, axis=0) ** 2 - jnp.sum(r * r, axis=0))
-        log_w = math.log(math.comb(n_b, bias.n_forced)) - jnp.log(e_m)
     z1, z2 = normal_from_uniform(uu[..., 1]), normal_from_uniform(uu[..., 2])
+    cat = _draw_category(p, uu[..., 0])
     width = jnp.where(cat == 1, sig_t, sig)
     off_x = jnp.where(cat == 3, (2 * uu[..., 3] - 1) * road, width * z1)
     off_y = jnp.where(cat == 3, (2 * uu[..., 4] - 1) * road, width * z2)
+    if bias is not None and bias.roles:
+        cat, off_x, off_y, log_w = _scenario_hits(setup, bias, names, p, cat, off_x, off_y, uu, z1, z2,
+                                                  sig, sig_t, road, key_r)
     present = reached & (cat != 2)
     mx, my = x + off_x, y + off_y
     hits = {n: (mx[i], my[i], present[i]) for i, n in enumerate(names)}
     return hits, log_w
+
+
+def _scenario_hits(setup, bias, names, p, cat, off_x, off_y, uu, z1, z2, sig, sig_t, road, key_r):
+    """Categories and offsets of the biased planes under the scenario mixture, and log w (module
+    docstring).  The natural draws (``cat``, offsets) stay for events of the natural component and
+    for planes a scenario leaves natural."""
+    n_k = len(bias.roles)
+    dtype = off_x.dtype
+    bsz = cat.shape[1]
+    idx = jnp.asarray([names.index(n) for n in bias.planes])
+    pb, cb = p[idx], cat[idx]
+    z1b, z2b, u3, u4 = z1[idx], z2[idx], uu[idx, :, 3], uu[idx, :, 4]
+    sg, st, rd = sig[idx], sig_t[idx], road[idx]  # (Pb, 1)
+    is_x = jnp.asarray([ax == "x" for ax in bias.axis])[:, None]
+    # sign of q·∫B dl per scenario (leaves: a field may change sign without recompiling)
+    s_sign = jnp.stack([jnp.sign(setup.beam.charge * sum(setup.element(m).field_integral
+                                                         for m in setup.spectrometers[si].magnets))
+                        for si in bias.spectrometer]).astype(dtype)  # (K,)
+    roles = jnp.asarray(bias.roles, jnp.int32)  # (K, Pb)
+    direction = jnp.where(roles == ROLE_PUSH_UP, 1.0, jnp.where(roles == ROLE_PUSH_DOWN, -1.0, 0.0)).astype(dtype)
+    direction = direction * s_sign[:, None]
+    is_push = (roles == ROLE_PUSH_UP) | (roles == ROLE_PUSH_DOWN)  # (K, Pb)
+    p1, p2, p3 = pb[..., 1], pb[..., 2], pb[..., 3]  # (Pb, B)
+    lost_ok = p2 > 0
+    # a pushed plane gets a stray hit with probability π_s, else a wide hit: in proportion to their
+    # natural chances of an offset beyond half the road on one side (within [0.1, 0.9] if both exist)
+    far_s = p3 * 0.25
+    far_t = p1 * 0.5 * jax.scipy.special.erfc(0.5 * rd / (st * math.sqrt(2.0)))
+    pi_s = jnp.where(p3 > 0, jnp.where(p1 > 0, jnp.clip(far_s / jnp.maximum(far_s + far_t, 1e-30), 0.1, 0.9), 1.0),
+                     0.0)
+    movable = (p3 > 0) | (p1 > 0)
+    # the component of each event: −1 natural (probability β), else one of K scenarios uniformly
+    u0 = uniforms(jax.random.fold_in(key_r, 10_001), (bsz,), dtype)
+    comp = jnp.clip(jnp.floor((u0 - bias.beta) / (1 - bias.beta) * n_k), 0, n_k - 1).astype(jnp.int32)
+    comp = jnp.where(u0 < bias.beta, -1, comp)
+    safe = jnp.maximum(comp, 0)
+    role = jnp.where(comp >= 0, roles[safe].T, ROLE_NATURAL)  # (Pb, B)
+    d = direction[safe].T
+    push = (role == ROLE_PUSH_UP) | (role == ROLE_PUSH_DOWN)
+    stray = uu[idx, :, 0] < pi_s  # (the category uniform is free on a pushed plane)
+    c_b = jnp.where((role == ROLE_LOST) & lost_ok, 2, cb)
+    c_b = jnp.where(push & movable, jnp.where(stray, 3, 1), c_b)
+    # offsets of the drawn category (natural law), then the push in the bend plane
+    width = jnp.where(c_b == 1, st, sg)
+    ox = jnp.where(c_b == 3, (2 * u3 - 1) * rd, width * z1b)
+    oy = jnp.where(c_b == 3, (2 * u4 - 1) * rd, width * z2b)
+    a = bias.push_power
+    o_push = d * jnp.where(stray, rd * jnp.where(is_x, u3, u4) ** (1.0 / (a + 1.0)),
+                           st * jnp.abs(jnp.where(is_x, z1b, z2b)))
+    moved = push & movable
+    ox = jnp.where(moved & is_x, o_push, ox)
+    oy = jnp.where(moved & ~is_x, o_push, oy)
+    cat, off_x, off_y = cat.at[idx].set(c_b), off_x.at[idx].set(ox), off_y.at[idx].set(oy)
+    # log q_k/p of every biased plane under every scenario k, at the realised (category, offset)
+    o = jnp.where(is_x, ox, oy)[None]  # (1, Pb, B)
+    dk = direction[..., None]  # (K, Pb, 1)
+    ninf = jnp.asarray(-jnp.inf, dtype)
+    helpful = dk * o >= 0  # (K, Pb, B): the offset lies on the side scenario k pushes to
+    t = jnp.clip(dk * o / rd, 1e-30, 1.0)
+    l_stray = jnp.where((c_b == 3) & helpful, jnp.log(2 * pi_s * (a + 1.0)) + a * jnp.log(t)
+                        - jnp.log(jnp.where(p3 > 0, p3, 1.0)), ninf)
+    l_tail = jnp.where((c_b == 1) & helpful, jnp.log(2.0) + jnp.log1p(-pi_s) - jnp.log(jnp.where(p1 > 0, p1, 1.0)),
+                       ninf)
+    l_lost = jnp.where(c_b == 2, -jnp.log(jnp.where(lost_ok, p2, 1.0)), ninf)
+    l_push = jnp.where(movable, jnp.where(c_b == 3, l_stray, l_tail), 0.0)
+    l_k = jnp.where(is_push[..., None], l_push, jnp.where((roles == ROLE_LOST)[..., None] & lost_ok, l_lost, 0.0))
+    l_k = jnp.sum(l_k, axis=1)  # (K, B)
+    terms = jnp.concatenate([jnp.full((1, bsz), jnp.log(bias.beta), dtype),
+                             jnp.log((1 - bias.beta) / n_k) + l_k], axis=0)
+    log_w = -jax.scipy.special.logsumexp(terms, axis=0)
+    return cat, off_x, off_y, log_w
 
 
 def detector_response(setup: Setup, truth: dict, key_chunk: jax.Array, bias: HitBias | None = None,

@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fastmc.config import RunConfig
+from fastmc.config import ConfigError, RunConfig
 from fastmc.geometry import Setup, build_setup, setup_materials
 from fastmc.rng import STREAM_BEAM, chunk_key, stream_key
 from fastmc.selection import Selection, build_selection, pass_masks
@@ -91,7 +91,7 @@ def prepare(cfg: RunConfig) -> Prepared:
         forced_slot = setup.index(cfg.calo.target)
     options = ChainOptions(cfg.chunk_size, ph.max_interactions, slot_branches(setup, physics, e_max), hadrons,
                            forced_slot)
-    from fastmc.response import CaloBias, HitBias
+    from fastmc.response import CaloBias, HitBias, misreco_scenarios
 
     showers = None
     if cfg.showers.model == "profile":
@@ -103,7 +103,12 @@ def prepare(cfg: RunConfig) -> Prepared:
         hits = None
         if ch == "momentum_misreconstruction":
             m = cfg.misreco
-            hits = HitBias(beta=jnp.asarray(m.beta, dtype), planes=m.planes, n_forced=m.n_forced)
+            planes, axis, roles, spec = misreco_scenarios(setup, m.planes)
+            if not roles:
+                raise ConfigError(f"{cfg.path}: [channels.momentum_misreconstruction] planes = {list(m.planes)}: "
+                                 "no arm of a spectrometer can fake a slope of a quarter of its bend with these planes")
+            hits = HitBias(beta=jnp.asarray(m.beta, dtype), push_power=jnp.asarray(m.push_power, dtype),
+                           planes=planes, axis=axis, roles=roles, spectrometer=spec)
         channel_params[ch] = {"mix": build_admixture(cfg, ch, float(setup.beam.z_start)) if hadrons else None,
                               "hits": hits}
         if ch == "signal":  # emission tables of one boson mass: set by fastmc.sensitivity per mass

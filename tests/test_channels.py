@@ -59,43 +59,48 @@ def test_channels_hadron_decay_kinematics(closure):
     assert np.median(log_w) == pytest.approx(expected, abs=0.05)
 
 
-@pytest.mark.parametrize("n_forced", [1, 2])
-def test_channels_hit_bias_weights_are_exact(n_forced):
-    """E_q[w · 1{c_i = c}] = p_i(c) for every plane and category: the weights undo the forcing."""
+@pytest.mark.parametrize("card", ["na64mu_2022.toml", "ls3_2e13.toml"])
+def test_channels_hit_bias_weights_are_exact(card):
+    """E_q[w · 1{c_i = c, offset in a window}] = p_i(c, window) for every plane: the scenario
+    mixture's weights undo the forcing of categories and of the pushed offsets, w ≤ 1/β."""
     import jax
     import jax.numpy as jnp
 
-    from fastmc.response import HitBias, category_probabilities, tracker_hits
+    from fastmc.response import category_probabilities, tracker_hits
 
-    cfg = load_run(ROOT / "runs" / "quickstart.toml")
+    cfg = load_run(ROOT / "runs" / card)
     prep = prepare(cfg)
     setup = prep.setup
-    names = setup.trackers
+    bias = prep.channel_params["momentum_misreconstruction"]["hits"]
+    assert len(bias.roles) >= 10 and {"MM3", "MM5", "GEM1", "GEM2"} <= set(bias.planes)
     n = 200_000
     zeros = jnp.zeros((n,), jnp.float32)
-    truth = {"hits": {nm: (zeros, zeros, jnp.ones((n,), bool)) for nm in names}}
-    planes = ("MM1", "MM2", "MM3", "MM4", "MM5", "GEM1", "GEM2", "ST1", "ST2")
-    bias = HitBias(beta=jnp.asarray(0.5, jnp.float32), planes=planes, n_forced=n_forced)
-    hits, log_w = jax.jit(lambda k: tracker_hits(setup, truth, k, bias))(jax.random.key(3))
+    truth = {"hits": {nm: (zeros, zeros, jnp.ones((n,), bool)) for nm in setup.trackers}}
+    # setup as an argument: closed over, XLA would constant-fold the (P, n, 4) category tables
+    hits, log_w = jax.jit(lambda k, s, t, b: tracker_hits(s, t, k, b))(jax.random.key(3), setup, truth, bias)
     w = np.exp(np.asarray(log_w, np.float64))
-    assert w.max() <= 0.5 ** -n_forced * (1 + 1e-5)  # defensive mixture bound β^−m
+    beta = float(bias.beta)
+    assert w.max() <= (1 / beta) * (1 + 1e-5)  # defensive mixture bound
     assert abs(w.mean() - 1.0) < 4 * w.std() / np.sqrt(n)
-    for nm in planes:
+    assert np.mean(w < 0.5) > 0.1  # the forcing is active (not every event natural)
+
+    def check(name, mask, expected):
+        est = (w * mask).mean()
+        err = (w * mask).std() / np.sqrt(n)
+        assert abs(est - expected) < 4 * err + 1e-6, (card, name, est, expected, err)
+
+    for nm in bias.planes:
         el = setup.element(nm)
         p = np.asarray(category_probabilities(el.efficiency, el.tail_fraction, el.pickup), np.float64)
+        sig, sig_t, road = float(el.resolution), float(el.tail_sigma), float(el.road)
         mx = np.asarray(hits[nm][0])
         present = np.asarray(hits[nm][2])
-        # recover categories: no hit (2); stray hit (3: |offset| up to the road, flat); core/tail by width
-        lost = ~present
-        est = (w * lost).mean()
-        err = (w * lost).std() / np.sqrt(n)
-        assert abs(est - p[2]) < 4 * err + 1e-6, (nm, est, p[2], err)
-        wide = present & (np.abs(mx) > 5 * float(el.resolution))
-        p_wide = p[1] * 2 * _norm_sf(5 * float(el.resolution) / float(el.tail_sigma)) + p[3] * (
-            1 - 5 * float(el.resolution) / float(el.road)) + p[0] * 2 * _norm_sf(5.0)
-        est = (w * wide).mean()
-        err = (w * wide).std() / np.sqrt(n)
-        assert abs(est - p_wide) < 4 * err + 1e-6, (nm, est, p_wide, err)
+        check(f"{nm} lost", ~present, p[2])
+        # far offsets on each side: stray (flat in ±road), wide (Gaussian σ_tail), core (σ)
+        for lo in (2 * sig + 0.5 * road) / 2, 0.5 * road, 0.8 * road:
+            expected = p[3] * (road - lo) / (2 * road) + p[1] * _norm_sf(lo / sig_t) + p[0] * _norm_sf(lo / sig)
+            check(f"{nm} offset > {lo:.2f}", present & (mx > lo), expected)
+            check(f"{nm} offset < -{lo:.2f}", present & (mx < -lo), expected)
 
 
 def _norm_sf(z):
