@@ -279,6 +279,13 @@ def format_table(proj: dict[str, Any]) -> str:
         lines.append(f"{'total':<28}{'-':>12}{'(no event selected in any channel)':>36}")
     else:
         lines.append(f"{'total':<28}{t['expected']:>12.4g}{t['stat_err']:>11.3g}")
+    foms = [(name, c) for name, c in proj["channels"].items() if c.get("fom_gain_vs_analog")]
+    if foms:
+        lines.append("figure of merit 1/(R²·T), T wall seconds after compilation; gain over analog simulation of the"
+                     " same probability:")
+        for name, c in foms:
+            lines.append(f"  {name:<28} µs/primary {c['seconds_per_primary'] * 1e6:8.3g}   FOM {c['fom']:10.3g}/s"
+                         f"   gain vs analog {c['fom_gain_vs_analog']:10.3g}")
     for name, c in proj["channels"].items():
         pu = c.get("per_unit_fraction")
         if pu:

@@ -36,7 +36,10 @@ every component, so the weight
 
     w = P(x)/Q(x) = 1 / (β + (1 − β)/K · Σ_k Π_i q_k,i(x_i)/p_i(x_i)) ≤ 1/β
 
-is exact (balance heuristic, Veach & Guibas, SIGGRAPH 1995) and bounded.
+is exact (balance heuristic, Veach & Guibas, SIGGRAPH 1995) and bounded.  (Scenarios may also be
+split into independent groups, e.g. one per arm; the weight is then the product of the groups'
+factors, ≤ β^−G.  Measured on the LS3 card this spreads the draws too thinly, so
+:func:`misreco_scenarios` makes one group.)
 
 Calorimeters and counters: the energy lost in the element (and the energy of decay photons or
 absorbed hadrons deposited there) is scaled by ``response_scale`` and smeared with
@@ -51,6 +54,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from fastmc import units as u
 from fastmc._pytree import pytree_dataclass, static_field
@@ -80,6 +84,7 @@ class HitBias:
     axis: tuple[str, ...] = static_field()
     roles: tuple[tuple[int, ...], ...] = static_field()
     spectrometer: tuple[int, ...] = static_field()
+    group: tuple[int, ...] = static_field()  # the arm (mixture) each variant belongs to
 
 
 def misreco_scenarios(setup: Setup, planes: tuple[str, ...], min_reach: float = 0.25):
@@ -88,12 +93,15 @@ def misreco_scenarios(setup: Setup, planes: tuple[str, ...], min_reach: float = 
     For every spectrometer and arm: (1) each single plane pushed, the arm's others natural; (2) each
     subset S (|S| ≥ 2) pushed, the arm's other planes lost; (3) each upstream variant together with
     each incoming one (a single plane, or a subset, pushed; the incoming arm's others natural).
+    All are components of one mixture (``group`` 0; :func:`_scenario_hits` also takes several
+    independent groups, whose weights multiply).
     Downstream pushes turn the slope up, upstream and incoming ones down (module docstring); a
     plane's push sign is its side of the weighted centre of the planes carrying hits (a plane at the
     centre stays natural).  Scenarios whose largest slope change — strays at the road edge, or wide
     hits at 3σ_tail, in a weighted least-squares fit — is below ``min_reach`` × the nominal bend
     angle are dropped (the incoming arm only follows the upstream one and is not checked).
-    Returns (planes, axis, roles, spectrometer index) with only the planes some scenario touches.
+    Returns (planes, axis, roles, spectrometer index, group) with only the planes some variant
+    touches.
     """
     from itertools import combinations
 
@@ -120,7 +128,8 @@ def misreco_scenarios(setup: Setup, planes: tuple[str, ...], min_reach: float = 
         return roles, reach
 
     allowed = set(planes)
-    scen: list[tuple[int, dict[str, int]]] = []
+    scen: list[tuple[int, int, dict[str, int]]] = []
+    groups: list = []
     for si, s in enumerate(setup.spectrometers):
         bl = sum(f(setup.element(m).field_integral) for m in s.magnets)
         bend = abs(u.GEV_PER_TESLA_METRE * bl / (f(setup.beam.momentum) / u.GeV))
@@ -135,29 +144,30 @@ def misreco_scenarios(setup: Setup, planes: tuple[str, ...], min_reach: float = 
                         out.append({**{n: ROLE_LOST for n in mine}, **roles})
             return out
 
-        def singles(arm, direction):  # one plane pushed, the arm's others natural
+        def singles(arm, direction, check=True):  # one plane pushed, the arm's others natural
             if len(arm) < 2:
                 return []
             out = []
             for n in arm:
                 if n in allowed:
                     roles, reach = push(arm, [n], direction)
-                    if reach >= min_reach * bend and roles[n] != ROLE_NATURAL:
+                    if (not check or reach >= min_reach * bend) and roles[n] != ROLE_NATURAL:
                         out.append(roles)
             return out
 
         down = singles(s.downstream, +1) + subsets(s.downstream, +1)
         up = singles(s.upstream, -1) + subsets(s.upstream, -1)
-        # the incoming track may follow a faked upstream slope: one or more of its planes pushed
-        inc = [r for r in singles(s.incoming, -1) + subsets(s.incoming, -1, check=False)] if s.incoming else []
-        inc = [{k: v for k, v in r.items() if v != ROLE_LOST} for r in inc]  # (the others stay natural)
-        scen.extend((si, r) for r in down + up)
-        scen.extend((si, {**r, **i}) for r in up for i in inc)
-    used = tuple(n for n in setup.trackers if any(n in r for _, r in scen))
+        # the incoming track may follow a faked upstream slope: one or more of its planes pushed,
+        # its others natural
+        inc = [{k: v for k, v in r.items() if v != ROLE_LOST}
+               for r in singles(s.incoming, -1, False) + subsets(s.incoming, -1, False)]
+        scen.extend((si, 0, r) for r in down + up)
+        scen.extend((si, 0, {**r, **i}) for r in up for i in inc)
+    used = tuple(n for n in setup.trackers if any(n in r for _, _, r in scen))
     axis = tuple(next(s.plane for s in setup.spectrometers if n in (*s.upstream, *s.downstream, *s.incoming))
                  for n in used)
-    roles = tuple(tuple(r.get(n, ROLE_NATURAL) for n in used) for _, r in scen)
-    return used, axis, roles, tuple(si for si, _ in scen)
+    roles = tuple(tuple(r.get(n, ROLE_NATURAL) for n in used) for _, _, r in scen)
+    return used, axis, roles, tuple(si for si, _, _ in scen), tuple(g for _, g, _ in scen)
 
 
 def calorimeter_sigma(edep, stochastic_term, constant_term, noise):
@@ -245,13 +255,24 @@ def _scenario_hits(setup, bias, names, p, cat, off_x, off_y, uu, z1, z2, sig, si
     pi_s = jnp.where(p3 > 0, jnp.where(p1 > 0, jnp.clip(far_s / jnp.maximum(far_s + far_t, 1e-30), 0.1, 0.9), 1.0),
                      0.0)
     movable = (p3 > 0) | (p1 > 0)
-    # the component of each event: −1 natural (probability β), else one of K scenarios uniformly
-    u0 = uniforms(jax.random.fold_in(key_r, 10_001), (bsz,), dtype)
-    comp = jnp.clip(jnp.floor((u0 - bias.beta) / (1 - bias.beta) * n_k), 0, n_k - 1).astype(jnp.int32)
-    comp = jnp.where(u0 < bias.beta, -1, comp)
-    safe = jnp.maximum(comp, 0)
-    role = jnp.where(comp >= 0, roles[safe].T, ROLE_NATURAL)  # (Pb, B)
-    d = direction[safe].T
+    # per arm (group g), independently: natural with probability β, else one of its K_g variants
+    grp = np.asarray(bias.group)
+    n_g = int(grp.max()) + 1
+    first = np.asarray([int(np.argmax(grp == g)) for g in range(n_g)])
+    size = np.bincount(grp, minlength=n_g)
+    ug = uniforms(jax.random.fold_in(key_r, 10_001), (n_g, bsz), dtype)
+    pick = jnp.clip(jnp.floor((ug - bias.beta) / (1 - bias.beta) * size[:, None]), 0, size[:, None] - 1)
+    chosen = jnp.where(ug < bias.beta, -1, first[:, None] + pick.astype(jnp.int32))  # (G, B) variant or −1
+    in_group = jnp.asarray(np.stack([[any(r[i] != ROLE_NATURAL for r, gk in zip(bias.roles, grp) if gk == g)
+                                      for i in range(len(bias.planes))] for g in range(n_g)]))  # (G, Pb)
+    # (arms are disjoint: each plane takes the role of its own arm's variant)
+    safe_g = jnp.maximum(chosen, 0)
+    role = jnp.zeros((len(bias.planes), bsz), jnp.int32)
+    d = jnp.zeros((len(bias.planes), bsz), dtype)
+    for g in range(n_g):
+        rg = jnp.where(chosen[g] >= 0, roles[safe_g[g]].T, ROLE_NATURAL)
+        role = jnp.where(in_group[g][:, None], rg, role)
+        d = jnp.where(in_group[g][:, None], direction[safe_g[g]].T, d)
     push = (role == ROLE_PUSH_UP) | (role == ROLE_PUSH_DOWN)
     stray = uu[idx, :, 0] < pi_s  # (the category uniform is free on a pushed plane)
     c_b = jnp.where((role == ROLE_LOST) & lost_ok, 2, cb)
@@ -281,9 +302,12 @@ def _scenario_hits(setup, bias, names, p, cat, off_x, off_y, uu, z1, z2, sig, si
     l_push = jnp.where(movable, jnp.where(c_b == 3, l_stray, l_tail), 0.0)
     l_k = jnp.where(is_push[..., None], l_push, jnp.where((roles == ROLE_LOST)[..., None] & lost_ok, l_lost, 0.0))
     l_k = jnp.sum(l_k, axis=1)  # (K, B)
-    terms = jnp.concatenate([jnp.full((1, bsz), jnp.log(bias.beta), dtype),
-                             jnp.log((1 - bias.beta) / n_k) + l_k], axis=0)
-    log_w = -jax.scipy.special.logsumexp(terms, axis=0)
+    log_w = jnp.zeros((bsz,), dtype)
+    for g in range(n_g):
+        rows = l_k[first[g]:first[g] + size[g]]
+        terms = jnp.concatenate([jnp.full((1, bsz), jnp.log(bias.beta), dtype),
+                                 jnp.log((1 - bias.beta) / size[g]) + rows], axis=0)
+        log_w = log_w - jax.scipy.special.logsumexp(terms, axis=0)
     return cat, off_x, off_y, log_w
 
 

@@ -103,12 +103,12 @@ def prepare(cfg: RunConfig) -> Prepared:
         hits = None
         if ch == "momentum_misreconstruction":
             m = cfg.misreco
-            planes, axis, roles, spec = misreco_scenarios(setup, m.planes)
+            planes, axis, roles, spec, group = misreco_scenarios(setup, m.planes)
             if not roles:
                 raise ConfigError(f"{cfg.path}: [channels.momentum_misreconstruction] planes = {list(m.planes)}: "
                                  "no arm of a spectrometer can fake a slope of a quarter of its bend with these planes")
             hits = HitBias(beta=jnp.asarray(m.beta, dtype), push_power=jnp.asarray(m.push_power, dtype),
-                           planes=planes, axis=axis, roles=roles, spectrometer=spec)
+                           planes=planes, axis=axis, roles=roles, spectrometer=spec, group=group)
         channel_params[ch] = {"mix": build_admixture(cfg, ch, float(setup.beam.z_start)) if hadrons else None,
                               "hits": hits}
         if ch == "signal":  # emission tables of one boson mass: set by fastmc.sensitivity per mass
@@ -245,6 +245,11 @@ class RunResult:
     events: dict[str, Any] | None = None
     seconds: float = 0.0
     stop_reason: str = ""
+    # wall seconds spent in each channel's chunks after the first group (compilation excluded), and
+    # the primaries simulated in them per channel: the cost side of the figure of merit (None when
+    # not measured, e.g. several devices or a Dask run)
+    channel_seconds: np.ndarray | None = None
+    timed_primaries: int = 0
 
     def tallies(self) -> dict[str, list[Tally]]:
         out = {}
@@ -267,6 +272,9 @@ class RunResult:
             overflow=np.concatenate([self.overflow, other.overflow]),
             events=merge_events(self.events, other.events),
             seconds=self.seconds + other.seconds,
+            channel_seconds=(None if self.channel_seconds is None or other.channel_seconds is None
+                             else self.channel_seconds + other.channel_seconds),
+            timed_primaries=self.timed_primaries + other.timed_primaries,
         )
 
 
@@ -366,6 +374,8 @@ def run(
     signal_slot = len(prep.selection.regions[0].cuts)  # final slot of the first region
     final_slots = np.cumsum([len(r.cuts) + 1 for r in prep.selection.regions]) - 1
     running = [Tally() for _ in cfg.channels]
+    ch_seconds = np.zeros(len(cfg.channels))
+    timed = 0
     stop_reason = "all chunks done"
     done = 0
     last_ckpt = 0
@@ -376,11 +386,14 @@ def run(
             for ci, ch in enumerate(cfg.channels):
                 mix = prep.channel_params.get(ch)
                 if n_dev == 1:
+                    tc = time.perf_counter()
                     r, nov, ev = simulate_chunk(
                         prep.setup, prep.physics, prep.selection, chunk_key(cfg.seed, int(group[0])),
                         jnp.int32(n_gen[done]), prep.options, ch, cfg.save_events, mix,
                     )
                     r, nov = np.asarray(r, dtype=np.float64)[None], np.asarray(nov)[None]
+                    if done > 0:
+                        ch_seconds[ci] += time.perf_counter() - tc
                     ev = None if ev is None else jax.tree_util.tree_map(lambda a: np.asarray(a)[None], ev)
                 else:
                     # the same compiled program on each device (inputs placed there, dispatched
@@ -417,6 +430,8 @@ def run(
                             events["log_w"].append(np.asarray(ev["log_w"][j])[idx])
                             events["variables"].append({k: np.asarray(v[j])[idx] for k, v in ev["variables"].items()})
             bar.update(int(n_gen[done : done + n_grp].sum()))
+            if done > 0:
+                timed += int(n_gen[done : done + n_grp].sum())
             done += n_grp
             if target_rel_err is not None:
                 errs = []
@@ -456,6 +471,8 @@ def run(
         events=ev_out,
         seconds=time.perf_counter() - t0,
         stop_reason=stop_reason,
+        channel_seconds=ch_seconds if n_dev == 1 and timed > 0 else None,
+        timed_primaries=timed if n_dev == 1 else 0,
     )
 
 
@@ -512,6 +529,7 @@ def projection_from(mot: float, region0: str, result: RunResult) -> dict[str, An
         if ch != "analog" or len(result.channels) == 1:
             tot += est["expected"]
             var += est["stat_err"] ** 2
+    _figures_of_merit(channels, result)
     regions: dict[str, Any] = {}
     for ci, ch in enumerate(result.channels):
         for s, (region, step, label) in enumerate(result.slots):
@@ -524,6 +542,33 @@ def projection_from(mot: float, region0: str, result: RunResult) -> dict[str, An
         "total": {"expected": tot, "stat_err": var**0.5},
         "cutflow": regions,
     }
+
+
+def _figures_of_merit(channels: dict[str, Any], result: RunResult) -> None:
+    """Add the figure of merit of each channel's estimate and its gain over analog simulation.
+
+    FOM = 1/(R²·T) (R relative error, T the channel's wall seconds for all its primaries, from the
+    per-primary time measured after compilation; MCNP's convention, X-5 Monte Carlo Team, LA-UR-03-1987
+    vol. I §2.VI).  Analog simulation estimating the same per-muon probability p has the Bernoulli
+    relative variance (1 − p)/(p N), so FOM_analog = p/((1 − p)·t_analog) with t_analog the analog
+    channel's time per primary when the card runs it (else this channel's own); the gain is
+    FOM/FOM_analog.  p is this channel's estimate; nothing is reported without a selected event.
+    """
+    if result.channel_seconds is None or result.timed_primaries <= 0:
+        return
+    per = {ch: float(result.channel_seconds[ci]) / result.timed_primaries for ci, ch in enumerate(result.channels)}
+    t_analog = per.get("analog")
+    for ch, est in channels.items():
+        n = est["n_generated"]
+        est["seconds_per_primary"] = per[ch]
+        rel, p = est["rel_err"], est["sum_w"] / n
+        if rel is None or not rel > 0 or not p or per[ch] <= 0:
+            continue
+        fom = 1.0 / (rel**2 * per[ch] * n)
+        t_a = t_analog if t_analog else per[ch]
+        est["fom"] = fom
+        est["fom_gain_vs_analog"] = fom * (1.0 - p) * t_a / p if p < 1 else None
+        est["fom_analog_time_from"] = "analog" if t_analog else ch
 
 
 def chunk_variables(prep: Prepared, chunk_index: int, channel: str = "analog") -> tuple[dict[str, np.ndarray], np.ndarray]:
