@@ -121,3 +121,26 @@ def test_channels_misreconstruction_closure_with_analog():
     # the scenario mixture must also give the smaller error (measured 1.22e-4 vs 1.35e-4 here,
     # where single natural tail hits dominate; the gain is orders of magnitude on the LS3 card)
     assert b["stat_err"] < a["stat_err"], (a["stat_err"], b["stat_err"])
+
+
+def test_channels_figure_of_merit_gain_is_one_for_analog_bernoulli():
+    """The gain over analog is FOM / FOM_analog with FOM_analog = p/((1 − p) t_analog): an estimate
+    with exactly the Bernoulli relative variance (1 − p)/(pN) at the analog's cost has gain 1, and
+    one with 10× smaller variance at twice the cost has gain 5."""
+    from types import SimpleNamespace
+
+    from fastmc.run import _figures_of_merit
+
+    n, p = 1_000_000, 3e-4
+    rel_analog = math.sqrt((1 - p) / (p * n))
+    chans = {
+        "analog": {"n_generated": n, "sum_w": p * n, "rel_err": rel_analog},
+        "biased": {"n_generated": n, "sum_w": p * n, "rel_err": rel_analog / math.sqrt(10)},
+        "empty": {"n_generated": n, "sum_w": 0.0, "rel_err": None},
+    }
+    result = SimpleNamespace(channels=tuple(chans), channel_seconds=np.array([2.0, 4.0, 1.0]), timed_primaries=n // 2)
+    _figures_of_merit(chans, result)
+    assert chans["analog"]["fom_gain_vs_analog"] == pytest.approx(1.0, rel=1e-12)
+    assert chans["biased"]["fom_gain_vs_analog"] == pytest.approx(5.0, rel=1e-12)
+    assert chans["biased"]["fom"] == pytest.approx(1 / (rel_analog**2 / 10 * 4.0 / (n // 2) * n), rel=1e-12)
+    assert "fom" not in chans["empty"] and chans["empty"]["seconds_per_primary"] == pytest.approx(2e-6)
