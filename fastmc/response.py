@@ -128,39 +128,36 @@ def misreco_scenarios(setup: Setup, planes: tuple[str, ...], min_reach: float = 
         return roles, reach
 
     allowed = set(planes)
+
+    def subsets(arm, direction, threshold):  # |S| ≥ 2 pushed, the arm's others lost
+        mine = [n for n in arm if n in allowed]
+        out = []
+        for r in range(2, len(mine) + 1):
+            for sub in combinations(mine, r):
+                roles, reach = push(sub, sub, direction)
+                if reach >= threshold:
+                    out.append({**{n: ROLE_LOST for n in mine}, **roles})
+        return out
+
+    def singles(arm, direction, threshold):  # one plane pushed, the arm's others natural
+        out = []
+        for n in arm if len(arm) >= 2 else ():
+            if n in allowed:
+                roles, reach = push(arm, [n], direction)
+                if reach >= threshold and roles[n] != ROLE_NATURAL:
+                    out.append(roles)
+        return out
+
     scen: list[tuple[int, int, dict[str, int]]] = []
-    groups: list = []
     for si, s in enumerate(setup.spectrometers):
         bl = sum(f(setup.element(m).field_integral) for m in s.magnets)
-        bend = abs(u.GEV_PER_TESLA_METRE * bl / (f(setup.beam.momentum) / u.GeV))
-
-        def subsets(arm, direction, check=True):
-            mine = [n for n in arm if n in allowed]
-            out = []
-            for r in range(2, len(mine) + 1):
-                for sub in combinations(mine, r):
-                    roles, reach = push(sub, sub, direction)
-                    if not check or reach >= min_reach * bend:
-                        out.append({**{n: ROLE_LOST for n in mine}, **roles})
-            return out
-
-        def singles(arm, direction, check=True):  # one plane pushed, the arm's others natural
-            if len(arm) < 2:
-                return []
-            out = []
-            for n in arm:
-                if n in allowed:
-                    roles, reach = push(arm, [n], direction)
-                    if (not check or reach >= min_reach * bend) and roles[n] != ROLE_NATURAL:
-                        out.append(roles)
-            return out
-
-        down = singles(s.downstream, +1) + subsets(s.downstream, +1)
-        up = singles(s.upstream, -1) + subsets(s.upstream, -1)
+        need = min_reach * abs(u.GEV_PER_TESLA_METRE * bl / (f(setup.beam.momentum) / u.GeV))
+        down = singles(s.downstream, +1, need) + subsets(s.downstream, +1, need)
+        up = singles(s.upstream, -1, need) + subsets(s.upstream, -1, need)
         # the incoming track may follow a faked upstream slope: one or more of its planes pushed,
         # its others natural
         inc = [{k: v for k, v in r.items() if v != ROLE_LOST}
-               for r in singles(s.incoming, -1, False) + subsets(s.incoming, -1, False)]
+               for r in singles(s.incoming, -1, 0.0) + subsets(s.incoming, -1, 0.0)]
         scen.extend((si, 0, r) for r in down + up)
         scen.extend((si, 0, {**r, **i}) for r in up for i in inc)
     used = tuple(n for n in setup.trackers if any(n in r for _, _, r in scen))
@@ -230,7 +227,6 @@ def _scenario_hits(setup, bias, names, p, cat, off_x, off_y, uu, z1, z2, sig, si
     """Categories and offsets of the biased planes under the scenario mixture, and log w (module
     docstring).  The natural draws (``cat``, offsets) stay for events of the natural component and
     for planes a scenario leaves natural."""
-    n_k = len(bias.roles)
     dtype = off_x.dtype
     bsz = cat.shape[1]
     idx = jnp.asarray([names.index(n) for n in bias.planes])
