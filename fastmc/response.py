@@ -29,8 +29,9 @@ by its side of the subset's centre): a pushed plane gets a stray hit (if it has 
 wide-component hit (if it has one) — if both, in proportion to their natural chances of an offset
 beyond half the road, within [0.1, 0.9] — whose bend-plane offset is drawn on the pushed
 side only — strays from (a+1)t^a/ρ, t = σ·o/ρ ∈ [0, 1] (a = ``push_power``, default 3), wide hits
-from the half-normal.  Relative to the natural law the density is 2(a+1)t^a resp. 2 times higher
-on that side and zero on the other, so the weights of one scenario barely vary.  Scenarios whose
+from a half-normal three times wider than the wide component (the far wide hits that fake a slope
+are 2–4 σ_tail out).  Relative to the natural law the density is 2(a+1)t^a resp.
+(2/3)·exp(o²(1 − 1/9)/2σ_tail²) times higher on that side and zero on the other.  Scenarios whose
 largest slope change is below a quarter of the nominal bend are dropped (:func:`misreco_scenarios`).  Categories and offsets of every biased plane are evaluated under
 every component, so the weight
 
@@ -66,6 +67,7 @@ N_CATEGORIES = 4
 
 # roles of a plane in a misreconstruction scenario (:class:`HitBias`)
 ROLE_NATURAL, ROLE_LOST, ROLE_PUSH_UP, ROLE_PUSH_DOWN = 0, 1, 2, 3
+TAIL_WIDEN = 3.0  # a pushed wide-component hit's offset is half-normal with this many σ_tail
 TAIL_REACH = 3.0  # the largest offset of a pushed wide-component hit, in σ_tail, for the reach estimate
 
 
@@ -279,7 +281,7 @@ def _scenario_hits(setup, bias, names, p, cat, off_x, off_y, uu, z1, z2, sig, si
     oy = jnp.where(c_b == 3, (2 * u4 - 1) * rd, width * z2b)
     a = bias.push_power
     o_push = d * jnp.where(stray, rd * jnp.where(is_x, u3, u4) ** (1.0 / (a + 1.0)),
-                           st * jnp.abs(jnp.where(is_x, z1b, z2b)))
+                           TAIL_WIDEN * st * jnp.abs(jnp.where(is_x, z1b, z2b)))
     moved = push & movable
     ox = jnp.where(moved & is_x, o_push, ox)
     oy = jnp.where(moved & ~is_x, o_push, oy)
@@ -292,8 +294,10 @@ def _scenario_hits(setup, bias, names, p, cat, off_x, off_y, uu, z1, z2, sig, si
     t = jnp.clip(dk * o / rd, 1e-30, 1.0)
     l_stray = jnp.where((c_b == 3) & helpful, jnp.log(2 * pi_s * (a + 1.0)) + a * jnp.log(t)
                         - jnp.log(jnp.where(p3 > 0, p3, 1.0)), ninf)
-    l_tail = jnp.where((c_b == 1) & helpful, jnp.log(2.0) + jnp.log1p(-pi_s) - jnp.log(jnp.where(p1 > 0, p1, 1.0)),
-                       ninf)
+    # half-normal of width TAIL_WIDEN·σ_tail against the natural N(0, σ_tail)
+    l_tail = jnp.where((c_b == 1) & helpful,
+                       jnp.log(2.0 / TAIL_WIDEN) + jnp.log1p(-pi_s) - jnp.log(jnp.where(p1 > 0, p1, 1.0))
+                       + 0.5 * (o / st) ** 2 * (1.0 - 1.0 / TAIL_WIDEN**2), ninf)
     l_lost = jnp.where(c_b == 2, -jnp.log(jnp.where(lost_ok, p2, 1.0)), ninf)
     l_push = jnp.where(movable, jnp.where(c_b == 3, l_stray, l_tail), 0.0)
     l_k = jnp.where(is_push[..., None], l_push, jnp.where((roles == ROLE_LOST)[..., None] & lost_ok, l_lost, 0.0))
