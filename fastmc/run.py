@@ -544,6 +544,10 @@ def projection_from(mot: float, region0: str, result: RunResult) -> dict[str, An
     }
 
 
+# per-channel entries of a projection that come from wall-clock time (not reproducible bit for bit)
+TIMING_KEYS = ("seconds_per_primary", "fom", "fom_gain_vs_analog", "fom_analog_time_from")
+
+
 def _figures_of_merit(channels: dict[str, Any], result: RunResult) -> None:
     """Add the figure of merit of each channel's estimate and its gain over analog simulation.
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from fastmc.config import load_run
-from fastmc.run import prepare, projection, run
+from fastmc.run import TIMING_KEYS, prepare, projection, run
 
 from .conftest import ROOT
 
@@ -35,7 +35,13 @@ def test_reproducibility_split_jobs_merge_identically():
     tw, tm = whole.tallies(), merged.tallies()
     for a, b in zip(tw["analog"], tm["analog"]):
         assert (a.log_sw, a.log_sw2, a.n, a.log_wmax, a.n_gen) == (b.log_sw, b.log_sw2, b.n, b.log_wmax, b.n_gen)
-    assert projection(cfg, whole) == projection(cfg, merged)
+    # every estimate and diagnostic bit for bit; the wall-clock figures of merit cannot be
+    pw, pm = projection(cfg, whole), projection(cfg, merged)
+    for p in (pw, pm):
+        for est in p["channels"].values():
+            for k in TIMING_KEYS:
+                est.pop(k, None)
+    assert pw == pm
     assert int(whole.n_gen.sum()) == cfg.n_muons
     try:
         part1.merge(part1)
