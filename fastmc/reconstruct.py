@@ -72,7 +72,8 @@ def reconstruct(setup: Setup, measured: dict) -> dict[str, jnp.ndarray]:
             # kink between the incoming track and the spectrometer's upstream arm, both projections
             # (no field between them): large-angle scatters in the target and bad hits show up here
             other = "y" if s.plane == "x" else "x"
-            bi_p, oki_p, _, _ = _arm(setup, s.incoming, hits, s.plane)
+            bi_p, oki_p, _, n_in = _arm(setup, s.incoming, hits, s.plane)
+            out[f"{s.output}_hits_in"] = n_in.astype(p.dtype)
             bi_o, oki_o, _, _ = _arm(setup, s.incoming, hits, other)
             bu_o, oku_o, _, _ = _arm(setup, s.upstream, hits, other)
             kink = jnp.sqrt((b_up - bi_p) ** 2 + (bu_o - bi_o) ** 2) / u.mrad
@@ -84,8 +85,6 @@ def reconstruct(setup: Setup, measured: dict) -> dict[str, jnp.ndarray]:
         out[f"{'in' if s.output == 'p_in' else 'out'}_ok"] = ok.astype(p.dtype)
         out[f"{s.output}_hits_up"] = n_up.astype(p.dtype)
         out[f"{s.output}_hits_down"] = n_dn.astype(p.dtype)
-        if s.incoming:
-            out[f"{s.output}_hits_in"] = jnp.sum(jnp.stack([hits[n][2] for n in s.incoming]), axis=0).astype(p.dtype)
     beam = [s for s in setup.spectrometers if s.output == "p_in"]
     inc = [s for s in setup.spectrometers if s.incoming]
     if beam and inc:

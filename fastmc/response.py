@@ -37,10 +37,8 @@ every component, so the weight
 
     w = P(x)/Q(x) = 1 / (β + (1 − β)/K · Σ_k Π_i q_k,i(x_i)/p_i(x_i)) ≤ 1/β
 
-is exact (balance heuristic, Veach & Guibas, SIGGRAPH 1995) and bounded.  (Scenarios may also be
-split into independent groups, e.g. one per arm; the weight is then the product of the groups'
-factors, ≤ β^−G.  Measured on the LS3 card this spreads the draws too thinly, so
-:func:`misreco_scenarios` makes one group.)
+is exact (balance heuristic, Veach & Guibas, SIGGRAPH 1995) and bounded.  (One independent mixture
+per arm, whose weights multiply, was tried and spread the draws too thinly on the LS3 card.)
 
 Calorimeters and counters: the energy lost in the element (and the energy of decay photons or
 absorbed hadrons deposited there) is scaled by ``response_scale`` and smeared with
@@ -55,7 +53,6 @@ import math
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from fastmc import units as u
 from fastmc._pytree import pytree_dataclass, static_field
@@ -86,7 +83,6 @@ class HitBias:
     axis: tuple[str, ...] = static_field()
     roles: tuple[tuple[int, ...], ...] = static_field()
     spectrometer: tuple[int, ...] = static_field()
-    group: tuple[int, ...] = static_field()  # the arm (mixture) each variant belongs to
 
 
 def misreco_scenarios(setup: Setup, planes: tuple[str, ...], min_reach: float = 0.25):
@@ -95,15 +91,12 @@ def misreco_scenarios(setup: Setup, planes: tuple[str, ...], min_reach: float = 
     For every spectrometer and arm: (1) each single plane pushed, the arm's others natural; (2) each
     subset S (|S| ≥ 2) pushed, the arm's other planes lost; (3) each upstream variant together with
     each incoming one (a single plane, or a subset, pushed; the incoming arm's others natural).
-    All are components of one mixture (``group`` 0; :func:`_scenario_hits` also takes several
-    independent groups, whose weights multiply).
     Downstream pushes turn the slope up, upstream and incoming ones down (module docstring); a
     plane's push sign is its side of the weighted centre of the planes carrying hits (a plane at the
     centre stays natural).  Scenarios whose largest slope change — strays at the road edge, or wide
     hits at 3σ_tail, in a weighted least-squares fit — is below ``min_reach`` × the nominal bend
     angle are dropped (the incoming arm only follows the upstream one and is not checked).
-    Returns (planes, axis, roles, spectrometer index, group) with only the planes some variant
-    touches.
+    Returns (planes, axis, roles, spectrometer index) with only the planes some scenario touches.
     """
     from itertools import combinations
 
@@ -150,7 +143,7 @@ def misreco_scenarios(setup: Setup, planes: tuple[str, ...], min_reach: float = 
                     out.append(roles)
         return out
 
-    scen: list[tuple[int, int, dict[str, int]]] = []
+    scen: list[tuple[int, dict[str, int]]] = []
     for si, s in enumerate(setup.spectrometers):
         bl = sum(f(setup.element(m).field_integral) for m in s.magnets)
         need = min_reach * abs(u.GEV_PER_TESLA_METRE * bl / (f(setup.beam.momentum) / u.GeV))
@@ -160,13 +153,13 @@ def misreco_scenarios(setup: Setup, planes: tuple[str, ...], min_reach: float = 
         # its others natural
         inc = [{k: v for k, v in r.items() if v != ROLE_LOST}
                for r in singles(s.incoming, -1, 0.0) + subsets(s.incoming, -1, 0.0)]
-        scen.extend((si, 0, r) for r in down + up)
-        scen.extend((si, 0, {**r, **i}) for r in up for i in inc)
-    used = tuple(n for n in setup.trackers if any(n in r for _, _, r in scen))
+        scen.extend((si, r) for r in down + up)
+        scen.extend((si, {**r, **i}) for r in up for i in inc)
+    used = tuple(n for n in setup.trackers if any(n in r for _, r in scen))
     axis = tuple(next(s.plane for s in setup.spectrometers if n in (*s.upstream, *s.downstream, *s.incoming))
                  for n in used)
-    roles = tuple(tuple(r.get(n, ROLE_NATURAL) for n in used) for _, _, r in scen)
-    return used, axis, roles, tuple(si for si, _, _ in scen), tuple(g for _, g, _ in scen)
+    roles = tuple(tuple(r.get(n, ROLE_NATURAL) for n in used) for _, r in scen)
+    return used, axis, roles, tuple(si for si, _ in scen)
 
 
 def calorimeter_sigma(edep, stochastic_term, constant_term, noise):
@@ -181,14 +174,6 @@ def category_probabilities(eff, tail_fraction, pickup):
     return jnp.stack(
         [eff * (1 - tail_fraction), eff * tail_fraction, (1 - eff) * (1 - pickup), (1 - eff) * pickup], axis=-1
     )
-
-
-def pathology_probabilities(p):
-    """f(c): ½ on each pathology (wide hit, stray hit) that has p > 0; p itself if neither has."""
-    has = (p[..., jnp.array([1, 3])] > 0).astype(p.dtype)
-    n = jnp.sum(has, axis=-1, keepdims=True)
-    f = jnp.zeros_like(p).at[..., 1].set(has[..., 0]).at[..., 3].set(has[..., 1]) / jnp.maximum(n, 1.0)
-    return jnp.where(n > 0, f, p)
 
 
 def _draw_category(prob, uu):
@@ -253,24 +238,13 @@ def _scenario_hits(setup, bias, names, p, cat, off_x, off_y, uu, z1, z2, sig, si
     pi_s = jnp.where(p3 > 0, jnp.where(p1 > 0, jnp.clip(far_s / jnp.maximum(far_s + far_t, 1e-30), 0.1, 0.9), 1.0),
                      0.0)
     movable = (p3 > 0) | (p1 > 0)
-    # per arm (group g), independently: natural with probability β, else one of its K_g variants
-    grp = np.asarray(bias.group)
-    n_g = int(grp.max()) + 1
-    first = np.asarray([int(np.argmax(grp == g)) for g in range(n_g)])
-    size = np.bincount(grp, minlength=n_g)
-    ug = uniforms(jax.random.fold_in(key_r, 10_001), (n_g, bsz), dtype)
-    pick = jnp.clip(jnp.floor((ug - bias.beta) / (1 - bias.beta) * size[:, None]), 0, size[:, None] - 1)
-    chosen = jnp.where(ug < bias.beta, -1, first[:, None] + pick.astype(jnp.int32))  # (G, B) variant or −1
-    in_group = jnp.asarray(np.stack([[any(r[i] != ROLE_NATURAL for r, gk in zip(bias.roles, grp) if gk == g)
-                                      for i in range(len(bias.planes))] for g in range(n_g)]))  # (G, Pb)
-    # (arms are disjoint: each plane takes the role of its own arm's variant)
-    safe_g = jnp.maximum(chosen, 0)
-    role = jnp.zeros((len(bias.planes), bsz), jnp.int32)
-    d = jnp.zeros((len(bias.planes), bsz), dtype)
-    for g in range(n_g):
-        rg = jnp.where(chosen[g] >= 0, roles[safe_g[g]].T, ROLE_NATURAL)
-        role = jnp.where(in_group[g][:, None], rg, role)
-        d = jnp.where(in_group[g][:, None], direction[safe_g[g]].T, d)
+    # the component of each event: −1 natural (probability β), else one of K scenarios uniformly
+    n_k = len(bias.roles)
+    u0 = uniforms(jax.random.fold_in(key_r, 10_001), (1, bsz), dtype)[0]
+    comp = jnp.clip(jnp.floor((u0 - bias.beta) / (1 - bias.beta) * n_k), 0, n_k - 1).astype(jnp.int32)
+    safe = jnp.where(u0 < bias.beta, 0, comp)
+    role = jnp.where(u0 < bias.beta, ROLE_NATURAL, roles[safe].T)  # (Pb, B)
+    d = direction[safe].T
     push = (role == ROLE_PUSH_UP) | (role == ROLE_PUSH_DOWN)
     stray = uu[idx, :, 0] < pi_s  # (the category uniform is free on a pushed plane)
     c_b = jnp.where((role == ROLE_LOST) & lost_ok, 2, cb)
@@ -302,12 +276,9 @@ def _scenario_hits(setup, bias, names, p, cat, off_x, off_y, uu, z1, z2, sig, si
     l_push = jnp.where(movable, jnp.where(c_b == 3, l_stray, l_tail), 0.0)
     l_k = jnp.where(is_push[..., None], l_push, jnp.where((roles == ROLE_LOST)[..., None] & lost_ok, l_lost, 0.0))
     l_k = jnp.sum(l_k, axis=1)  # (K, B)
-    log_w = jnp.zeros((bsz,), dtype)
-    for g in range(n_g):
-        rows = l_k[first[g]:first[g] + size[g]]
-        terms = jnp.concatenate([jnp.full((1, bsz), jnp.log(bias.beta), dtype),
-                                 jnp.log((1 - bias.beta) / size[g]) + rows], axis=0)
-        log_w = log_w - jax.scipy.special.logsumexp(terms, axis=0)
+    terms = jnp.concatenate([jnp.full((1, bsz), jnp.log(bias.beta), dtype),
+                             jnp.log((1 - bias.beta) / n_k) + l_k], axis=0)
+    log_w = -jax.scipy.special.logsumexp(terms, axis=0)
     return cat, off_x, off_y, log_w
 
 

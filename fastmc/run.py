@@ -103,12 +103,12 @@ def prepare(cfg: RunConfig) -> Prepared:
         hits = None
         if ch == "momentum_misreconstruction":
             m = cfg.misreco
-            planes, axis, roles, spec, group = misreco_scenarios(setup, m.planes)
+            planes, axis, roles, spec = misreco_scenarios(setup, m.planes)
             if not roles:
                 raise ConfigError(f"{cfg.path}: [channels.momentum_misreconstruction] planes = {list(m.planes)}: "
                                  "no arm of a spectrometer can fake a slope of a quarter of its bend with these planes")
             hits = HitBias(beta=jnp.asarray(m.beta, dtype), push_power=jnp.asarray(m.push_power, dtype),
-                           planes=planes, axis=axis, roles=roles, spectrometer=spec, group=group)
+                           planes=planes, axis=axis, roles=roles, spectrometer=spec)
         channel_params[ch] = {"mix": build_admixture(cfg, ch, float(setup.beam.z_start)) if hadrons else None,
                               "hits": hits}
         if ch == "signal":  # emission tables of one boson mass: set by fastmc.sensitivity per mass
