@@ -624,11 +624,18 @@ class MisrecoConfig:
     """Biasing of the ``momentum_misreconstruction`` channel: a defensive mixture of the natural
     hits (probability ``beta``) and scenarios in which the hits of one spectrometer arm among
     ``planes`` fake a slope (:mod:`fastmc.response`); pushed stray-hit offsets follow a ramp
-    density of power ``push_power`` on the pushed side (0: uniform)."""
+    density of power ``push_power`` on the pushed side (0: uniform).  Then, with probability
+    1 − ``deflect_beta``, the muon is turned between the incoming track and MS2 to hide the share
+    ``deflect_follow`` of the kink its hits fake: its Gaussian scattering core is shifted, or (a
+    share ``deflect_kicks`` of those) its hard deflections are forced
+    (:class:`fastmc.response.DeflectBias`; ``deflect_follow = 0`` switches it off)."""
 
     planes: tuple[str, ...] = ()  # default: every tracker of the p_out spectrometer and its incoming track
     beta: float = 0.5
     push_power: float = 3.0
+    deflect_follow: float = 0.4
+    deflect_beta: float = 0.2
+    deflect_kicks: float = 0.2
 
 
 SIGNAL_MODELS = ("z_prime", "dark_photon", "scalar")  # fastmc.physics.darkbrem.SIGNAL_MODELS
@@ -834,6 +841,9 @@ def load_run(path: str | Path, overrides: dict[str, Any] | None = None) -> RunCo
         planes=tuple(planes),
         beta=mr.number("beta", 0.5, gt=0.0, lt=1.0),
         push_power=mr.number("push_power", 3.0, ge=0.0, le=20.0),
+        deflect_follow=mr.number("deflect_follow", 0.4, ge=0.0, le=2.0),
+        deflect_beta=mr.number("deflect_beta", 0.2, gt=0.0, lt=1.0),
+        deflect_kicks=mr.number("deflect_kicks", 0.2, gt=0.0, lt=1.0),
     )
     mr.finish()
     cb = chs.table("calorimeter_nonhermeticity", {})

@@ -40,6 +40,25 @@ every component, so the weight
 is exact (balance heuristic, Veach & Guibas, SIGGRAPH 1995) and bounded.  (One independent mixture
 per arm, whose weights multiply, was tried and spread the draws too thinly on the LS3 card.)
 
+Deflection (same channel).  A faked upstream slope of MS2 is seen as a kink between the incoming
+track and the upstream arm, unless the muon really turned by about as much in the material between
+them (the target and the calorimeters behind it): the selected configurations are a bad arm *and*
+a deflection of 2–4 mrad (2–4 θ0 on the LS3 card) in the right direction.  The hit offsets do not
+depend on the muon, so they are drawn first (:func:`hit_offsets`); ΔS, the kink they alone fake
+(:func:`faked_kink`), then sets each muon's target turn −f·ΔS (f = ``deflect_follow``: on the LS3
+card a fake passes the p_out and kink cuts when the real turn hides ≈ 0.33–0.42 of it).
+:class:`DeflectBias` is a defensive mixture, per muon, of natural transport (β_d), exponential
+tilting of the Gaussian scattering core in those slabs towards the target turn (its summed core
+angle X ~ N(cV, V) instead of N(0, V), c = −fΔS/V_nom), and forced hard deflections on that side
+(interactions made photonuclear with probability ``PN_SHARE``, their momentum transfer pushed up and
+their azimuth put on that half circle; single Coulomb scatters at larger angles, kept with
+|F|^(2/3) instead of |F|², on that half circle: :func:`fastmc.physics.scattering.sample_scattering_info`)
+— the tail that carries the configurations the Gaussian cannot reach.  Its weight
+
+    w_d = 1/(β_d + (1 − β_d)[(1 − π) exp(cX − c²V/2) + π Π q/p]) ≤ 1/β_d
+
+(π = ``deflect_kicks``) is exact; the hit and deflection weights multiply.
+
 Calorimeters and counters: the energy lost in the element (and the energy of decay photons or
 absorbed hadrons deposited there) is scaled by ``response_scale`` and smeared with
 σ/E = a/√E ⊕ b ⊕ c/E (PDG RPP 2024 "Calorimetry" §35.9, E in GeV).  Full containment of
@@ -85,7 +104,107 @@ class HitBias:
     spectrometer: tuple[int, ...] = static_field()
 
 
-def misreco_scenarios(setup: Setup, planes: tuple[str, ...], min_reach: float = 0.25):
+# photonuclear forcing of the deflection mixture (DeflectBias, fastmc.transport.material_step): share
+# of a forced muon's interactions made photonuclear, and the power of the first t-proposal uniform.
+# With the 1/(t(t + m0²)) proposal of fastmc.physics.deflection, s = ln(t/(t + t1)) is uniform on
+# [≈ −12, 0]; kicks of 2–4 mrad at 160 GeV (t ≈ 0.1–0.4 GeV²) sit at u ≈ 0.985–0.998, which
+# u^(1/60) reaches 60 % of the time against 1.3 % naturally.  Proposal choices, not physics.
+PN_SHARE = 0.5
+PN_T_POWER = 60.0
+
+
+@pytree_dataclass
+class DeflectBias:
+    """Deflection forcing of the misreconstruction channel (module docstring, "Deflection").
+
+    A defensive mixture of three components for the slab slots flagged in ``slots``, chosen per
+    muon after its hits (whose offsets do not depend on the transport) are drawn: natural
+    transport (probability ``beta``); the Gaussian core of the multiple scattering in projection
+    ``axis`` shifted by c·σ² per step, so that the summed core angle X is drawn from N(c·V, V)
+    instead of N(0, V) (V = Σσ²; probability (1 − beta)(1 − ``kick_share``)); or the hard
+    deflections forced towards the side sign(c) (probability (1 − beta)·``kick_share``).  The
+    muon's c = −``follow``·ΔS/V_nom, with ΔS the kink between the incoming track and MS2's
+    upstream arm that its hit offsets alone would fake and V_nom = 1/``inv_v`` the core variance
+    at the beam momentum: the muon is turned to hide that fraction of its faked kink.
+    """
+
+    beta: jnp.ndarray
+    follow: jnp.ndarray
+    inv_v: jnp.ndarray
+    kick_share: jnp.ndarray
+    slots: tuple[bool, ...] = static_field()
+    axis: str = static_field()
+
+
+def deflect_bias(setup: Setup, x0_mm, follow: float, beta: float, kick_share: float = 0.5,
+                 dtype=jnp.float32) -> DeflectBias | None:
+    """The :class:`DeflectBias` of the ``p_out`` spectrometer with incoming trackers (None if
+    there is none, no slab lies between them, or ``follow`` is 0): the slabs between the last
+    incoming tracker and the first plane of the upstream arm; V_nom from Highland's θ0 of each
+    slab at the beam momentum (PDG RPP 2024 eq. 34.15; any V gives an exact weight, it only sets
+    the proposal)."""
+    from fastmc.physics.scattering import highland_theta0
+
+    spec = [s for s in setup.spectrometers if s.output == "p_out" and s.incoming]
+    if not spec or follow <= 0:
+        return None
+    s = spec[0]
+    z_lo = max(float(setup.element(n).z + setup.element(n).thickness) for n in s.incoming)
+    z_hi = min(float(setup.element(n).z) for n in s.upstream)
+    slots = tuple(el.kind == "slab" and float(el.z) >= z_lo and float(el.z + el.thickness) <= z_hi
+                  for el in setup.elements)
+    if not any(slots):
+        return None
+    p = float(setup.beam.momentum)
+    v_nom = 0.0
+    for el, on in zip(setup.elements, slots):
+        if on:
+            x = float(el.thickness) * float(el.density_scale) / float(x0_mm[int(el.material)])
+            v_nom += float(highland_theta0(jnp.asarray(p), jnp.asarray(1.0), jnp.asarray(x))) ** 2
+    return DeflectBias(beta=jnp.asarray(beta, dtype), follow=jnp.asarray(follow, dtype),
+                       inv_v=jnp.asarray(1.0 / v_nom, dtype), kick_share=jnp.asarray(kick_share, dtype),
+                       slots=slots, axis=s.plane)
+
+
+def faked_kink(setup: Setup, offsets: dict):
+    """ΔS (B,) rad: the kink, in the bend plane, between MS2's upstream arm and the incoming track
+    that hit offsets ``offsets`` (:func:`tracker_hits` of a muon on the z axis) fake by themselves;
+    a real turn of −ΔS between them hides it (the fits are linear in the hits)."""
+    from fastmc.reconstruct import _arm
+
+    s = next(s for s in setup.spectrometers if s.output == "p_out" and s.incoming)
+    b_up, ok_up, _, _ = _arm(setup, s.upstream, offsets, s.plane)
+    b_in, ok_in, _, _ = _arm(setup, s.incoming, offsets, s.plane)
+    return jnp.where(ok_up & ok_in, b_up - b_in, 0.0)
+
+
+def deflect_components(bias: DeflectBias, u0, c):
+    """State entries of the chosen component for uniforms ``u0`` (B,) and per-muon tilts ``c`` (B,)
+    rad⁻¹: ``tilt_c`` (c or 0), ``tilt_call`` (c, for the weight), ``kick_force`` (1 or 0),
+    ``kick_sign`` (sign of c), and the zeroed sums the weight needs."""
+    dtype = u0.dtype
+    forced = u0 >= bias.beta
+    kick = u0 >= bias.beta + (1.0 - bias.beta) * (1.0 - bias.kick_share)
+    zero = jnp.zeros_like(u0)
+    c = jnp.asarray(c, dtype)
+    return {"tilt_c": jnp.where(forced & ~kick, c, 0.0).astype(dtype), "tilt_call": c,
+            "kick_force": kick.astype(dtype), "kick_sign": jnp.where(c < 0, -1.0, 1.0).astype(dtype),
+            "tilt_x": zero, "tilt_v": zero, "kick_lr": zero}
+
+
+def deflect_log_weight(bias: DeflectBias, state: dict):
+    """log w = −log(β + (1 − β)[(1 − π) exp(c·X − c²V/2) + π exp(Σ log q/p)]) of the deflection
+    mixture (≤ −log β), from the final transport state: c the muon's tilt, X, V the summed core
+    angle and variance, Σ log q/p that of the hard-deflection forcing at the realised draws
+    (fastmc.transport.material_step), π = kick_share."""
+    c = state["tilt_call"]
+    log_tilt = c * state["tilt_x"] - 0.5 * c * c * state["tilt_v"]
+    log_forced = jnp.logaddexp(jnp.log1p(-bias.kick_share) + log_tilt, jnp.log(bias.kick_share) + state["kick_lr"])
+    return -jnp.logaddexp(jnp.log(bias.beta), jnp.log1p(-bias.beta) + log_forced)
+
+
+def misreco_scenarios(setup: Setup, planes: tuple[str, ...], min_reach: float = 0.25,
+                      min_hits: dict[str, float] | None = None):
     """The scenarios of :class:`HitBias` for the trackers ``planes`` (concrete setup values).
 
     For every spectrometer and arm: (1) each single plane pushed, the arm's others natural; (2) each
@@ -95,7 +214,9 @@ def misreco_scenarios(setup: Setup, planes: tuple[str, ...], min_reach: float = 
     plane's push sign is its side of the weighted centre of the planes carrying hits (a plane at the
     centre stays natural).  Scenarios whose largest slope change — strays at the road edge, or wide
     hits at 3σ_tail, in a weighted least-squares fit — is below ``min_reach`` × the nominal bend
-    angle are dropped (the incoming arm only follows the upstream one and is not checked).
+    angle are dropped (the incoming arm only follows the upstream one and is not checked), and so
+    are subsets that leave an arm fewer hits than ``min_hits`` asks of it (the smallest
+    ``{output}_hits_up``/``_hits_down`` the selection requires: such events are never selected).
     Returns (planes, axis, roles, spectrometer index) with only the planes some scenario touches.
     """
     from itertools import combinations
@@ -124,11 +245,13 @@ def misreco_scenarios(setup: Setup, planes: tuple[str, ...], min_reach: float = 
 
     allowed = set(planes)
 
-    def subsets(arm, direction, threshold):  # |S| ≥ 2 pushed, the arm's others lost
+    def subsets(arm, direction, threshold, need_hits=0.0):  # |S| ≥ 2 pushed, the arm's others lost
         mine = [n for n in arm if n in allowed]
         out = []
         for r in range(2, len(mine) + 1):
             for sub in combinations(mine, r):
+                if len(arm) - (len(mine) - r) < need_hits:
+                    continue
                 roles, reach = push(sub, sub, direction)
                 if reach >= threshold:
                     out.append({**{n: ROLE_LOST for n in mine}, **roles})
@@ -147,8 +270,9 @@ def misreco_scenarios(setup: Setup, planes: tuple[str, ...], min_reach: float = 
     for si, s in enumerate(setup.spectrometers):
         bl = sum(f(setup.element(m).field_integral) for m in s.magnets)
         need = min_reach * abs(u.GEV_PER_TESLA_METRE * bl / (f(setup.beam.momentum) / u.GeV))
-        down = singles(s.downstream, +1, need) + subsets(s.downstream, +1, need)
-        up = singles(s.upstream, -1, need) + subsets(s.upstream, -1, need)
+        mh = min_hits or {}
+        down = singles(s.downstream, +1, need) + subsets(s.downstream, +1, need, mh.get(f"{s.output}_hits_down", 0.0))
+        up = singles(s.upstream, -1, need) + subsets(s.upstream, -1, need, mh.get(f"{s.output}_hits_up", 0.0))
         # the incoming track may follow a faked upstream slope: one or more of its planes pushed,
         # its others natural
         inc = [{k: v for k, v in r.items() if v != ROLE_LOST}
@@ -282,8 +406,18 @@ def _scenario_hits(setup, bias, names, p, cat, off_x, off_y, uu, z1, z2, sig, si
     return cat, off_x, off_y, log_w
 
 
+def hit_offsets(setup: Setup, key_chunk: jax.Array, bias: HitBias | None, n: int, dtype=jnp.float32):
+    """The hit draws of :func:`detector_response` for a muon on the z axis that reaches every plane:
+    ``(offsets, log_w)``.  They do not depend on the muon, so they may be drawn before the
+    transport (the misreconstruction channel conditions its deflection forcing on them) and passed
+    to :func:`detector_response` as ``hits_pre``: the result is bit-identical."""
+    zero = jnp.zeros((n,), dtype)
+    truth = {"hits": {nm: (zero, zero, jnp.ones((n,), bool)) for nm in setup.trackers}}
+    return tracker_hits(setup, truth, stream_key(key_chunk, STREAM_RESPONSE), bias)
+
+
 def detector_response(setup: Setup, truth: dict, key_chunk: jax.Array, bias: HitBias | None = None,
-                      showers=None, calo: CaloBias | None = None, temperature=None) -> dict:
+                      showers=None, calo: CaloBias | None = None, temperature=None, hits_pre=None) -> dict:
     """Measured hits ``hits[name] = (mx, my, present)``, ``energies[group]`` (MeV) and ``log_w``.
 
     ``showers`` (:class:`fastmc.physics.showers.ShowerParams`): the hardest transfer of each slab
@@ -294,7 +428,12 @@ def detector_response(setup: Setup, truth: dict, key_chunk: jax.Array, bias: Hit
     temperature × half-width.
     """
     key_r = stream_key(key_chunk, STREAM_RESPONSE)
-    hits, log_w = tracker_hits(setup, truth, key_r, bias) if setup.trackers else ({}, 0.0)
+    if hits_pre is not None:  # offsets drawn before the transport (hit_offsets): add the truth
+        off, log_w = hits_pre
+        hits = {n: (truth["hits"][n][0] + off[n][0], truth["hits"][n][1] + off[n][1],
+                    truth["hits"][n][2] & off[n][2]) for n in setup.trackers}
+    else:
+        hits, log_w = tracker_hits(setup, truth, key_r, bias) if setup.trackers else ({}, 0.0)
     deposits = None
     if showers is not None:
         deposits, lw = shower_deposits(setup, truth, showers, key_r, calo, temperature)

@@ -29,7 +29,7 @@ import numpy as np
 
 from fastmc.config import ConfigError, RunConfig
 from fastmc.geometry import Setup, build_setup, setup_materials
-from fastmc.rng import STREAM_BEAM, chunk_key, stream_key
+from fastmc.rng import STREAM_BEAM, STREAM_CHANNEL, chunk_key, stream_key, uniforms
 from fastmc.selection import Selection, build_selection, pass_masks
 from fastmc.tally import N_FIELDS, Tally, chunk_tally, reduce_chunks
 from fastmc.transport import Physics, transport
@@ -91,7 +91,7 @@ def prepare(cfg: RunConfig) -> Prepared:
         forced_slot = setup.index(cfg.calo.target)
     options = ChainOptions(cfg.chunk_size, ph.max_interactions, slot_branches(setup, physics, e_max), hadrons,
                            forced_slot)
-    from fastmc.response import CaloBias, HitBias, misreco_scenarios
+    from fastmc.response import CaloBias, HitBias, deflect_bias, misreco_scenarios
 
     showers = None
     if cfg.showers.model == "profile":
@@ -103,7 +103,11 @@ def prepare(cfg: RunConfig) -> Prepared:
         hits = None
         if ch == "momentum_misreconstruction":
             m = cfg.misreco
-            planes, axis, roles, spec = misreco_scenarios(setup, m.planes)
+            # hits per arm that every region of the selection asks for (scenarios below it are useless)
+            need = {v: min(max((c.min for c in cuts if c.var == v and c.min is not None), default=0.0)
+                           for _, cuts in cfg.regions)
+                    for v in {c.var for _, cuts in cfg.regions for c in cuts if c.var.endswith(("_hits_up", "_hits_down"))}}
+            planes, axis, roles, spec = misreco_scenarios(setup, m.planes, min_hits=need)
             if not roles:
                 raise ConfigError(f"{cfg.path}: [channels.momentum_misreconstruction] planes = {list(m.planes)}: "
                                  "no arm of a spectrometer can fake a slope of a quarter of its bend with these planes")
@@ -111,6 +115,9 @@ def prepare(cfg: RunConfig) -> Prepared:
                            planes=planes, axis=axis, roles=roles, spectrometer=spec)
         channel_params[ch] = {"mix": build_admixture(cfg, ch, float(setup.beam.z_start)) if hadrons else None,
                               "hits": hits}
+        if ch == "momentum_misreconstruction":
+            channel_params[ch]["deflect"] = deflect_bias(setup, [mat.X0_mm for mat in mats], m.deflect_follow,
+                                                         m.deflect_beta, m.deflect_kicks, dtype)
         if ch == "signal":  # emission tables of one boson mass: set by fastmc.sensitivity per mass
             channel_params[ch]["signal"] = None
         if showers is not None:
@@ -186,13 +193,29 @@ def simulate_events(
             state.update(signal_x=zero, signal_e_x=zero)
     if soft is not None:
         state.setdefault("log_w", jnp.zeros((chunk_size,), dtype))
+    deflect = params.get("deflect")
+    hits_pre = None
+    if deflect is not None:
+        # the misreconstruction channel's deflection forcing (fastmc.response.DeflectBias): the hit
+        # offsets come first (they do not depend on the muon), then each muon is turned to hide a
+        # share of the kink they fake
+        from fastmc.response import deflect_components, faked_kink, hit_offsets
+
+        hits_pre = hit_offsets(setup, key_c, params.get("hits"), chunk_size, dtype)
+        c = -deflect.follow * faked_kink(setup, hits_pre[0]) * deflect.inv_v
+        state.update(deflect_components(deflect, uniforms(stream_key(key_c, STREAM_CHANNEL, 1), (chunk_size,), dtype), c))
     final, truth = transport(setup, physics, state, key_c, opts.max_interactions, branches, forced, signal,
-                             None if calo is None else calo.v_min, None if soft is None else soft["setup_ref"])
+                             None if calo is None else calo.v_min, None if soft is None else soft["setup_ref"],
+                             deflect)
     measured = detector_response(setup, truth, key_c, params.get("hits"), params.get("showers"), calo,
-                                 None if soft is None else soft["temperature"])
+                                 None if soft is None else soft["temperature"], hits_pre)
     variables = reconstruct(setup, measured)
     # weights of the biased choices made in transport (species, forced decays/interactions) and response
     log_w = (final["log_w"] if "log_w" in final else jnp.zeros((chunk_size,), dtype)) + measured["log_w"]
+    if deflect is not None:
+        from fastmc.response import deflect_log_weight
+
+        log_w = log_w + deflect_log_weight(deflect, final)
     variables["truth_hadron"] = state["hadron"].astype(dtype) if opts.hadrons else jnp.zeros((chunk_size,), dtype)
     if signal is not None:
         variables["truth_signal_x"] = final["signal_x"]

@@ -38,7 +38,7 @@ import numpy as np
 
 from fastmc import units as u
 from fastmc.geometry import Setup
-from fastmc.physics.deflection import N_KICK_UNIFORMS
+from fastmc.physics.deflection import N_KICK_UNIFORMS, PROC_PHOTONUCLEAR
 from fastmc.physics.scattering import N_UNIFORMS as N_SCAT_UNIFORMS
 from fastmc.physics.straggling import N_RAD_UNIFORMS
 from fastmc.physics.straggling import N_UNIFORMS as N_ION_UNIFORMS
@@ -158,8 +158,22 @@ def material_step(
     k: int,
     uu: jnp.ndarray,
     length_ref: jnp.ndarray | None = None,
+    tilt_on: jnp.ndarray | None = None,
+    tilt_axis: str = "x",
 ) -> tuple[dict[str, jnp.ndarray], dict[str, jnp.ndarray]]:
     """Transport through ``length`` mm of material ``mat``; ``uu`` has shape (B, n_step_uniforms(k)).
+
+    Deflection forcing (``tilt_on`` ∈ {0, 1} for this slot and ``state["tilt_c"]``, channel
+    ``momentum_misreconstruction``, :class:`fastmc.response.DeflectBias`): the Gaussian core of
+    the multiple scattering in projection ``tilt_axis`` is drawn with its mean shifted by
+    tilt_c·σ² (:func:`fastmc.physics.scattering.sample_scattering_info`), and the Gaussian angle
+    and σ² of the flagged slots are summed in ``state["tilt_x"]``, ``state["tilt_v"]`` for the
+    likelihood ratio exp(c·X − c²V/2) of the whole sequence (exponential tilting).  Where
+    ``state["kick_force"]`` is 1, the hard deflections are forced instead: interactions are made
+    photonuclear more often and their kicks pushed (large t, azimuth on the side
+    ``state["kick_sign"]``), and so are the single Coulomb scatters (``force`` of
+    sample_scattering_info); log q/p of that proposal at the realised draws is summed in
+    ``state["kick_lr"]`` for every muon.
 
     ``length_ref`` (soft mode, :mod:`fastmc.optimise`): the number of interactions is drawn from
     the Poisson law of a *reference* length (a frozen proposal) and the likelihood ratio
@@ -215,10 +229,23 @@ def material_step(
     hardest = jnp.zeros_like(ekin_in)
     hardest_proc = jnp.full(ekin_in.shape, -1, dtype=jnp.int32)
     hardest_depth = jnp.zeros_like(ekin_in)
+    kick_force = tilt_on is not None and "kick_force" in state
     if k:
         # process choice and v for all K slots in one vectorised look-up, from E_in − Δc·d
         e_at = jnp.maximum(ekin_in[:, None] - d_cont[:, None] * depth, 1.0)
-        proc = jnp.sum(uu[:, 2 + k : 2 + 2 * k, None] > cum[:, None, :-1], axis=-1).astype(jnp.int32)
+        u_proc = uu[:, 2 + k : 2 + 2 * k]
+        if kick_force:
+            # photonuclear forcing (fastmc.response.DeflectBias): a forced muon's interactions in a
+            # flagged slot are photonuclear with probability PN_SHARE instead of p_pn (the last
+            # process: the interval [1 − p_pn, 1) of the choice uniform)
+            from fastmc.response import PN_SHARE
+
+            p_pn = jnp.clip(xs[:, PROC_PHOTONUCLEAR] / jnp.maximum(xs_tot, 1e-30), 1e-12, 1.0 - 1e-6)[:, None]
+            forced_mu = (state["kick_force"] * tilt_on > 0)[:, None]
+            u_forced = jnp.where(u_proc < 1.0 - PN_SHARE, u_proc * (1.0 - p_pn) / (1.0 - PN_SHARE),
+                                 1.0 - p_pn + (u_proc - (1.0 - PN_SHARE)) * p_pn / PN_SHARE)
+            u_proc = jnp.where(forced_mu, u_forced, u_proc)
+        proc = jnp.sum(u_proc[:, :, None] > cum[:, None, :-1], axis=-1).astype(jnp.int32)
         v = sample_v_from_u(tables, mat, proc, e_at, uu[:, 2 + 2 * k : 2 + 3 * k])
         active = slot[None, :] < n[:, None]
         lost = jnp.zeros_like(ekin_in)
@@ -242,6 +269,25 @@ def material_step(
         k0 = 2 + 3 * k + N_SCAT_UNIFORMS
         uk = uu[:, k0 : k0 + N_KICK_UNIFORMS * k].reshape(ekin_in.shape[0], k, N_KICK_UNIFORMS)
         de_k = jnp.stack(de_all, axis=-1)
+        if kick_force:
+            # ... and their kick is pushed: the first proposal uniform of the momentum transfer t
+            # drawn as u^(1/PN_T_POWER) (large t), the azimuth on the half circle of the bend-plane
+            # side ``kick_sign`` (fastmc.response.DeflectBias)
+            from fastmc.response import PN_T_POWER
+
+            is_pn = (proc == PROC_PHOTONUCLEAR) & active
+            centre = (0.0 if tilt_axis == "x" else 0.25) + jnp.where(state["kick_sign"] > 0, 0.0, 0.5)  # turns
+            az = jnp.mod(centre[:, None] + 0.5 * (uk[..., 0] - 0.5), 1.0)
+            push = forced_mu & is_pn
+            uk = uk.at[..., 0].set(jnp.where(push, az, uk[..., 0]))
+            uk = uk.at[..., 1].set(jnp.where(push, uk[..., 1] ** (1.0 / PN_T_POWER), uk[..., 1]))
+            # log q/p of the forced component at the realised draws, for every muon
+            helpful = jnp.cos(2.0 * np.pi * (uk[..., 0] - centre[:, None])) > 0.0
+            lr_pn = (jnp.log(PN_T_POWER) + (PN_T_POWER - 1.0) * jnp.log(uk[..., 1])
+                     + jnp.where(helpful, jnp.log(2.0), -jnp.inf))
+            lr_choice = jnp.where(proc == PROC_PHOTONUCLEAR, jnp.log(PN_SHARE / p_pn),
+                                  jnp.log((1.0 - PN_SHARE) / (1.0 - p_pn)))
+            lr_kick = jnp.sum(jnp.where(active, lr_choice + jnp.where(is_pn, lr_pn, 0.0), 0.0), axis=-1)
         kx, ky = _kick_angles(proc, jnp.stack(e_before, axis=-1), de_k, uk)
         kick_tx, kick_ty = jnp.sum(kx, axis=-1), jnp.sum(ky, axis=-1)
         rest = jnp.asarray(length)[..., None] * (1.0 - depth)
@@ -310,6 +356,10 @@ def material_step(
         uu[:, 2 + 3 * k : 2 + 3 * k + N_SCAT_UNIFORMS],
         model=physics.scattering_model,
         lever=lever,
+        tilt=None if tilt_on is None else state["tilt_c"] * tilt_on,
+        tilt_axis=tilt_axis,
+        force=state["kick_force"] * tilt_on if kick_force else None,
+        force_sign=state["kick_sign"] if kick_force else None,
     )
     dtx, dty = scat["dtheta_x"] + kick_tx, scat["dtheta_y"] + kick_ty
     dx, dy = scat["dx"] + kick_dx, scat["dy"] + kick_dy
@@ -332,6 +382,12 @@ def material_step(
     }
     if length_ref is not None:
         new["log_w"] = state["log_w"] + jnp.where(alive & is_mu, lw_count, 0.0)
+    if tilt_on is not None:
+        new["tilt_x"] = state["tilt_x"] + jnp.where(alive, tilt_on * scat["gauss_angle"], 0.0)
+        new["tilt_v"] = state["tilt_v"] + jnp.where(alive, tilt_on * scat["sigma_core"] ** 2, 0.0)
+    if kick_force:
+        lr_force = scat["force_lr"] + (lr_kick if k else 0.0)
+        new["kick_lr"] = state["kick_lr"] + jnp.where(alive & (tilt_on > 0), lr_force, 0.0)
     return new, rec
 
 
@@ -428,6 +484,7 @@ def transport(
     signal: Any = None,
     photonuclear_v_min: Any = None,
     setup_ref: Setup | None = None,
+    deflect: Any = None,
 ) -> tuple[dict[str, jnp.ndarray], dict[str, Any]]:
     """Transport a batch from ``setup.beam.z_start`` through every element (``lax.scan``).
 
@@ -460,6 +517,10 @@ def transport(
     ``setup_ref`` (a frozen proposal, no gradient) and reweighted to ``setup``'s lengths in
     ``state["log_w"]`` (the state must carry it): the chain is then smooth in the slab
     thicknesses for fixed keys, and unbiased.
+
+    Deflection forcing (``deflect``, :class:`fastmc.response.DeflectBias`; the state must carry
+    ``tilt_c``, ``tilt_x``, ``tilt_v``): the material steps of the slots in ``deflect.slots`` shift
+    the Gaussian scattering core in projection ``deflect.axis`` (:func:`material_step`).
     """
     key_t = stream_key(key_chunk, STREAM_TRANSPORT)
     bsz = state["ekin"].shape[0]
@@ -468,6 +529,9 @@ def transport(
     arrays = element_arrays(setup)
     if setup_ref is not None:
         arrays["length_ref"] = jax.lax.stop_gradient(element_arrays(setup_ref)["length"])
+    if deflect is not None:
+        arrays["tilt"] = jnp.asarray(deflect.slots, dtype)
+    tilt_axis = "x" if deflect is None else deflect.axis
     n_el = len(setup.elements)
     if branches is None:
         branches = tuple(BRANCH_NONE if el.kind == "magnet" else BRANCH_THICK for el in setup.elements)
@@ -488,7 +552,8 @@ def transport(
     def make_material(k: int):
         def step(st, a, key):
             uu = uniforms(key, (bsz, n_step_uniforms(k)), dtype)
-            st, rec = material_step(physics, st, a["mat"], a["length"], a["dscale"], k, uu, a.get("length_ref"))
+            st, rec = material_step(physics, st, a["mat"], a["length"], a["dscale"], k, uu, a.get("length_ref"),
+                                    a.get("tilt"), tilt_axis)
             rec["e_other"] = zero
             return st, {key_: rec[key_] for key_ in empty_rec}
 

@@ -150,6 +150,11 @@ _HBARC_MEV_MM = units.classic_electr_radius * units.electron_mass_c2 / units.fin
 _FM = 1e-12 * units.mm
 _R0_FM = 1.2
 _TINY_U = 1e-7
+# forcing of large single scatters (sample_scattering_info ``force``; the misreconstruction
+# channel's deflection mixture, fastmc.response.DeflectBias): power of the Rutherford survival
+# fraction v.  θ ≈ θ_cut/√v, so P(θ > 16 θ_cut) goes from 1/256 to 1/16 — a 4 mrad scatter behind
+# a 45 mm step of the ECAL cell (θ_cut ≈ 0.25 mrad).  A proposal choice, not physics.
+FORCE_ANGLE_POWER = 4.0
 
 
 @pytree_dataclass
@@ -382,11 +387,25 @@ def overflow_probability(params: ScatteringParams, mat: Any, pmag: Any, beta: An
 
 def sample_scattering_info(params: ScatteringParams, mat: Any, pmag: Any, beta: Any,
                            length_mm: Any, u: Any, model: str = "highland_single",
-                           lever: tuple[Any, Any] | None = None) -> dict:
+                           lever: tuple[Any, Any] | None = None, tilt: Any = None, tilt_axis: str = "x",
+                           force: Any = None, force_sign: Any = None) -> dict:
     """As :func:`sample_scattering`, returning a dict with also ``n_single`` (accepted single
     scatters, int32), ``overflow`` (bool: the Poisson draw exceeded N_SINGLE_MAX and was capped),
     ``theta0`` (Highland), ``theta_core`` (the core-width reference of ``params.core``; Highland
-    for ``model="highland"``) and ``sigma_core`` (width of the Gaussian part)."""
+    for ``model="highland"``), ``sigma_core`` (width of the Gaussian part) and ``gauss_angle``
+    (the Gaussian part of the angle change in projection ``tilt_axis``).
+
+    ``tilt`` (B,) rad⁻¹ (importance sampling, :mod:`fastmc.response` ``DeflectBias``): the
+    Gaussian angle in projection ``tilt_axis`` is drawn from N(tilt·σ², σ²) instead of N(0, σ²)
+    (its standard normal shifted by tilt·σ; the displacement follows through the same normal).
+    The caller carries the likelihood ratio, which needs only ``gauss_angle`` and σ².
+
+    ``force`` (B,) ∈ {0, 1} with ``force_sign`` (B,) ±1 (same bias): where 1, each single-scatter
+    candidate's polar angle is drawn with v → v^FORCE_ANGLE_POWER (v the Rutherford survival
+    fraction within the chosen element, so larger angles), kept with probability |F|^(2/3)
+    instead of |F|², and its azimuth drawn on the half circle of side ``force_sign`` in
+    projection ``tilt_axis``.  ``force_lr`` (B,) returns log q/p of that proposal at the realised
+    candidates for every muon (forced or not), for the caller's mixture weight."""
     if model not in ("highland", "highland_single"):
         raise ValueError(f"unknown scattering model {model!r}")
     s = _setup(params, mat, pmag, beta, length_mm)
@@ -395,8 +414,12 @@ def sample_scattering_info(params: ScatteringParams, mat: Any, pmag: Any, beta: 
     uc = jnp.clip(u, _TINY_U, 1.0 - _TINY_U)
     z = ndtri(uc[:, :N_GAUSS_UNIFORMS])
     sig = s["theta0"] if model == "highland" else s["sigma_g"]
+    if tilt is not None:
+        shift = jnp.asarray(tilt, dtype) * sig
+        z = z.at[:, 1 if tilt_axis == "x" else 3].add(shift)
     dthx = sig * z[:, 1]
     dthy = sig * z[:, 3]
+    gauss_angle = dthx if tilt_axis == "x" else dthy
     if lever is None:  # scattering uniform along the step: PDG RPP 2024 eqs. 34.20-21
         c_ind, c_ang = 1.0 / math.sqrt(12.0), 0.5
     else:
@@ -417,6 +440,10 @@ def sample_scattering_info(params: ScatteringParams, mat: Any, pmag: Any, beta: 
         cum = jnp.cumsum(lam_el, axis=-1)  # (B, n_el)
         lam_safe = jnp.where(lam > 0, lam, 1.0)
         n_el = lam_el.shape[-1]
+        if force is not None:
+            forced = jnp.asarray(force, dtype) > 0
+            centre = (0.0 if tilt_axis == "x" else 0.25) + jnp.where(jnp.asarray(force_sign) > 0, 0.0, 0.5)
+        force_lr = jnp.zeros(dthx.shape, dtype)
         for k in range(N_SINGLE_MAX):
             cols = N_GAUSS_UNIFORMS + 1 + N_PER_SINGLE * k
             # element choice and polar angle from one uniform (mixture inverse CDF)
@@ -425,6 +452,8 @@ def sample_scattering_info(params: ScatteringParams, mat: Any, pmag: Any, beta: 
             lo = jnp.take_along_axis(cum - lam_el, idx[:, None], axis=-1)[:, 0]
             le = jnp.take_along_axis(lam_el, idx[:, None], axis=-1)[:, 0]
             v = jnp.clip((w - lo) / jnp.where(le > 0, le, 1.0), _TINY_U, 1.0)
+            if force is not None:
+                v = jnp.where(forced, jnp.maximum(v**FORCE_ANGLE_POWER, 1e-30), v)
             a2 = jnp.take_along_axis(s["chi_a2"], idx[:, None], axis=-1)[:, 0]
             ffk = jnp.take_along_axis(s["ff"], idx[:, None], axis=-1)[:, 0]
             tc2 = s["tc2"][:, 0]
@@ -432,12 +461,26 @@ def sample_scattering_info(params: ScatteringParams, mat: Any, pmag: Any, beta: 
             th2 = (tc2 + a2) / v - a2
             th2 = jnp.minimum(th2, 1.0)  # small-angle model: at most 1 rad (never reached with FF)
             th = jnp.sqrt(jnp.maximum(th2, 0.0))
-            phi = 2.0 * math.pi * uc[:, cols + 1]
+            u_phi = uc[:, cols + 1]
+            if force is not None:
+                u_phi = jnp.where(forced, jnp.mod(centre + 0.5 * (u_phi - 0.5), 1.0), u_phi)
+            phi = 2.0 * math.pi * u_phi
             depth = uc[:, cols + 2]  # fraction of L at which the scatter happens
-            keep = (k < n) & (lam > 0)
+            cand = (k < n) & (lam > 0)
+            keep = cand
             if params.nuclear_size:
                 q2 = s["pmag"] * s["pmag"] * th2
-                keep = keep & (u[:, cols + 3] < _form_factor2(params, ffk, q2))
+                f2 = _form_factor2(params, ffk, q2)
+                f2q = f2 ** (1.0 / 3.0)
+                keep = keep & (u[:, cols + 3] < (jnp.where(forced, f2q, f2) if force is not None else f2))
+            if force is not None:
+                # log q/p: angle law (v^A has density (1/A) v^(1/A − 1)), azimuth (2 on the side), FF
+                lr = (-math.log(FORCE_ANGLE_POWER) + (1.0 / FORCE_ANGLE_POWER - 1.0) * jnp.log(v)
+                      + jnp.where(jnp.cos(phi - 2.0 * math.pi * centre) > 0.0, math.log(2.0), -jnp.inf))
+                if params.nuclear_size:
+                    lr = lr + jnp.where(keep, jnp.log(f2q) - jnp.log(jnp.maximum(f2, 1e-37)),
+                                        jnp.log1p(-jnp.minimum(f2q, 1.0 - 1e-7)) - jnp.log1p(-jnp.minimum(f2, 1.0 - 1e-7)))
+                force_lr = force_lr + jnp.where(cand, lr, 0.0)
             kf = keep.astype(dtype)
             tx = kf * th * jnp.cos(phi)
             ty = kf * th * jnp.sin(phi)
@@ -454,6 +497,8 @@ def sample_scattering_info(params: ScatteringParams, mat: Any, pmag: Any, beta: 
         theta0=jnp.where(pos, s["theta0"], zero),
         theta_core=jnp.where(pos, s["theta0"] if model == "highland" else s["theta_core"], zero),
         sigma_core=jnp.where(pos, sig, zero),
+        gauss_angle=jnp.where(pos, gauss_angle, zero),
+        force_lr=jnp.where(pos, force_lr, zero) if model == "highland_single" and force is not None else zero,
     )
 
 
