@@ -582,6 +582,8 @@ def cmd_bench(args) -> int:
     from fastmc.rng import chunk_key
     from fastmc.run import prepare, simulate_chunk
 
+    # the first call's time is the compile time: no programs from the on-disk cache here
+    jax.config.update("jax_enable_compilation_cache", False)
     card = args.card or str(Path(__file__).resolve().parent.parent / "runs" / "quickstart.toml")
     cfg = load_run(card)
     sizes = args.chunk_size or [cfg.chunk_size]

@@ -129,6 +129,17 @@ class _Section:
             raise self.fail(name, value, "must be a list of strings")
         return tuple(value)
 
+    def numbers(self, name: str, default: Any = _MISSING, *, gt: float | None = None,
+                le: float | None = None) -> tuple[float, ...]:
+        value = self._raw(name, default)
+        if not isinstance(value, (list, tuple)) or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value):
+            raise self.fail(name, value, "must be a list of finite numbers")
+        for v in value:
+            if (gt is not None and not v > gt) or (le is not None and not v <= le):
+                raise self.fail(name, list(value), f"every value must be in ({gt:g}, {le:g}]")
+        return tuple(float(v) for v in value)
+
     def table(self, name: str, default: Any = _MISSING) -> _Section:
         value = self._raw(name, default)
         if not isinstance(value, dict):
@@ -625,15 +636,15 @@ class MisrecoConfig:
     hits (probability ``beta``) and scenarios in which the hits of one spectrometer arm among
     ``planes`` fake a slope (:mod:`fastmc.response`); pushed stray-hit offsets follow a ramp
     density of power ``push_power`` on the pushed side (0: uniform).  Then, with probability
-    1 − ``deflect_beta``, the muon is turned between the incoming track and MS2 to hide the share
-    ``deflect_follow`` of the kink its hits fake: its Gaussian scattering core is shifted, or (a
-    share ``deflect_kicks`` of those) its hard deflections are forced
-    (:class:`fastmc.response.DeflectBias`; ``deflect_follow = 0`` switches it off)."""
+    1 − ``deflect_beta``, the muon is turned between the incoming track and MS2 to hide one of
+    the shares ``deflect_follow`` of the kink its hits fake: its Gaussian scattering core is
+    shifted, or (a share ``deflect_kicks`` of those) its hard deflections are forced
+    (:class:`fastmc.response.DeflectBias`; ``deflect_follow = []`` switches it off)."""
 
     planes: tuple[str, ...] = ()  # default: every tracker of the p_out spectrometer and its incoming track
     beta: float = 0.5
     push_power: float = 3.0
-    deflect_follow: float = 0.4
+    deflect_follow: tuple[float, ...] = (0.4,)
     deflect_beta: float = 0.2
     deflect_kicks: float = 0.2
 
@@ -841,7 +852,7 @@ def load_run(path: str | Path, overrides: dict[str, Any] | None = None) -> RunCo
         planes=tuple(planes),
         beta=mr.number("beta", 0.5, gt=0.0, lt=1.0),
         push_power=mr.number("push_power", 3.0, ge=0.0, le=20.0),
-        deflect_follow=mr.number("deflect_follow", 0.4, ge=0.0, le=2.0),
+        deflect_follow=mr.numbers("deflect_follow", [0.4], gt=0.0, le=2.0),
         deflect_beta=mr.number("deflect_beta", 0.2, gt=0.0, lt=1.0),
         deflect_kicks=mr.number("deflect_kicks", 0.2, gt=0.0, lt=1.0),
     )

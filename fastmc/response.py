@@ -45,17 +45,17 @@ track and the upstream arm, unless the muon really turned by about as much in th
 them (the target and the calorimeters behind it): the selected configurations are a bad arm *and*
 a deflection of 2–4 mrad (2–4 θ0 on the LS3 card) in the right direction.  The hit offsets do not
 depend on the muon, so they are drawn first (:func:`hit_offsets`); ΔS, the kink they alone fake
-(:func:`faked_kink`), then sets each muon's target turn −f·ΔS (f = ``deflect_follow``: on the LS3
-card a fake passes the p_out and kink cuts when the real turn hides ≈ 0.33–0.42 of it).
+(:func:`faked_kink`), then sets each muon's target turn −f·ΔS (f one of ``deflect_follow``: on the
+LS3 card a fake passes the p_out and kink cuts when the real turn hides ≈ 0.3–0.42 of it).
 :class:`DeflectBias` is a defensive mixture, per muon, of natural transport (β_d), exponential
 tilting of the Gaussian scattering core in those slabs towards the target turn (its summed core
-angle X ~ N(cV, V) instead of N(0, V), c = −fΔS/V_nom), and forced hard deflections on that side
+angle X ~ N(cV, V) instead of N(0, V), c = −fΔS/V_nom, one component per f), and forced hard deflections on that side
 (interactions made photonuclear with probability ``PN_SHARE``, their momentum transfer pushed up and
 their azimuth put on that half circle; single Coulomb scatters at larger angles, kept with
 |F|^(2/3) instead of |F|², on that half circle: :func:`fastmc.physics.scattering.sample_scattering_info`)
 — the tail that carries the configurations the Gaussian cannot reach.  Its weight
 
-    w_d = 1/(β_d + (1 − β_d)[(1 − π) exp(cX − c²V/2) + π Π q/p]) ≤ 1/β_d
+    w_d = 1/(β_d + (1 − β_d)[(1 − π)/J Σ_j exp(c_j X − c_j²V/2) + π Π q/p]) ≤ 1/β_d
 
 (π = ``deflect_kicks``) is exact; the hit and deflection weights multiply.
 
@@ -121,11 +121,13 @@ class DeflectBias:
     muon after its hits (whose offsets do not depend on the transport) are drawn: natural
     transport (probability ``beta``); the Gaussian core of the multiple scattering in projection
     ``axis`` shifted by c·σ² per step, so that the summed core angle X is drawn from N(c·V, V)
-    instead of N(0, V) (V = Σσ²; probability (1 − beta)(1 − ``kick_share``)); or the hard
-    deflections forced towards the side sign(c) (probability (1 − beta)·``kick_share``).  The
-    muon's c = −``follow``·ΔS/V_nom, with ΔS the kink between the incoming track and MS2's
-    upstream arm that its hit offsets alone would fake and V_nom = 1/``inv_v`` the core variance
-    at the beam momentum: the muon is turned to hide that fraction of its faked kink.
+    instead of N(0, V) (V = Σσ²; probability (1 − beta)(1 − ``kick_share``), shared equally by
+    the J entries of ``follow``); or the hard deflections forced towards the side that hides the
+    fake (probability (1 − beta)·``kick_share``).  Tilt j has c_j = −``follow[j]``·ΔS/V_nom, with
+    ΔS the kink between the incoming track and MS2's upstream arm that the muon's hit offsets
+    alone would fake and V_nom = 1/``inv_v`` the core variance at the beam momentum: the muon is
+    turned to hide that fraction of its faked kink (several fractions: how much is needed depends
+    on the faked p_out and on the beam momentum).
     """
 
     beta: jnp.ndarray
@@ -136,17 +138,17 @@ class DeflectBias:
     axis: str = static_field()
 
 
-def deflect_bias(setup: Setup, x0_mm, follow: float, beta: float, kick_share: float = 0.5,
+def deflect_bias(setup: Setup, x0_mm, follow: tuple[float, ...], beta: float, kick_share: float = 0.5,
                  dtype=jnp.float32) -> DeflectBias | None:
     """The :class:`DeflectBias` of the ``p_out`` spectrometer with incoming trackers (None if
-    there is none, no slab lies between them, or ``follow`` is 0): the slabs between the last
+    there is none, no slab lies between them, or ``follow`` is empty): the slabs between the last
     incoming tracker and the first plane of the upstream arm; V_nom from Highland's θ0 of each
     slab at the beam momentum (PDG RPP 2024 eq. 34.15; any V gives an exact weight, it only sets
     the proposal)."""
     from fastmc.physics.scattering import highland_theta0
 
     spec = [s for s in setup.spectrometers if s.output == "p_out" and s.incoming]
-    if not spec or follow <= 0:
+    if not spec or not follow:
         return None
     s = spec[0]
     z_lo = max(float(setup.element(n).z + setup.element(n).thickness) for n in s.incoming)
@@ -161,7 +163,7 @@ def deflect_bias(setup: Setup, x0_mm, follow: float, beta: float, kick_share: fl
         if on:
             x = float(el.thickness) * float(el.density_scale) / float(x0_mm[int(el.material)])
             v_nom += float(highland_theta0(jnp.asarray(p), jnp.asarray(1.0), jnp.asarray(x))) ** 2
-    return DeflectBias(beta=jnp.asarray(beta, dtype), follow=jnp.asarray(follow, dtype),
+    return DeflectBias(beta=jnp.asarray(beta, dtype), follow=jnp.asarray(list(follow), dtype),
                        inv_v=jnp.asarray(1.0 / v_nom, dtype), kick_share=jnp.asarray(kick_share, dtype),
                        slots=slots, axis=s.plane)
 
@@ -178,27 +180,32 @@ def faked_kink(setup: Setup, offsets: dict):
     return jnp.where(ok_up & ok_in, b_up - b_in, 0.0)
 
 
-def deflect_components(bias: DeflectBias, u0, c):
-    """State entries of the chosen component for uniforms ``u0`` (B,) and per-muon tilts ``c`` (B,)
-    rad⁻¹: ``tilt_c`` (c or 0), ``tilt_call`` (c, for the weight), ``kick_force`` (1 or 0),
-    ``kick_sign`` (sign of c), and the zeroed sums the weight needs."""
+def deflect_components(bias: DeflectBias, u0, base):
+    """State entries of the chosen component for uniforms ``u0`` (B,) and per-muon ``base`` =
+    −ΔS/V_nom (B,) rad⁻¹: ``tilt_c`` (the chosen tilt follow[j]·base, or 0), ``tilt_base`` (for
+    the weight), ``kick_force`` (1 or 0), ``kick_sign`` (sign of base), and the zeroed sums the
+    weight needs."""
     dtype = u0.dtype
+    n_f = bias.follow.shape[0]
+    tilt_share = (1.0 - bias.beta) * (1.0 - bias.kick_share)
     forced = u0 >= bias.beta
-    kick = u0 >= bias.beta + (1.0 - bias.beta) * (1.0 - bias.kick_share)
+    kick = u0 >= bias.beta + tilt_share
+    j = jnp.clip(jnp.floor((u0 - bias.beta) / tilt_share * n_f), 0, n_f - 1).astype(jnp.int32)
     zero = jnp.zeros_like(u0)
-    c = jnp.asarray(c, dtype)
-    return {"tilt_c": jnp.where(forced & ~kick, c, 0.0).astype(dtype), "tilt_call": c,
-            "kick_force": kick.astype(dtype), "kick_sign": jnp.where(c < 0, -1.0, 1.0).astype(dtype),
+    base = jnp.asarray(base, dtype)
+    return {"tilt_c": jnp.where(forced & ~kick, bias.follow[j] * base, 0.0).astype(dtype), "tilt_base": base,
+            "kick_force": kick.astype(dtype), "kick_sign": jnp.where(base < 0, -1.0, 1.0).astype(dtype),
             "tilt_x": zero, "tilt_v": zero, "kick_lr": zero}
 
 
 def deflect_log_weight(bias: DeflectBias, state: dict):
-    """log w = −log(β + (1 − β)[(1 − π) exp(c·X − c²V/2) + π exp(Σ log q/p)]) of the deflection
-    mixture (≤ −log β), from the final transport state: c the muon's tilt, X, V the summed core
-    angle and variance, Σ log q/p that of the hard-deflection forcing at the realised draws
-    (fastmc.transport.material_step), π = kick_share."""
-    c = state["tilt_call"]
-    log_tilt = c * state["tilt_x"] - 0.5 * c * c * state["tilt_v"]
+    """log w = −log(β + (1 − β)[(1 − π)/J Σ_j exp(c_j X − c_j² V/2) + π exp(Σ log q/p)]) of the
+    deflection mixture (≤ −log β), from the final transport state: c_j the muon's J tilts, X, V
+    the summed core angle and variance, Σ log q/p that of the hard-deflection forcing at the
+    realised draws (fastmc.transport.material_step), π = kick_share."""
+    c = bias.follow[:, None] * state["tilt_base"][None, :]  # (J, B)
+    log_tilt = (jax.scipy.special.logsumexp(c * state["tilt_x"] - 0.5 * c * c * state["tilt_v"], axis=0)
+                - jnp.log(bias.follow.shape[0]))
     log_forced = jnp.logaddexp(jnp.log1p(-bias.kick_share) + log_tilt, jnp.log(bias.kick_share) + state["kick_lr"])
     return -jnp.logaddexp(jnp.log(bias.beta), jnp.log1p(-bias.beta) + log_forced)
 

@@ -64,7 +64,9 @@ class Prepared:
 def prepare(cfg: RunConfig) -> Prepared:
     from fastmc.physics import build_tables
     from fastmc.physics.scattering import build_scattering_params
+    from fastmc.physics.tables import enable_compilation_cache
 
+    enable_compilation_cache()
     t0 = time.perf_counter()
     mats, index = setup_materials(cfg.model)
     ph = cfg.physics
@@ -202,8 +204,8 @@ def simulate_events(
         from fastmc.response import deflect_components, faked_kink, hit_offsets
 
         hits_pre = hit_offsets(setup, key_c, params.get("hits"), chunk_size, dtype)
-        c = -deflect.follow * faked_kink(setup, hits_pre[0]) * deflect.inv_v
-        state.update(deflect_components(deflect, uniforms(stream_key(key_c, STREAM_CHANNEL, 1), (chunk_size,), dtype), c))
+        base = -faked_kink(setup, hits_pre[0]) * deflect.inv_v
+        state.update(deflect_components(deflect, uniforms(stream_key(key_c, STREAM_CHANNEL, 1), (chunk_size,), dtype), base))
     final, truth = transport(setup, physics, state, key_c, opts.max_interactions, branches, forced, signal,
                              None if calo is None else calo.v_min, None if soft is None else soft["setup_ref"],
                              deflect)

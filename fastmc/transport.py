@@ -942,8 +942,10 @@ def propagate_layers(
     """
     from fastmc.config import PhysicsSettings
     from fastmc.physics import stochastic_xs
+    from fastmc.physics.tables import enable_compilation_cache
     from fastmc.rng import chunk_key
 
+    enable_compilation_cache()
     s = settings or PhysicsSettings()
     names = tuple(m for m, _ in layers)
     uniq = tuple(dict.fromkeys(names))

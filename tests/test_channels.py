@@ -178,7 +178,7 @@ def test_channels_deflection_forcing_weights_are_exact():
     physics = _layers_physics(("lead1.5mm+scintillator1.5mm",), PhysicsSettings())
     n, k, n_steps = 131072, 4, 10
     c = 2.5e-3 / (0.62e-3) ** 2  # a 2.5 mrad shift of the summed core (σ ≈ 0.6 mrad here)
-    bias = DeflectBias(beta=jnp.asarray(0.5), follow=jnp.asarray(1.0), inv_v=jnp.asarray(1.0),
+    bias = DeflectBias(beta=jnp.asarray(0.5), follow=jnp.asarray([1.0]), inv_v=jnp.asarray(1.0),
                        kick_share=jnp.asarray(0.5), slots=(True,), axis="x")
 
     @jax.jit

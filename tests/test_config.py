@@ -65,6 +65,10 @@ CASES = [
     ("model spectrometer wrong tracker", lambda c, m: (c, m.replace('upstream = ["MM3", "MM4", "MM5"]', 'upstream = ["MM3", "ECAL"]')),
      "spectrometers[1].upstream", "ECAL"),
     ("model beam momentum", lambda c, m: (c, m.replace("momentum_GeV = 160.0", "momentum_GeV = -160.0")), "beam.momentum_GeV", "-160.0"),
+    ("deflect_follow out of range", lambda c, m: (c + "\n[channels.momentum_misreconstruction]\ndeflect_follow = [0.4, -1.0]\n", m),
+     "channels.momentum_misreconstruction.deflect_follow", "-1.0"),
+    ("deflect_follow not a list", lambda c, m: (c + '\n[channels.momentum_misreconstruction]\ndeflect_follow = "x"\n', m),
+     "channels.momentum_misreconstruction.deflect_follow", "x"),
 ]
 
 
