@@ -273,18 +273,16 @@ def material_step(
             # ... and their kick is pushed: the first proposal uniform of the momentum transfer t
             # drawn as u^(1/PN_T_POWER) (large t), the azimuth on the half circle of the bend-plane
             # side ``kick_sign`` (fastmc.response.DeflectBias)
+            from fastmc.physics.scattering import half_circle_azimuth
             from fastmc.response import PN_T_POWER
 
             is_pn = (proc == PROC_PHOTONUCLEAR) & active
-            centre = (0.0 if tilt_axis == "x" else 0.25) + jnp.where(state["kick_sign"] > 0, 0.0, 0.5)  # turns
-            az = jnp.mod(centre[:, None] + 0.5 * (uk[..., 0] - 0.5), 1.0)
             push = forced_mu & is_pn
-            uk = uk.at[..., 0].set(jnp.where(push, az, uk[..., 0]))
+            az, lr_az = half_circle_azimuth(uk[..., 0], push, tilt_axis, state["kick_sign"])
+            uk = uk.at[..., 0].set(az)
             uk = uk.at[..., 1].set(jnp.where(push, uk[..., 1] ** (1.0 / PN_T_POWER), uk[..., 1]))
             # log q/p of the forced component at the realised draws, for every muon
-            helpful = jnp.cos(2.0 * np.pi * (uk[..., 0] - centre[:, None])) > 0.0
-            lr_pn = (jnp.log(PN_T_POWER) + (PN_T_POWER - 1.0) * jnp.log(uk[..., 1])
-                     + jnp.where(helpful, jnp.log(2.0), -jnp.inf))
+            lr_pn = jnp.log(PN_T_POWER) + (PN_T_POWER - 1.0) * jnp.log(uk[..., 1]) + lr_az
             lr_choice = jnp.where(proc == PROC_PHOTONUCLEAR, jnp.log(PN_SHARE / p_pn),
                                   jnp.log((1.0 - PN_SHARE) / (1.0 - p_pn)))
             lr_kick = jnp.sum(jnp.where(active, lr_choice + jnp.where(is_pn, lr_pn, 0.0), 0.0), axis=-1)

@@ -442,7 +442,6 @@ def sample_scattering_info(params: ScatteringParams, mat: Any, pmag: Any, beta: 
         n_el = lam_el.shape[-1]
         if force is not None:
             forced = jnp.asarray(force, dtype) > 0
-            centre = (0.0 if tilt_axis == "x" else 0.25) + jnp.where(jnp.asarray(force_sign) > 0, 0.0, 0.5)
         force_lr = jnp.zeros(dthx.shape, dtype)
         for k in range(N_SINGLE_MAX):
             cols = N_GAUSS_UNIFORMS + 1 + N_PER_SINGLE * k
@@ -463,7 +462,7 @@ def sample_scattering_info(params: ScatteringParams, mat: Any, pmag: Any, beta: 
             th = jnp.sqrt(jnp.maximum(th2, 0.0))
             u_phi = uc[:, cols + 1]
             if force is not None:
-                u_phi = jnp.where(forced, jnp.mod(centre + 0.5 * (u_phi - 0.5), 1.0), u_phi)
+                u_phi, lr_phi = half_circle_azimuth(u_phi, forced, tilt_axis, force_sign)
             phi = 2.0 * math.pi * u_phi
             depth = uc[:, cols + 2]  # fraction of L at which the scatter happens
             cand = (k < n) & (lam > 0)
@@ -475,8 +474,7 @@ def sample_scattering_info(params: ScatteringParams, mat: Any, pmag: Any, beta: 
                 keep = keep & (u[:, cols + 3] < (jnp.where(forced, f2q, f2) if force is not None else f2))
             if force is not None:
                 # log q/p: angle law (v^A has density (1/A) v^(1/A − 1)), azimuth (2 on the side), FF
-                lr = (-math.log(FORCE_ANGLE_POWER) + (1.0 / FORCE_ANGLE_POWER - 1.0) * jnp.log(v)
-                      + jnp.where(jnp.cos(phi - 2.0 * math.pi * centre) > 0.0, math.log(2.0), -jnp.inf))
+                lr = -math.log(FORCE_ANGLE_POWER) + (1.0 / FORCE_ANGLE_POWER - 1.0) * jnp.log(v) + lr_phi
                 if params.nuclear_size:
                     lr = lr + jnp.where(keep, jnp.log(f2q) - jnp.log(jnp.maximum(f2, 1e-37)),
                                         jnp.log1p(-jnp.minimum(f2q, 1.0 - 1e-7)) - jnp.log1p(-jnp.minimum(f2, 1.0 - 1e-7)))
@@ -500,6 +498,20 @@ def sample_scattering_info(params: ScatteringParams, mat: Any, pmag: Any, beta: 
         gauss_angle=jnp.where(pos, gauss_angle, zero),
         force_lr=jnp.where(pos, force_lr, zero) if model == "highland_single" and force is not None else zero,
     )
+
+
+def half_circle_azimuth(u: Any, forced: Any, axis: str, sign: Any) -> tuple[Any, Any]:
+    """Azimuth uniform ``u`` (turns) of a forced deflection, and log q/p of that proposal.
+
+    Where ``forced``, ``u`` is mapped onto the half circle that turns the muon towards ``sign``
+    (±1) in projection ``axis``; the proposal density there is 2 (0 on the other half).  Returns
+    (u', log q/p at u') — log 2 or −inf, evaluated for every entry, forced or not.  Shapes
+    broadcast (``sign`` per muon, ``u`` per muon or per muon and slot)."""
+    centre = (0.0 if axis == "x" else 0.25) + jnp.where(jnp.asarray(sign) > 0, 0.0, 0.5)
+    centre = jnp.reshape(centre, jnp.shape(centre) + (1,) * (jnp.ndim(u) - jnp.ndim(centre)))
+    u = jnp.where(forced, jnp.mod(centre + 0.5 * (u - 0.5), 1.0), u)
+    helpful = jnp.cos(2.0 * math.pi * (u - centre)) > 0.0
+    return u, jnp.where(helpful, math.log(2.0), -jnp.inf)
 
 
 def sample_scattering(params: ScatteringParams, mat: Any, pmag: Any, beta: Any, length_mm: Any,
