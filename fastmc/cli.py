@@ -102,8 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--no-progress", action="store_true", help="no progress bar")
     pr.add_argument("--save-events", action="store_true", help="store the selected events in the output")
     pr.add_argument("--target-rel-err", type=_positive_float("--target-rel-err"), metavar="F",
-                    help="stop when every channel's signal estimate reaches this relative error "
-                         "(n_muons is then the budget)")
+                    help="stop each channel once its signal estimate reaches this relative error with "
+                         "no diagnostic warning; the run ends when all have (n_muons, --max-seconds: the budget)")
     pr.add_argument("--max-seconds", type=_positive_float("--max-seconds"), help="wall-time budget of the simulation")
     pr.add_argument("--devices", type=_int_in("--devices", 1, 4096), metavar="N",
                     help="use the first N local devices (default: all; results do not depend on it)")
@@ -307,8 +307,9 @@ def format_cutflow(proj: dict[str, Any]) -> str:
 
 def _warnings(proj: dict[str, Any], result, cfg) -> list[str]:
     out = []
-    n_total = int(result.n_gen.sum())
+    act = result.channel_active()
     for ci, ch in enumerate(result.channels):
+        n_total = int(result.n_gen[act[:, ci]].sum())
         over = int(result.overflow[:, ci].sum())
         if over and over / n_total > cfg.physics.overflow_tolerance:
             out.append(
@@ -373,7 +374,7 @@ def _resume_config(args, cfg):
     c = data["chunks"]
     ca = data["chunk_attrs"]
     done = RunResult(channels=tuple(ca["channels"]), slots=[tuple(x) for x in ca["slots"]], chunk_ids=c["ids"],
-                     rows=c["rows"], n_gen=c["n_gen"], overflow=c["overflow"], events=data["events"],
+                     rows=c["rows"], n_gen=c["n_gen"], overflow=c["overflow"], events=data["events"], active=c.get("active"),
                      seconds=float(data["provenance"].get("wall_seconds", 0.0)))
     return cfg, done, (int(req[0]), int(req[1]))
 

@@ -9,7 +9,9 @@ Layout::
                            table_hash, git_describe, wall_seconds
     /config                attrs: json (resolved run card + model, internal units)
     /chunks                ids (n_c,), n_gen (n_c,), rows (n_c, n_channels, n_slots, 4),
-                           overflow (n_c, n_channels);  attrs: channels, slots (JSON)
+                           overflow (n_c, n_channels), active (n_c, n_channels) bool where a
+                           channel stopped early (the chunks each channel simulated);
+                           attrs: channels, slots (JSON)
     /tallies/<channel>/<region>
                            datasets log_sw, log_sw2, n, log_wmax, n_gen (one entry per cut step)
                            and derived expected, stat_err, ess, max_weight_share, upper_limit_90
@@ -156,11 +158,14 @@ def _write_run_groups(f, result, projection: dict) -> None:
     ch.create_dataset("n_gen", data=result.n_gen.astype(np.int64))
     ch.create_dataset("rows", data=result.rows.astype(np.float64), compression="gzip")
     ch.create_dataset("overflow", data=result.overflow.astype(np.int64))
+    if result.active is not None:  # a channel stopped early (--target-rel-err): the chunks it simulated
+        ch.create_dataset("active", data=np.asarray(result.active, bool))
     ch.attrs["channels"] = json.dumps(list(result.channels))
     ch.attrs["slots"] = json.dumps([list(s) for s in result.slots])
     ch.attrs["fields"] = json.dumps(["log_sw", "log_sw2", "n", "log_wmax"] + [f"top_log_w_{i}" for i in range(result.rows.shape[-1] - 4)])
     tg = f.create_group("tallies")
     tallies = result.tallies()
+    w_ul = result.ul_weights(tallies)
     mot = projection["mot"]
     for chname, tl in tallies.items():
         cg = tg.create_group(chname)
@@ -170,7 +175,7 @@ def _write_run_groups(f, result, projection: dict) -> None:
         for region, idx in regions.items():
             rg = cg.create_group(region)
             ts = [tl[s] for s in idx]
-            ests = [t.estimate(mot) for t in ts]
+            ests = [tl[s].estimate(mot, w_ul[chname][s]) for s in idx]
             rg.create_dataset("log_sw", data=np.array([t.log_sw for t in ts]))
             rg.create_dataset("log_sw2", data=np.array([t.log_sw2 for t in ts]))
             rg.create_dataset("n", data=np.array([t.n for t in ts], dtype=np.int64))
@@ -270,7 +275,7 @@ def merge_files(inputs: list[Path], output: Path, command_line: str = "") -> dic
         parts.append(RunResult(channels=tuple(d["chunk_attrs"]["channels"]),
                                slots=[tuple(s) for s in d["chunk_attrs"]["slots"]],
                                chunk_ids=c["ids"], rows=c["rows"], n_gen=c["n_gen"], overflow=c["overflow"],
-                               seconds=float(d["provenance"].get("wall_seconds", 0.0))))
+                               active=c.get("active"), seconds=float(d["provenance"].get("wall_seconds", 0.0))))
     merged = parts[0]
     for i, r in enumerate(parts[1:], start=1):
         try:

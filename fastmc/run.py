@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import sys
 import time
 from typing import Any, Callable
@@ -270,16 +271,45 @@ class RunResult:
     events: dict[str, Any] | None = None
     seconds: float = 0.0
     stop_reason: str = ""
-    # wall seconds spent in each channel's chunks after the first group (compilation excluded), and
-    # the primaries simulated in them per channel: the cost side of the figure of merit (None when
-    # not measured, e.g. several devices or a Dask run)
+    # wall seconds spent in each channel's chunks after its first (compilation excluded), and the
+    # primaries simulated in them, per channel (or one number for all): the cost side of the figure
+    # of merit (None when not measured, e.g. several devices or a Dask run)
     channel_seconds: np.ndarray | None = None
-    timed_primaries: int = 0
+    timed_primaries: np.ndarray | int = 0
+    # (n_c, n_channels) bool: which channel simulated which chunk (None: every channel every chunk).
+    # With --target-rel-err a channel that has reached the target stops; the others go on.
+    active: np.ndarray | None = None
+
+    def channel_active(self) -> np.ndarray:
+        """``active`` with None spelled out."""
+        if self.active is None:
+            return np.ones((len(self.chunk_ids), len(self.channels)), bool)
+        return np.asarray(self.active, bool)
+
+    def ul_weights(self, tallies: dict[str, list[Tally]] | None = None) -> dict[str, list[float]]:
+        """Per channel and slot, the weight one more selected event would carry, for the
+        zero-event upper limit (:meth:`fastmc.tally.Tally.estimate`'s ``w_scale``): the largest
+        weight among all events generated in that channel (step 0 of the slot's region; 1 for
+        analog simulation).  If every selected event has w ≤ w_max, the proposal selects with
+        probability Q ≥ p/w_max, and seeing none in N bounds Q < 2.303/N at 90 % CL, so
+        p < 2.303·w_max/N; the largest generated weight stands in for the supremum of w."""
+        tallies = self.tallies() if tallies is None else tallies
+        first = {}
+        for s, (region, step, _) in enumerate(self.slots):
+            if step == 0:
+                first[region] = s
+        out = {}
+        for ch, ts in tallies.items():
+            out[ch] = [math.exp(ts[first[r]].log_wmax) if math.isfinite(ts[first[r]].log_wmax) else 1.0
+                       for r, _, _ in self.slots]
+        return out
 
     def tallies(self) -> dict[str, list[Tally]]:
         out = {}
+        act = self.channel_active()
         for ci, ch in enumerate(self.channels):
-            out[ch] = reduce_chunks(self.chunk_ids, self.rows[:, ci], self.n_gen)
+            m = act[:, ci]
+            out[ch] = reduce_chunks(self.chunk_ids[m], self.rows[m, ci], self.n_gen[m])
         return out
 
     def merge(self, other: RunResult) -> RunResult:
@@ -299,7 +329,9 @@ class RunResult:
             seconds=self.seconds + other.seconds,
             channel_seconds=(None if self.channel_seconds is None or other.channel_seconds is None
                              else self.channel_seconds + other.channel_seconds),
-            timed_primaries=self.timed_primaries + other.timed_primaries,
+            timed_primaries=np.asarray(self.timed_primaries) + np.asarray(other.timed_primaries),
+            active=(None if self.active is None and other.active is None
+                    else np.concatenate([self.channel_active(), other.channel_active()])),
         )
 
 
@@ -358,12 +390,17 @@ def run(
     ``checkpoint_every = N > 0``, ``on_checkpoint(partial)`` is called after every N completed
     chunks (rounded up to whole device groups) with the result so far.
 
-    With ``target_rel_err`` the loop stops as soon as the signal-region estimate of every
-    channel has a relative error at or below it (checked after each group of chunks; the card's
-    ``n_muons`` and ``max_seconds`` are the budget).  The result's ``stop_reason`` says why it
-    stopped.  Stopping is a deterministic function of the seed unless ``max_seconds`` is hit.
+    With ``target_rel_err`` a channel stops as soon as its signal-region estimate has a relative
+    error at or below it and none of its diagnostics flags it (:func:`fastmc.tally.diagnose`:
+    dominant event, low ESS, heavy Pareto tail); the remaining budget goes to the channels still
+    running, and the loop ends when every channel has stopped (checked after each group of chunks;
+    the card's ``n_muons`` and ``max_seconds`` are the budget).  ``active`` of the result records
+    which channel simulated which chunk, and ``stop_reason`` says why the run ended.  Stopping is a
+    deterministic function of the seed unless ``max_seconds`` is hit.
     """
     from tqdm import tqdm
+
+    from fastmc.tally import diagnose
 
     prep = prepared or prepare(cfg)
     total = n_chunks(cfg)
@@ -400,7 +437,10 @@ def run(
     final_slots = np.cumsum([len(r.cuts) + 1 for r in prep.selection.regions]) - 1
     running = [Tally() for _ in cfg.channels]
     ch_seconds = np.zeros(len(cfg.channels))
-    timed = 0
+    timed = np.zeros(len(cfg.channels), dtype=np.int64)
+    active = np.zeros((len(ids), len(cfg.channels)), bool)
+    on = np.ones(len(cfg.channels), bool)  # channels still simulating
+    reached_at: dict[str, int] = {}  # channel → primaries it took to reach the target
     stop_reason = "all chunks done"
     done = 0
     last_ckpt = 0
@@ -409,6 +449,9 @@ def run(
         for group in chunk_groups(ids, n_dev):
             n_grp = len(group)
             for ci, ch in enumerate(cfg.channels):
+                if not on[ci]:
+                    continue
+                active[done : done + n_grp, ci] = True
                 mix = prep.channel_params.get(ch)
                 if n_dev == 1:
                     tc = time.perf_counter()
@@ -419,6 +462,7 @@ def run(
                     r, nov = np.asarray(r, dtype=np.float64)[None], np.asarray(nov)[None]
                     if done > 0:
                         ch_seconds[ci] += time.perf_counter() - tc
+                        timed[ci] += int(n_gen[done])
                     ev = None if ev is None else jax.tree_util.tree_map(lambda a: np.asarray(a)[None], ev)
                 else:
                     # the same compiled program on each device (inputs placed there, dispatched
@@ -455,17 +499,21 @@ def run(
                             events["log_w"].append(np.asarray(ev["log_w"][j])[idx])
                             events["variables"].append({k: np.asarray(v[j])[idx] for k, v in ev["variables"].items()})
             bar.update(int(n_gen[done : done + n_grp].sum()))
-            if done > 0:
-                timed += int(n_gen[done : done + n_grp].sum())
             done += n_grp
             if target_rel_err is not None:
                 errs = []
-                for ci in range(len(cfg.channels)):
-                    running[ci] = Tally.from_rows(rows[done - n_grp : done, ci, signal_slot],
-                                                  n_gen[done - n_grp : done], start=running[ci])
-                    errs.append(running[ci].estimate(1.0)["rel_err"])
-                bar.set_postfix_str("rel err " + ", ".join("-" if e is None else f"{e:.1%}" for e in errs))
-                if all(e is not None and e <= target_rel_err for e in errs):
+                for ci, ch in enumerate(cfg.channels):
+                    if on[ci]:
+                        running[ci] = Tally.from_rows(rows[done - n_grp : done, ci, signal_slot],
+                                                      n_gen[done - n_grp : done], start=running[ci])
+                        est = running[ci].estimate(1.0)
+                        if est["rel_err"] is not None and est["rel_err"] <= target_rel_err and not diagnose(ch, est):
+                            on[ci] = False
+                            reached_at[ch] = running[ci].n_gen
+                    e = running[ci].estimate(1.0)["rel_err"]
+                    errs.append(("-" if e is None else f"{e:.1%}") + ("" if on[ci] else " ✓"))
+                bar.set_postfix_str("rel err " + ", ".join(errs))
+                if not on.any():
                     stop_reason = f"target relative error {target_rel_err:g} reached"
                     break
             if max_seconds is not None and time.perf_counter() - t0 > max_seconds:
@@ -477,12 +525,14 @@ def run(
                     channels=cfg.channels, slots=slots, chunk_ids=ids[:done].copy(), rows=rows[:done].copy(),
                     n_gen=n_gen[:done].copy(), overflow=overflow[:done].copy(),
                     events=_stack_events(events) if cfg.save_events else None,
-                    seconds=time.perf_counter() - t0,
+                    seconds=time.perf_counter() - t0, active=active[:done].copy(),
                 ))
         else:
             if target_rel_err is not None:
                 stop_reason = f"budget of {int(n_gen.sum())} primaries spent before reaching {target_rel_err:g}"
-    ids, rows, overflow, n_gen = ids[:done], rows[:done], overflow[:done], n_gen[:done]
+    if target_rel_err is not None and on.any() and reached_at:
+        stop_reason += "; reached by " + ", ".join(f"{ch} (after {n} primaries)" for ch, n in reached_at.items())
+    ids, rows, overflow, n_gen, active = ids[:done], rows[:done], overflow[:done], n_gen[:done], active[:done]
     ev_out = None
     if cfg.save_events:
         ev_out = _stack_events(events)
@@ -496,8 +546,9 @@ def run(
         events=ev_out,
         seconds=time.perf_counter() - t0,
         stop_reason=stop_reason,
-        channel_seconds=ch_seconds if n_dev == 1 and timed > 0 else None,
+        channel_seconds=ch_seconds if n_dev == 1 and timed.any() else None,
         timed_primaries=timed if n_dev == 1 else 0,
+        active=None if active.all() else active,
     )
 
 
@@ -543,12 +594,13 @@ def _per_unit(est: dict[str, Any], species: str, frac: float) -> None:
 def projection_from(mot: float, region0: str, result: RunResult) -> dict[str, Any]:
     """:func:`projection` from the stored numbers alone (used by ``fastmc merge``)."""
     tallies = result.tallies()
+    w_ul = result.ul_weights(tallies)
     final = [i for i, s in enumerate(result.slots) if s[0] == region0][-1]
     channels: dict[str, Any] = {}
     tot = 0.0
     var = 0.0
     for ci, ch in enumerate(result.channels):
-        est = tallies[ch][final].estimate(mot)
+        est = tallies[ch][final].estimate(mot, w_ul[ch][final])
         est["overflow_events"] = int(result.overflow[:, ci].sum())
         channels[ch] = est
         if ch != "analog" or len(result.channels) == 1:
@@ -558,7 +610,7 @@ def projection_from(mot: float, region0: str, result: RunResult) -> dict[str, An
     regions: dict[str, Any] = {}
     for ci, ch in enumerate(result.channels):
         for s, (region, step, label) in enumerate(result.slots):
-            est = tallies[ch][s].estimate(mot)
+            est = tallies[ch][s].estimate(mot, w_ul[ch][s])
             regions.setdefault(ch, {}).setdefault(region, []).append({"step": step, "cut": label, **est})
     return {
         "mot": mot,
@@ -583,9 +635,10 @@ def _figures_of_merit(channels: dict[str, Any], result: RunResult) -> None:
     channel's time per primary when the card runs it (else this channel's own); the gain is
     FOM/FOM_analog.  p is this channel's estimate; nothing is reported without a selected event.
     """
-    if result.channel_seconds is None or result.timed_primaries <= 0:
+    timed = np.broadcast_to(np.asarray(result.timed_primaries), (len(result.channels),))
+    if result.channel_seconds is None or not np.all(timed > 0):
         return
-    per = {ch: float(result.channel_seconds[ci]) / result.timed_primaries for ci, ch in enumerate(result.channels)}
+    per = {ch: float(result.channel_seconds[ci]) / timed[ci] for ci, ch in enumerate(result.channels)}
     t_analog = per.get("analog")
     for ch, est in channels.items():
         n = est["n_generated"]

@@ -15,7 +15,8 @@ Estimates for an exposure of ``MOT`` muons on target from ``N_gen`` generated pr
 * Kish ESS = (Σw)² / Σw²;   max_weight_share = max w / Σw;  pareto_k: tail index of the
   largest weights (:meth:`Tally.pareto_k`)
 * zero selected events: ``upper_limit_90 = −ln(0.10) · MOT · w_scale / N_gen`` (the 90 % CL
-  Poisson bound on a zero-count, 2.303 events, times the weight one more event would carry;
+  Poisson bound on a zero-count, 2.303 events, times the weight one more event would carry:
+  the largest weight generated in the channel, :meth:`fastmc.run.RunResult.ul_weights`;
   ``w_scale = 1`` for analog), and ``expected = 0`` with ``stat_err = 0`` is *not* reported as
   a measurement: ``upper_limit_90`` is set and flagged.
 """

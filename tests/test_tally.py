@@ -118,3 +118,36 @@ def test_tally_top_weights_merge_exactly():
     w = rng.lognormal(0, 2, 10000)
     t = _tally_of(w, chunk=1000)
     assert np.allclose(np.exp(t.top), np.sort(w)[::-1][:32], rtol=1e-6)
+
+
+def _result_from_weights(per_chunk: list[dict[str, tuple[np.ndarray, np.ndarray]]]):
+    """A RunResult of one region (two slots: generated, selected) from per-chunk, per-channel
+    (log_w, selected) arrays."""
+    from fastmc.run import RunResult
+
+    channels = tuple(per_chunk[0])
+    rows = []
+    for chunk in per_chunk:
+        rows.append([np.asarray(chunk_tally(jnp.stack([jnp.ones(len(lw), bool), jnp.asarray(sel)]), jnp.asarray(lw)),
+                                dtype=np.float64) for lw, sel in chunk.values()])
+    n_gen = np.array([len(next(iter(c.values()))[0]) for c in per_chunk])
+    return RunResult(channels=channels, slots=[("sig", 0, "generated"), ("sig", 1, "x")],
+                     chunk_ids=np.arange(len(per_chunk)), rows=np.array(rows), n_gen=n_gen,
+                     overflow=np.zeros((len(per_chunk), len(channels)), np.int64))
+
+
+def test_tally_zero_event_upper_limit_of_a_biased_channel_uses_its_largest_weight():
+    """With nothing selected, a weighted channel's 90 % CL limit is 2.303·MOT·w_max/N with w_max the
+    largest weight it generated (if every selected event has w ≤ w_max the proposal selects with
+    Q ≥ p/w_max); analog keeps 2.303·MOT/N.  The old analog formula would overstate a kaon
+    channel's limit by 1/f_K."""
+    from fastmc.run import projection_from
+
+    rng = np.random.default_rng(5)
+    n, mot = 4096, 2e13
+    lw_biased = np.log(3e-9) - rng.exponential(1.0, n)  # kaon-like weights: f_K/f_gen times a decay factor
+    none = np.zeros(n, bool)
+    res = _result_from_weights([{"analog": (np.zeros(n), none), "hadron": (lw_biased, none)}])
+    ch = projection_from(mot, "sig", res)["channels"]
+    assert ch["analog"]["upper_limit_90"] == pytest.approx(ZERO_EVENT_UL90 * mot / n, rel=1e-12)
+    assert ch["hadron"]["upper_limit_90"] == pytest.approx(ZERO_EVENT_UL90 * mot * np.exp(lw_biased.max()) / n, rel=1e-6)  # log w is float32 on device
