@@ -633,14 +633,18 @@ def _figures_of_merit(channels: dict[str, Any], result: RunResult) -> None:
     vol. I §2.VI).  Analog simulation estimating the same per-muon probability p has the Bernoulli
     relative variance (1 − p)/(p N), so FOM_analog = p/((1 − p)·t_analog) with t_analog the analog
     channel's time per primary when the card runs it (else this channel's own); the gain is
-    FOM/FOM_analog.  p is this channel's estimate; nothing is reported without a selected event.
+    FOM/FOM_analog.  p is this channel's estimate; nothing is reported without a selected event,
+    nor for a channel without a timed chunk (one that reached ``--target-rel-err`` in its first chunk,
+    whose only time includes the compilation).
     """
     timed = np.broadcast_to(np.asarray(result.timed_primaries), (len(result.channels),))
-    if result.channel_seconds is None or not np.all(timed > 0):
+    if result.channel_seconds is None:
         return
-    per = {ch: float(result.channel_seconds[ci]) / timed[ci] for ci, ch in enumerate(result.channels)}
+    per = {ch: float(result.channel_seconds[ci]) / timed[ci] for ci, ch in enumerate(result.channels) if timed[ci] > 0}
     t_analog = per.get("analog")
     for ch, est in channels.items():
+        if ch not in per:
+            continue
         n = est["n_generated"]
         est["seconds_per_primary"] = per[ch]
         rel, p = est["rel_err"], est["sum_w"] / n

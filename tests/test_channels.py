@@ -158,6 +158,16 @@ def test_channels_figure_of_merit_gain_is_one_for_analog_bernoulli():
     assert chans["biased"]["fom_gain_vs_analog"] == pytest.approx(5.0, rel=1e-12)
     assert chans["biased"]["fom"] == pytest.approx(1 / (rel_analog**2 / 10 * 4.0 / (n // 2) * n), rel=1e-12)
     assert "fom" not in chans["empty"] and chans["empty"]["seconds_per_primary"] == pytest.approx(2e-6)
+    # per-channel timing (--target-rel-err stops channels separately): a channel without a timed
+    # chunk gets no figure of merit, the others are unaffected
+    for c in chans.values():
+        for key in ("fom", "fom_gain_vs_analog", "seconds_per_primary", "fom_analog_time_from"):
+            c.pop(key, None)
+    result.timed_primaries = np.array([n // 2, 0, n // 4])
+    _figures_of_merit(chans, result)
+    assert chans["analog"]["fom_gain_vs_analog"] == pytest.approx(1.0, rel=1e-12)
+    assert "fom" not in chans["biased"] and "seconds_per_primary" not in chans["biased"]
+    assert chans["empty"]["seconds_per_primary"] == pytest.approx(4e-6)
 
 
 def test_channels_deflection_forcing_weights_are_exact():
