@@ -334,8 +334,8 @@ def _resume_config(args, cfg):
     Settings not given on the command line are taken from the checkpoint; any that differ
     (card, model, seed, chunk size, ...) refuse the resume.
     """
-    from fastmc.io import read_result
-    from fastmc.run import RunResult, n_chunks
+    from fastmc.io import read_result, stored_result
+    from fastmc.run import n_chunks
 
     path = args.output
     try:
@@ -371,12 +371,7 @@ def _resume_config(args, cfg):
         a, b = args.chunks
         if a != req[0] or (b is not None and min(b, n_chunks(cfg)) != req[1]):
             raise UsageError(f"--resume: --chunks = {a}:{b if b is not None else ''} differs from the checkpoint's {req[0]}:{req[1]}")
-    c = data["chunks"]
-    ca = data["chunk_attrs"]
-    done = RunResult(channels=tuple(ca["channels"]), slots=[tuple(x) for x in ca["slots"]], chunk_ids=c["ids"],
-                     rows=c["rows"], n_gen=c["n_gen"], overflow=c["overflow"], events=data["events"], active=c.get("active"),
-                     seconds=float(data["provenance"].get("wall_seconds", 0.0)))
-    return cfg, done, (int(req[0]), int(req[1]))
+    return cfg, stored_result(data, with_events=True), (int(req[0]), int(req[1]))
 
 
 def cmd_project(args) -> int:

@@ -198,6 +198,18 @@ def _write_run_groups(f, result, projection: dict) -> None:
             eg.create_dataset(key, data=np.asarray(val))
 
 
+def stored_result(data: dict[str, Any], with_events: bool = False):
+    """The :class:`fastmc.run.RunResult` of a file read by :func:`read_result` (per-chunk tallies,
+    which chunks each channel simulated, wall seconds; the events if ``with_events``)."""
+    from fastmc.run import RunResult
+
+    c, ca = data["chunks"], data["chunk_attrs"]
+    return RunResult(channels=tuple(ca["channels"]), slots=[tuple(s) for s in ca["slots"]], chunk_ids=c["ids"],
+                     rows=c["rows"], n_gen=c["n_gen"], overflow=c["overflow"], active=c.get("active"),
+                     events=data["events"] if with_events else None,
+                     seconds=float(data["provenance"].get("wall_seconds", 0.0)))
+
+
 def read_result(path: str | Path) -> dict[str, Any]:
     """Read a fastmc HDF5 file back into plain Python/numpy objects (for inspect/merge)."""
     import h5py
@@ -252,7 +264,7 @@ def merge_files(inputs: list[Path], output: Path, command_line: str = "") -> dic
     """
     import h5py
 
-    from fastmc.run import RunResult, projection_from
+    from fastmc.run import projection_from
 
     if len(inputs) < 2:
         raise ValueError("merge needs at least two input files")
@@ -271,11 +283,7 @@ def merge_files(inputs: list[Path], output: Path, command_line: str = "") -> dic
             names = ("run card", "model", "seed", "chunk size", "channels", "selection", "MOT")
             what = next(n for n, x, y in zip(names, key, ref) if x != y)
             raise ValueError(f"{p}: {what} differs from {inputs[0]}: refusing to merge mismatched configurations")
-        c = d["chunks"]
-        parts.append(RunResult(channels=tuple(d["chunk_attrs"]["channels"]),
-                               slots=[tuple(s) for s in d["chunk_attrs"]["slots"]],
-                               chunk_ids=c["ids"], rows=c["rows"], n_gen=c["n_gen"], overflow=c["overflow"],
-                               active=c.get("active"), seconds=float(d["provenance"].get("wall_seconds", 0.0))))
+        parts.append(stored_result(d))
     merged = parts[0]
     for i, r in enumerate(parts[1:], start=1):
         try:

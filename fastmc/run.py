@@ -506,11 +506,11 @@ def run(
                     if on[ci]:
                         running[ci] = Tally.from_rows(rows[done - n_grp : done, ci, signal_slot],
                                                       n_gen[done - n_grp : done], start=running[ci])
-                        est = running[ci].estimate(1.0)
-                        if est["rel_err"] is not None and est["rel_err"] <= target_rel_err and not diagnose(ch, est):
-                            on[ci] = False
-                            reached_at[ch] = running[ci].n_gen
-                    e = running[ci].estimate(1.0)["rel_err"]
+                    est = running[ci].estimate(1.0)
+                    e = est["rel_err"]
+                    if on[ci] and e is not None and e <= target_rel_err and not diagnose(ch, est):
+                        on[ci] = False
+                        reached_at[ch] = running[ci].n_gen
                     errs.append(("-" if e is None else f"{e:.1%}") + ("" if on[ci] else " ✓"))
                 bar.set_postfix_str("rel err " + ", ".join(errs))
                 if not on.any():

@@ -180,14 +180,11 @@ def test_cli_target_rel_err_stops_each_channel_on_its_own(tmp_path, capsys):
     one = json.loads(o1)["channels"]["hadron_decay"]
     for key in ("expected", "stat_err", "n_selected", "n_generated", "ess"):
         assert had[key] == one[key], key
-    from fastmc.io import read_result
-    from fastmc.run import RunResult, projection_from
+    from fastmc.io import read_result, stored_result
+    from fastmc.run import projection_from
 
     r = read_result(out)
-    c = r["chunks"]
-    back = projection_from(r["projection"]["mot"], r["projection"]["region"], RunResult(
-        channels=tuple(r["chunk_attrs"]["channels"]), slots=[tuple(x) for x in r["chunk_attrs"]["slots"]],
-        chunk_ids=c["ids"], rows=c["rows"], n_gen=c["n_gen"], overflow=c["overflow"], active=c["active"]))["channels"]
+    back = projection_from(r["projection"]["mot"], r["projection"]["region"], stored_result(r))["channels"]
     for ch in ("hadron_decay", "analog"):
         for key in ("expected", "stat_err", "n_generated"):
             assert back[ch][key] == d["channels"][ch][key], (ch, key)
