@@ -52,6 +52,17 @@ def _arm(setup: Setup, names, hits, plane: str):
     return b, ok & (n_hits >= 2), chi2, n_hits
 
 
+def kink_parts(setup: Setup, s, hits):
+    """Signed kink (rad) between spectrometer ``s``'s incoming track and its upstream arm, in its
+    bend plane and in the other projection, and the ok flag of the four fits."""
+    other = "y" if s.plane == "x" else "x"
+    b_up, ok_up, _, _ = _arm(setup, s.upstream, hits, s.plane)
+    bi_p, oki_p, _, _ = _arm(setup, s.incoming, hits, s.plane)
+    bi_o, oki_o, _, _ = _arm(setup, s.incoming, hits, other)
+    bu_o, oku_o, _, _ = _arm(setup, s.upstream, hits, other)
+    return b_up - bi_p, bu_o - bi_o, ok_up & oki_p & oki_o & oku_o
+
+
 def reconstruct(setup: Setup, measured: dict) -> dict[str, jnp.ndarray]:
     """Selection variables from measured hits and energies (units in the names)."""
     out: dict[str, jnp.ndarray] = {}
@@ -71,13 +82,10 @@ def reconstruct(setup: Setup, measured: dict) -> dict[str, jnp.ndarray]:
         if s.incoming:
             # kink between the incoming track and the spectrometer's upstream arm, both projections
             # (no field between them): large-angle scatters in the target and bad hits show up here
-            other = "y" if s.plane == "x" else "x"
-            bi_p, oki_p, _, n_in = _arm(setup, s.incoming, hits, s.plane)
+            n_in = jnp.sum(jnp.stack([hits[n][2] for n in s.incoming]), axis=0)
             out[f"{s.output}_hits_in"] = n_in.astype(p.dtype)
-            bi_o, oki_o, _, _ = _arm(setup, s.incoming, hits, other)
-            bu_o, oku_o, _, _ = _arm(setup, s.upstream, hits, other)
-            kink = jnp.sqrt((b_up - bi_p) ** 2 + (bu_o - bi_o) ** 2) / u.mrad
-            kok = ok_up & oki_p & oki_o & oku_o
+            kx, ky, kok = kink_parts(setup, s, hits)
+            kink = jnp.sqrt(kx**2 + ky**2) / u.mrad
             out[f"kink_{s.output}_mrad"] = jnp.where(kok, kink, jnp.inf).astype(p.dtype)
             # transverse-momentum kick at the target, p·θ: multiple scattering gives a p-independent
             # width (13.6 MeV·√(x/X0)(1 + 0.038 ln(x/X0)) ≈ 98 MeV per projection for 40 X0 of Pb)

@@ -85,6 +85,39 @@ def pass_masks(selection: Selection, variables: dict[str, jnp.ndarray], valid: j
     return jnp.stack(masks)
 
 
+def pass_weights(selection: Selection, variables: dict[str, jnp.ndarray], valid: jnp.ndarray,
+                 integrated: dict | None = None) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """Hard cuts with some cuts integrated: ``(masks, log_p)``, both (n_slots, B).
+
+    ``integrated[var](lo, hi)`` gives, per event, log P(lo ≤ var ≤ hi | the event's other draws)
+    for a variable whose distribution given the rest of the event a channel knows in closed form
+    (conditional Monte Carlo: the indicator of the cut is replaced by its conditional expectation,
+    which leaves the estimate unbiased and cannot increase its variance — Rao–Blackwell;
+    e.g. Owen, *Monte Carlo theory, methods and examples* (2013), §8.7).  A cut on such a variable
+    keeps the events with P > 0 and adds log P to their weight from that step on.  Without
+    ``integrated`` this is :func:`pass_masks` with ``log_p = 0``.
+    """
+    integrated = integrated or {}
+    masks, logs = [], []
+    zero = jnp.zeros(valid.shape, jnp.result_type(float))
+    for r in selection.regions:
+        m, lp = valid, zero
+        masks.append(m)
+        logs.append(lp)
+        for c in r.cuts:
+            if c.var in integrated:
+                lpc = integrated[c.var](c.lo, c.hi)
+                ok = lpc > -jnp.inf
+                m = m & ok
+                lp = lp + jnp.where(ok, lpc, 0.0)
+            else:
+                v = variables[c.var]
+                m = m & (v >= c.lo) & (v <= c.hi)
+            masks.append(m)
+            logs.append(lp)
+    return jnp.stack(masks), jnp.stack(logs)
+
+
 def soft_pass(selection: Selection, variables: dict[str, jnp.ndarray], valid: jnp.ndarray, temperature) -> jnp.ndarray:
     """(n_slots, B) pass *weights* in [0, 1]: every cut ``lo <= v <= hi`` relaxed to
     σ((v − lo)/τ_lo)·σ((hi − v)/τ_hi), τ = temperature × max(|cut|, 1) in the variable's unit

@@ -40,9 +40,11 @@ PARETO_K_WARN = 0.7  # ξ above this: the variance of the estimate is unreliable
 
 
 def chunk_tally(masks: jnp.ndarray, log_w: jnp.ndarray) -> jnp.ndarray:
-    """Device reduction of one chunk: (n_slots, B) masks and (B,) log-weights → (n_slots, 4)."""
+    """Device reduction of one chunk: (n_slots, B) masks and log-weights, (B,) or per slot
+    (n_slots, B) (cuts integrated by conditional Monte Carlo, :func:`fastmc.selection.pass_weights`)
+    → (n_slots, N_FIELDS)."""
     neg = jnp.asarray(-jnp.inf, log_w.dtype)
-    lw = jnp.where(masks, log_w[None, :], neg)
+    lw = jnp.where(masks, log_w if log_w.ndim == 2 else log_w[None, :], neg)
     # logsumexp with an all −inf row guarded
     mx = jnp.max(lw, axis=1)
     safe = jnp.where(jnp.isfinite(mx), mx, 0.0)
