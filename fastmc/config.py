@@ -635,18 +635,25 @@ class MisrecoConfig:
     """Biasing of the ``momentum_misreconstruction`` channel: a defensive mixture of the natural
     hits (probability ``beta``) and scenarios in which the hits of one spectrometer arm among
     ``planes`` fake a slope (:mod:`fastmc.response`); pushed stray-hit offsets follow a ramp
-    density of power ``push_power`` on the pushed side (0: uniform).  Then, with probability
-    1 − ``deflect_beta``, the muon is turned between the incoming track and MS2 to hide one of
-    the shares ``deflect_follow`` of the kink its hits fake: its Gaussian scattering core is
-    shifted, or (a share ``deflect_kicks`` of those) its hard deflections are forced
-    (:class:`fastmc.response.DeflectBias`; ``deflect_follow = []`` switches it off)."""
+    density of power ``push_power`` on the pushed side (0: uniform), or, a share
+    ``push_window_share`` of them, uniformly in the outer part [``push_window``, 1] of the road.  With ``integrate_kink``
+    (default) the cuts on the target kink integrate out the Gaussian scattering core between the
+    incoming track and MS2 (:func:`fastmc.response.integrated_kink_cuts`), and with probability
+    1 − ``deflect_beta`` a muon's hard deflections there are forced towards the side that hides
+    the kink its hits fake.  Without it, the muon is turned to hide one of the shares
+    ``deflect_follow`` of that kink: its Gaussian scattering core is shifted, or (a share
+    ``deflect_kicks`` of those) its hard deflections are forced (:class:`fastmc.response.DeflectBias`;
+    ``deflect_follow = []`` then switches the deflection forcing off)."""
 
     planes: tuple[str, ...] = ()  # default: every tracker of the p_out spectrometer and its incoming track
     beta: float = 0.5
     push_power: float = 3.0
-    deflect_follow: tuple[float, ...] = (0.4,)
-    deflect_beta: float = 0.2
+    push_window: float = 0.5
+    push_window_share: float = 0.0
+    deflect_follow: tuple[float, ...] = ()
+    deflect_beta: float = 0.9  # LS3 card, integrated kink cut: ESS 205, 218, 207 at 0.8, 0.9, 0.97 (524 288 muons)
     deflect_kicks: float = 0.2
+    integrate_kink: bool = True
 
 
 SIGNAL_MODELS = ("z_prime", "dark_photon", "scalar")  # fastmc.physics.darkbrem.SIGNAL_MODELS
@@ -852,10 +859,16 @@ def load_run(path: str | Path, overrides: dict[str, Any] | None = None) -> RunCo
         planes=tuple(planes),
         beta=mr.number("beta", 0.5, gt=0.0, lt=1.0),
         push_power=mr.number("push_power", 3.0, ge=0.0, le=20.0),
-        deflect_follow=mr.numbers("deflect_follow", [0.4], gt=0.0, le=2.0),
-        deflect_beta=mr.number("deflect_beta", 0.2, gt=0.0, lt=1.0),
+        push_window=mr.number("push_window", MisrecoConfig.push_window, ge=0.0, lt=1.0),
+        push_window_share=mr.number("push_window_share", MisrecoConfig.push_window_share, ge=0.0, lt=1.0),
+        deflect_follow=mr.numbers("deflect_follow", [], gt=0.0, le=2.0),
+        deflect_beta=mr.number("deflect_beta", MisrecoConfig.deflect_beta, gt=0.0, lt=1.0),
         deflect_kicks=mr.number("deflect_kicks", 0.2, gt=0.0, lt=1.0),
+        integrate_kink=mr.boolean("integrate_kink", True),
     )
+    if misreco.integrate_kink and misreco.deflect_follow:
+        raise mr.fail("deflect_follow", list(misreco.deflect_follow),
+                      "a tilted scattering core has no effect with integrate_kink = true (set it to false to tilt)")
     mr.finish()
     cb = chs.table("calorimeter_nonhermeticity", {})
     dcb = CaloBiasConfig()

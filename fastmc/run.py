@@ -31,7 +31,7 @@ import numpy as np
 from fastmc.config import ConfigError, RunConfig
 from fastmc.geometry import Setup, build_setup, setup_materials
 from fastmc.rng import STREAM_BEAM, STREAM_CHANNEL, chunk_key, stream_key, uniforms
-from fastmc.selection import Selection, build_selection, pass_masks
+from fastmc.selection import Selection, build_selection, pass_masks, pass_weights
 from fastmc.tally import N_FIELDS, Tally, chunk_tally, reduce_chunks
 from fastmc.transport import Physics, transport
 
@@ -115,12 +115,13 @@ def prepare(cfg: RunConfig) -> Prepared:
                 raise ConfigError(f"{cfg.path}: [channels.momentum_misreconstruction] planes = {list(m.planes)}: "
                                  "no arm of a spectrometer can fake a slope of a quarter of its bend with these planes")
             hits = HitBias(beta=jnp.asarray(m.beta, dtype), push_power=jnp.asarray(m.push_power, dtype),
-                           planes=planes, axis=axis, roles=roles, spectrometer=spec)
+                           planes=planes, axis=axis, roles=roles, spectrometer=spec,
+                           window_lo=jnp.asarray(m.push_window, dtype), window_share=jnp.asarray(m.push_window_share, dtype))
         channel_params[ch] = {"mix": build_admixture(cfg, ch, float(setup.beam.z_start)) if hadrons else None,
                               "hits": hits}
         if ch == "momentum_misreconstruction":
             channel_params[ch]["deflect"] = deflect_bias(setup, [mat.X0_mm for mat in mats], m.deflect_follow,
-                                                         m.deflect_beta, m.deflect_kicks, dtype)
+                                                         m.deflect_beta, m.deflect_kicks, dtype, m.integrate_kink)
         if ch == "signal":  # emission tables of one boson mass: set by fastmc.sensitivity per mass
             channel_params[ch]["signal"] = None
         if showers is not None:
@@ -157,7 +158,9 @@ def simulate_events(
     A channel is a biasing scheme of this one chain, given by ``params``: ``mix``
     (:class:`fastmc.beam.Admixture`: species generation fractions, natural or forced decays;
     None for a muon-only card) and ``hits`` (:class:`fastmc.response.HitBias`: forced tracker
-    pathologies; None = natural).  Returns (variables, log_w, extras).
+    pathologies; None = natural).  Returns (variables, log_w, extras); ``extras["integrated"]``,
+    when present, holds the cuts a channel integrates (:func:`fastmc.selection.pass_weights`):
+    the misreconstruction channel's target-kink cuts with the scattering core integrated out.
 
     Soft mode (``params["soft"] = {"setup_ref", "temperature"}``, :mod:`fastmc.optimise` only):
     length-dependent discrete draws use ``setup_ref``'s lengths and are reweighted
@@ -213,16 +216,20 @@ def simulate_events(
     measured = detector_response(setup, truth, key_c, params.get("hits"), params.get("showers"), calo,
                                  None if soft is None else soft["temperature"], hits_pre)
     variables = reconstruct(setup, measured)
+    extras = {"n_overflow": truth["n_overflow"]}
     # weights of the biased choices made in transport (species, forced decays/interactions) and response
     log_w = (final["log_w"] if "log_w" in final else jnp.zeros((chunk_size,), dtype)) + measured["log_w"]
     if deflect is not None:
-        from fastmc.response import deflect_log_weight
+        from fastmc.response import deflect_log_weight, integrated_kink_cuts
 
         log_w = log_w + deflect_log_weight(deflect, final)
+        if deflect.integrate:  # the target-kink cuts with the Gaussian core integrated out
+            extras["integrated"] = integrated_kink_cuts(setup, measured["hits"], variables["p_out_GeV"],
+                                                        final["tilt_x"], final["tilt_v"])
     variables["truth_hadron"] = state["hadron"].astype(dtype) if opts.hadrons else jnp.zeros((chunk_size,), dtype)
     if signal is not None:
         variables["truth_signal_x"] = final["signal_x"]
-    return variables, log_w, {"n_overflow": truth["n_overflow"]}
+    return variables, log_w, extras
 
 
 CHANNEL_FUNCS = {"analog": simulate_events, "hadron_decay": simulate_events, "momentum_misreconstruction": simulate_events,
@@ -244,11 +251,29 @@ def simulate_chunk(
     """One chunk → (tally rows (n_slots, N_FIELDS), overflow count, [events])."""
     variables, log_w, extras = CHANNEL_FUNCS[channel](setup, physics, key_c, opts, params)
     valid = jnp.arange(opts.chunk_size) < n_valid
-    masks = pass_masks(selection, variables, valid)
-    rows = chunk_tally(masks, log_w)
+    integrated = extras.get("integrated")
+    if integrated:
+        masks, log_p = pass_weights(selection, variables, valid, integrated)
+        rows = chunk_tally(masks, log_w[None, :] + log_p)
+    else:
+        masks = pass_masks(selection, variables, valid)
+        rows = chunk_tally(masks, log_w)
     n_over = jnp.sum(jnp.where(valid, extras["n_overflow"], 0))
     events = None
     if with_events:
+        # per region, the event's weight (−inf where the region does not select it): with integrated
+        # cuts it includes their probability, which may differ between regions; log_w is that of
+        # the first region selecting the event
+        final, start = [], 0
+        for r in selection.regions:
+            start += len(r.cuts) + 1
+            final.append(start - 1)
+        sel = masks[jnp.asarray(final)]  # (n_regions, B)
+        lp_fin = log_p[jnp.asarray(final)] if integrated else jnp.zeros(sel.shape, log_w.dtype)
+        variables = dict(variables)
+        for r, sr, lr in zip(selection.regions, sel, lp_fin):
+            variables[f"log_w_region_{r.name}"] = jnp.where(sr, log_w + lr, -jnp.inf)
+        log_w = log_w + jnp.take_along_axis(lp_fin, jnp.argmax(sel, axis=0)[None], axis=0)[0]
         events = {"variables": variables, "log_w": log_w, "selected": masks}
     return rows, n_over, events
 

@@ -106,6 +106,21 @@ def test_channels_hit_bias_weights_are_exact(card):
             expected = p[3] * (road - lo) / (2 * road) + p[1] * _norm_sf(lo / sig_t) + p[0] * _norm_sf(lo / sig)
             check(f"{nm} offset > {lo:.2f}", present & (mx > lo), expected)
             check(f"{nm} offset < -{lo:.2f}", present & (mx < -lo), expected)
+    # jointly: the two ends of MS2's upstream arm displaced to opposite sides (the fakes that matter),
+    # natural planes being independent
+    far = {}
+    for nm in ("MM3", "MM5"):
+        el = setup.element(nm)
+        p = np.asarray(category_probabilities(el.efficiency, el.tail_fraction, el.pickup), np.float64)
+        sig, sig_t, road = float(el.resolution), float(el.tail_sigma), float(el.road)
+        lo = 0.7 * road
+        far[nm] = (np.asarray(hits[nm][0]), np.asarray(hits[nm][2]),
+                   p[3] * (road - lo) / (2 * road) + p[1] * _norm_sf(lo / sig_t) + p[0] * _norm_sf(lo / sig), lo)
+    (m3, p3_, e3, lo3), (m5, p5_, e5, lo5) = far["MM3"], far["MM5"]
+    corners = [p3_ & p5_ & (s3 * m3 > lo3) & (-s3 * m5 > lo5) for s3 in (1, -1)]
+    pushed = max(corners, key=np.sum)  # the corner the scenarios push to (the sign of q·∫B dl)
+    est, err = (w * pushed).mean(), (w * pushed).std() / np.sqrt(n)
+    assert abs(est - e3 * e5) < 4 * err and err < 0.25 * e3 * e5, (card, est, e3 * e5, err)
 
 
 def _norm_sf(z):
@@ -113,10 +128,21 @@ def _norm_sf(z):
 
 
 def test_channels_misreconstruction_closure_with_analog():
-    cfg = load_run(ROOT / "tests" / "data" / "closure_misreco.toml")
+    cfg = load_run(ROOT / "tests" / "data" / "closure_misreco.toml").with_overrides(save_events=True)
     prep = prepare(cfg)
     result = run(cfg, prep, progress=False)
     proj = projection(cfg, result)
+    # the stored events carry the integrated kink-cut probability: per region their weights add up
+    # to the region's tally (summed in another order: float32 weights, 1e-4)
+    ev = result.events
+    mine = ev["channel"] == cfg.channels.index("momentum_misreconstruction")
+    sums = result.tallies()["momentum_misreconstruction"]
+    for ri, region in enumerate(("misreco", "misreco_kink")):
+        final = max(i for i, (r, _, _) in enumerate(result.slots) if r == region)
+        in_r = mine & ((ev["region_mask"] >> ri) & 1 == 1)
+        lw = ev["variables"][f"log_w_region_{region}"][in_r]
+        assert np.sum(np.exp(lw.astype(np.float64))) == pytest.approx(sums[final].sum_w, rel=1e-4)
+    assert np.all(ev["log_w"][mine] == ev["variables"]["log_w_region_misreco"][mine])  # first region
     a, b = proj["channels"]["analog"], proj["channels"]["momentum_misreconstruction"]
     assert a["n_selected"] >= 50
     pull = (a["expected"] - b["expected"]) / math.hypot(a["stat_err"], b["stat_err"])
@@ -124,12 +150,13 @@ def test_channels_misreconstruction_closure_with_analog():
     assert b["n_selected"] > 2 * a["n_selected"]  # the forcing populates the region
     assert b["max_weight_share"] < 0.05
     # same primaries and the same cost per primary (one chain; the hit draws are a small part):
-    # the mixtures must also give the smaller error (measured 1.33e-4 vs 1.35e-4 here, where
+    # the mixtures must also give the smaller error (measured 1.10e-4 vs 1.35e-4 here, where
     # single natural tail hits dominate and the deflection forcing only adds weight spread; the
     # gain is orders of magnitude on the LS3 card)
     assert b["stat_err"] < a["stat_err"], (a["stat_err"], b["stat_err"])
-    # with the target-kink cut (second region): measured 1.896e-3 ± 0.113e-3 (23 528 selected) vs
-    # analog 1.907e-3 ± 0.121e-3 (250)
+    # with the target-kink cut (second region), integrated over the scattering core (the default):
+    # measured 1.915e-3 ± 0.091e-3 (29 824 selected) vs analog 1.907e-3 ± 0.121e-3 (250); sampled
+    # with the tilted core (session 7): 1.896e-3 ± 0.113e-3
     k = projection_from(1.0, "misreco_kink", result)["channels"]
     a, b = k["analog"], k["momentum_misreconstruction"]
     assert a["n_selected"] >= 50
@@ -170,13 +197,14 @@ def test_channels_figure_of_merit_gain_is_one_for_analog_bernoulli():
     assert chans["empty"]["seconds_per_primary"] == pytest.approx(4e-6)
 
 
-def test_channels_deflection_forcing_weights_are_exact():
+@pytest.mark.parametrize("tilt", [True, False], ids=["tilt_and_kicks", "kicks_only"])
+def test_channels_deflection_forcing_weights_are_exact(tilt):
     """The misreconstruction channel's deflection forcing (fastmc.response.DeflectBias: tilted
-    scattering core, or photonuclear interactions with pushed kicks): through ten steps of the LS3
-    ECAL cell (kicks and single scatters included), the weighted distribution of the exit angle in
-    the forced projection equals an analog run's at every threshold on both sides, E[w] = 1,
-    w ≤ 1/β, the tilt moves the tilted muons by the requested shift, and the forcing populates the
-    far tail."""
+    scattering core, or photonuclear interactions with pushed kicks; kicks only, as with the
+    integrated kink cut): through ten steps of the LS3 ECAL cell (kicks and single scatters
+    included), the weighted distribution of the exit angle in the forced projection equals an
+    analog run's at every threshold on both sides, E[w] = 1, w ≤ 1/β, the tilt moves the tilted
+    muons by the requested shift, and the forcing populates the far tail."""
     import jax
     import jax.numpy as jnp
 
@@ -188,8 +216,9 @@ def test_channels_deflection_forcing_weights_are_exact():
     physics = _layers_physics(("lead1.5mm+scintillator1.5mm",), PhysicsSettings())
     n, k, n_steps = 131072, 4, 10
     c = 2.5e-3 / (0.62e-3) ** 2  # a 2.5 mrad shift of the summed core (σ ≈ 0.6 mrad here)
-    bias = DeflectBias(beta=jnp.asarray(0.5), follow=jnp.asarray([1.0]), inv_v=jnp.asarray(1.0),
-                       kick_share=jnp.asarray(0.5), slots=(True,), axis="x")
+    bias = DeflectBias(beta=jnp.asarray(0.5), follow=jnp.asarray([1.0] if tilt else [], jnp.float32),
+                       inv_v=jnp.asarray(1.0), kick_share=jnp.asarray(0.5 if tilt else 1.0), slots=(True,), axis="x",
+                       integrate=not tilt)
 
     @jax.jit
     def chain(key, forced, physics):  # physics as an argument: closed over, XLA constant-folds its tables
@@ -209,13 +238,74 @@ def test_channels_deflection_forcing_weights_are_exact():
     assert w.max() <= 2.0 * (1 + 1e-5)
     assert abs(w.mean() - 1.0) < 4 * w.std() / np.sqrt(n)
     natural = (tilt_c == 0) & (kick == 0)
-    shifted = np.median(tx_b[tilt_c != 0]) - np.median(tx_b[natural])
-    assert 2.0e-3 < shifted < 3.0e-3, shifted  # σ_core² is a little below the 0.62 mrad used for c
+    if tilt:
+        shifted = np.median(tx_b[tilt_c != 0]) - np.median(tx_b[natural])
+        assert 2.0e-3 < shifted < 3.0e-3, shifted  # σ_core² is a little below the 0.62 mrad used for c
+    else:
+        assert np.all(tilt_c == 0) and abs(kick.mean() - 0.5) < 0.01  # every forced muon is kicked
     for t in (0.5e-3, 1e-3, 1.5e-3, 2e-3, 2.5e-3, 3e-3, 4e-3, 6e-3):
         for side in (1, -1):
             mb, ma = w * (side * tx_b > t), (side * tx_a > t).astype(float)
             err = np.hypot(mb.std(), ma.std()) / np.sqrt(n)
             assert abs(mb.mean() - ma.mean()) < 4 * err, (t, side, mb.mean(), ma.mean(), err)
     # the forcing populates the far side: the tilt beyond 2 mrad, the photonuclear kicks beyond 4
-    assert np.sum(tx_b > 2e-3) > 5 * np.sum(tx_a > 2e-3)
+    if tilt:
+        assert np.sum(tx_b > 2e-3) > 5 * np.sum(tx_a > 2e-3)
     assert np.sum((tx_b > 4e-3) & (kick == 1)) > 10 * np.sum(tx_a > 4e-3)
+
+
+def test_channels_integrated_kink_cut_equals_resampled_core():
+    """The misreconstruction channel's target-kink cuts with the Gaussian core integrated out
+    (fastmc.response.integrated_kink_cuts) against the cut applied to the kink recomputed with the
+    core angle redrawn: for constructed MS2/incoming hits with known signed kinks, P(cut | rest)
+    must equal the fraction of 20 000 redraws X' ~ N(0, V) that pass (binomial tolerance, 5σ), and
+    in the far tail, where redraws cannot reach, the float64 normal CDFs of scipy
+    float32 arithmetic)."""
+    import jax.numpy as jnp
+    from scipy.stats import norm
+
+    from fastmc.config import load_run as _load
+    from fastmc.geometry import build_setup, setup_materials
+    from fastmc.response import integrated_kink_cuts
+
+    cfg = _load(ROOT / "runs" / "ls3_2e13.toml")
+    _, index = setup_materials(cfg.model)
+    setup = build_setup(cfg.model, index)
+    s = next(s for s in setup.spectrometers if s.output == "p_out" and s.incoming)
+    rng = np.random.default_rng(7)
+    n = 400
+    kx = rng.uniform(-9e-3, 9e-3, n)  # signed bend-plane kink (rad), the other projection's below
+    ky = rng.uniform(-4e-3, 4e-3, n)
+    x_obs = rng.normal(0.0, 0.9e-3, n)  # the realised core sum; m = kx − x_obs is what stays fixed
+    sig = rng.uniform(0.5e-3, 1.2e-3, n)
+    p_out = rng.uniform(40.0, 80.0, n)
+    zero = np.zeros(n)
+    hits = {}
+    for name in setup.trackers:
+        el = setup.element(name)
+        dz = float(el.z + el.thickness) - float(setup.element(s.upstream[0]).z + setup.element(s.upstream[0]).thickness)
+        if name in s.upstream:  # a straight track of slopes (kx, ky) behind an incoming track of slope 0
+            bx, by = (kx, ky) if s.plane == "x" else (ky, kx)
+            hits[name] = (jnp.asarray(bx * dz, jnp.float32), jnp.asarray(by * dz, jnp.float32), jnp.ones(n, bool))
+        else:
+            hits[name] = (jnp.asarray(zero, jnp.float32), jnp.asarray(zero, jnp.float32), jnp.ones(n, bool))
+    f = integrated_kink_cuts(setup, hits, jnp.asarray(p_out, jnp.float32), jnp.asarray(x_obs, jnp.float32),
+                             jnp.asarray(sig**2, jnp.float32))
+    m = kx - x_obs
+    xs = rng.normal(size=(20_000, 1)) * sig
+    kink_mrad = np.sqrt((m + xs) ** 2 + ky**2) / 1e-3
+    cases = [("kink_p_out_pt_MeV", -np.inf, 400.0, kink_mrad * p_out), ("kink_p_out_mrad", 3.0, 6.0, kink_mrad)]
+    for var, lo, hi, value in cases:
+        p = np.exp(np.asarray(f[var](jnp.float32(lo), jnp.float32(hi)), np.float64))
+        frac = np.mean((value >= lo) & (value <= hi), axis=0)
+        tol = 5.0 * np.sqrt(np.maximum(p * (1 - p), 1e-4) / 20_000)
+        assert np.all(np.abs(p - frac) <= tol), (var, np.max(np.abs(p - frac) / tol))
+        assert 0.05 < np.mean(frac) < 0.95  # the constructed kinks straddle the cut
+    # far tail (float64 reference): |m + X'| ≤ a with a from the p_T cut
+    a = np.sqrt(np.maximum((400.0 / p_out * 1e-3) ** 2 - ky**2, 0.0))
+    ref = norm.cdf((a - np.abs(m)) / sig) - norm.cdf((-a - np.abs(m)) / sig)
+    lp = np.asarray(f["kink_p_out_pt_MeV"](jnp.float32(-np.inf), jnp.float32(400.0)), np.float64)
+    tail = (ref > 1e-30) & (ref < 1e-4)
+    assert tail.sum() > 20
+    np.testing.assert_allclose(lp[tail], np.log(ref[tail]), rtol=1e-3)
+    assert np.all(np.isneginf(lp[a == 0.0]))  # |k_y| alone fails the cut

@@ -67,6 +67,10 @@ CASES = [
     ("model beam momentum", lambda c, m: (c, m.replace("momentum_GeV = 160.0", "momentum_GeV = -160.0")), "beam.momentum_GeV", "-160.0"),
     ("deflect_follow out of range", lambda c, m: (c + "\n[channels.momentum_misreconstruction]\ndeflect_follow = [0.4, -1.0]\n", m),
      "channels.momentum_misreconstruction.deflect_follow", "-1.0"),
+    ("deflect_follow with the integrated kink cut", lambda c, m: (c + "\n[channels.momentum_misreconstruction]\ndeflect_follow = [0.4]\n", m),
+     "channels.momentum_misreconstruction.deflect_follow", "integrate_kink"),
+    ("integrate_kink not a boolean", lambda c, m: (c + '\n[channels.momentum_misreconstruction]\nintegrate_kink = "yes"\n', m),
+     "channels.momentum_misreconstruction.integrate_kink", "yes"),
     ("deflect_follow not a list", lambda c, m: (c + '\n[channels.momentum_misreconstruction]\ndeflect_follow = "x"\n', m),
      "channels.momentum_misreconstruction.deflect_follow", "x"),
 ]
