@@ -613,6 +613,16 @@ class ShowerSettings:
     # mean transverse momentum of the leading neutral hadron: ≈ 0.35 GeV/c, the typical ⟨p_T⟩ of
     # hadrons in soft hadronic and photoproduction collisions (approx.); p_T ~ p_T e^{−2 p_T/⟨p_T⟩}
     neutral_pt: float = 0.35 * u.GeV
+    # lateral containment of the showers in the slabs' square apertures (GFLASH radial profile;
+    # hadronic: 2 r R²/(r² + R²)² with 95 % inside hadron_r95_lambda·λ_I)
+    lateral: bool = True
+    # 95 % of a hadronic shower lies within ≈ 1 λ_I of its axis (PDG RPP 2024 "Calorimetry"
+    # §35.9.2; Wigmans, "Calorimetry" (2nd ed., OUP 2017) ch. 2), approx.
+    hadron_r95_lambda: float = 1.0
+    # P(one charged hadron takes ≥ z_min of a photonuclear transfer | no leading neutral): no
+    # measurement found, a free parameter like leading_neutral (approx.); it may punch through
+    # the calorimeters before MS2 and be seen there as an extra track
+    leading_charged: float = 0.02
 
 
 @dataclasses.dataclass(frozen=True)
@@ -743,6 +753,7 @@ VARIABLE_HELP = {
     "kink_<out>_mrad": "angle between the incoming track and the spectrometer's upstream arm (both projections)",
     "kink_<out>_pt_MeV": "the same kink times the reconstructed momentum: the transverse kick at the target",
     "truth_hadron": "TRUTH (closure/validation studies only): 1 if the primary was a beam hadron",
+    "extra_tracks_p_out": "extra charged tracks reaching MS2: leading charged hadrons that punched through the calorimeters",
 }
 
 
@@ -753,6 +764,8 @@ def selection_variables(model: ModelConfig) -> tuple[str, ...]:
         names += [f"{s.output}_GeV", f"{s.output}_chi2ndf", f"{s.output}_hits_up", f"{s.output}_hits_down"]
         if s.incoming:
             names += [f"kink_{s.output}_mrad", f"kink_{s.output}_pt_MeV", f"{s.output}_hits_in"]
+    if any(s.output == "p_out" for s in model.spectrometers):
+        names.append("extra_tracks_p_out")
     if any(s.output == "p_in" for s in model.spectrometers) and any(s.incoming for s in model.spectrometers):
         names.append("kink_beam_mrad")
     groups = sorted({e.group for e in model.elements if e.kind == "slab" and e.readout != "none"})
@@ -893,6 +906,9 @@ def load_run(path: str | Path, overrides: dict[str, Any] | None = None) -> RunCo
         leading_neutral=sh.number("leading_neutral", dsh.leading_neutral, ge=0.0, le=1.0),
         z_min=sh.number("z_min", dsh.z_min, ge=0.0, lt=1.0),
         neutral_pt=sh.number("neutral_pt_GeV", dsh.neutral_pt / u.GeV, ge=0.0, le=100.0) * u.GeV,
+        lateral=sh.boolean("lateral", dsh.lateral),
+        hadron_r95_lambda=sh.number("hadron_r95_lambda", dsh.hadron_r95_lambda, gt=0.0, le=10.0),
+        leading_charged=sh.number("leading_charged", dsh.leading_charged, ge=0.0, le=1.0),
     )
     sh.string("source", "")
     if "calorimeter_nonhermeticity" in channels and showers.model != "profile":

@@ -107,4 +107,8 @@ def reconstruct(setup: Setup, measured: dict) -> dict[str, jnp.ndarray]:
     for group, e in measured["energies"].items():
         out[f"e_{group}_GeV"] = e / u.GeV
         out[f"e_{group}_MeV"] = e / u.MeV
+    if "p_out_GeV" in out:  # charged hadrons that punched through the calorimeters (shower_deposits)
+        ref = out["p_out_GeV"]
+        n_extra = measured.get("counts", {}).get("extra_tracks_p_out")
+        out["extra_tracks_p_out"] = jnp.zeros_like(ref) if n_extra is None else n_extra.astype(ref.dtype)
     return out

@@ -514,7 +514,8 @@ def hit_offsets(setup: Setup, key_chunk: jax.Array, bias: HitBias | None, n: int
 
 def detector_response(setup: Setup, truth: dict, key_chunk: jax.Array, bias: HitBias | None = None,
                       showers=None, calo: CaloBias | None = None, temperature=None, hits_pre=None) -> dict:
-    """Measured hits ``hits[name] = (mx, my, present)``, ``energies[group]`` (MeV) and ``log_w``.
+    """Measured hits ``hits[name] = (mx, my, present)``, ``energies[group]`` (MeV), ``log_w`` and
+    ``counts`` (``extra_tracks_p_out``, with ``showers``: punch-through charged hadrons).
 
     ``showers`` (:class:`fastmc.physics.showers.ShowerParams`): the hardest transfer of each slab
     showers through the slab sequence (:func:`shower_deposits`); without it every transfer is
@@ -530,9 +531,9 @@ def detector_response(setup: Setup, truth: dict, key_chunk: jax.Array, bias: Hit
                     truth["hits"][n][2] & off[n][2]) for n in setup.trackers}
     else:
         hits, log_w = tracker_hits(setup, truth, key_r, bias) if setup.trackers else ({}, 0.0)
-    deposits = None
+    deposits, counts = None, {}
     if showers is not None:
-        deposits, lw = shower_deposits(setup, truth, showers, key_r, calo, temperature)
+        deposits, lw, counts = shower_deposits(setup, truth, showers, key_r, calo, temperature)
         log_w = log_w + lw
     energies: dict[str, jnp.ndarray] = {}
     for i, el in enumerate(setup.elements):
@@ -546,7 +547,7 @@ def detector_response(setup: Setup, truth: dict, key_chunk: jax.Array, bias: Hit
             sigma = calorimeter_sigma(edep, el.stochastic_term, el.constant_term, el.noise)
             vis = el.response_scale * edep + sigma * normal_from_uniform(uu[:, 0])
             energies[el.group] = energies.get(el.group, 0.0) + vis
-    return {"hits": hits, "energies": energies, "log_w": log_w}
+    return {"hits": hits, "energies": energies, "log_w": log_w, "counts": counts}
 
 
 @pytree_dataclass
@@ -563,23 +564,46 @@ class CaloBias:
 
 
 N_SHOWER_UNIFORMS = 11
+N_CHARGED_UNIFORMS = 3  # leading charged hadron: choice, z, optical depth (own stream: key 30_002)
 
 
 def shower_deposits(setup: Setup, truth: dict, sh, key_r: jax.Array, calo: CaloBias | None = None,
                     temperature=None):
-    """Energy (MeV, EM-scale equivalent) reaching each slab when hard transfers shower; and log_w.
+    """Energy (MeV, EM-scale equivalent) reaching each slab when hard transfers shower; log_w; and
+    ``counts`` (``extra_tracks_p_out``: leading charged hadrons that got through every slab).
 
     See :mod:`fastmc.physics.showers`.  Depth along the slab sequence is accumulated in radiation
     lengths (boundaries tb) and interaction lengths (sb); a shower starting at (t0, s0) puts
     E·[G(tb_{j+1} − t0) − G(tb_j − t0)] in slab j (G = 0 for negative depth; hadronic showers: the
-    Bock EM term in X0 plus the hadronic term, × h/e, in λ_I).  Photonuclear transfers may give a
-    leading neutral hadron that interacts after an exponential optical depth, or escapes.  With
-    ``calo``, the hadronic system of the target slab's photonuclear transfer is biased (leading
-    neutral with probability q, z focused near 1, p_T half of the time from a law ``pt_widen``
-    times wider — lateral escapes —, escape with probability ≥ 1 − β; exact weights).
+    Bock EM term in X0 plus the hadronic term, × h/e, in λ_I), times the share of its lateral
+    profile inside slab j's square aperture (``sh.lateral``; EM: GFLASH radial profile at τ = 1 and
+    2 shower maxima, linear in depth in between and beyond, averaged over the slab's part of the
+    longitudinal profile; hadronic: one radius, r95·λ_I/√19).  The shower axis is the beam line
+    through the muon's position in the beam spot (drawn here, key 30_001; the muon's own angle,
+    ≲ 1 mrad, is neglected), the apertures are centred on the z axis; what falls outside is lost.
+    Photonuclear transfers may give a leading neutral hadron that interacts after an exponential
+    optical depth, or escapes, or a leading charged hadron that does the same along the muon's line
+    through every slab downstream, ionising (minimum-ionising dE/dx) up to where it interacts; if
+    it gets through, it is one more charged track in the downstream spectrometer.  With ``calo``,
+    the hadronic system of the target slab's photonuclear transfer is biased (leading neutral with
+    probability q, z focused near 1, p_T half of the time from a law ``pt_widen`` times wider —
+    lateral escapes —, escape with probability ≥ 1 − β; exact weights); the charged hadron is drawn
+    from its natural law given no leading neutral (no weight).
     All slabs are handled at once: arrays (B, n_source_slabs, n_boundaries).
     """
-    from fastmc.physics.showers import PROC_PHOTONUCLEAR, bock_em_share, bock_parameters, gamma_cdf, gflash_parameters
+    from fastmc.physics.showers import (
+        LATERAL_TAUS,
+        PROC_PHOTONUCLEAR,
+        bock_em_share,
+        bock_parameters,
+        depth_averaged_containment,
+        em_square_containment,
+        gamma_cdf,
+        gamma_moment,
+        gflash_parameters,
+        hadron_lateral_radius,
+        square_containment,
+    )
 
     slabs = [el for el in setup.elements if el.kind == "slab"]
     n = len(slabs)
@@ -600,30 +624,55 @@ def shower_deposits(setup: Setup, truth: dict, sh, key_r: jax.Array, calo: CaloB
     s0 = sb[:-1] + f * (sb[1:] - sb[:-1])
     bsz = e_h.shape[0]
     uu = uniforms(jax.random.fold_in(key_r, 30_000), (bsz, n, N_SHOWER_UNIFORMS), dtype)
+    hw = jnp.stack([el.half_width for el in slabs]).astype(dtype)
+    # the shower axis in the beam spot (σ per projection), relative to the apertures' centre
+    uxy = uniforms(jax.random.fold_in(key_r, 30_001), (bsz, 2), dtype)
+    x_ax = setup.beam.spot_sigma.astype(dtype) * normal_from_uniform(uxy[:, 0])
+    y_ax = setup.beam.spot_sigma.astype(dtype) * normal_from_uniform(uxy[:, 1])
 
     def split(cdf):  # (B, n_src, n+1) cumulative → (B, n_src, n) per slab
         return cdf[..., 1:] - cdf[..., :-1]
 
-    def hadronic(energy, t_start, s_start, x0_start, lam_start):
-        """(B, n) energies deposited per slab by hadronic showers (B, n_src) starting at (t, s)."""
+    def hadronic(energy, t_start, s_start, x0_start, lam_start, xa, ya):
+        """(B, n) energies deposited per slab by hadronic showers (B, n_src) starting at (t, s),
+        axis at (xa, ya) (B, n_src) from the apertures' centre."""
         e_par = jnp.maximum(energy, 1.0 * u.GeV)
         a, b, d, _ = bock_parameters(e_par)
         share = bock_em_share(e_par, x0_start, lam_start)
         g_em = split(gamma_cdf(a[..., None], b, tb - t_start[..., None]))
         g_h = split(gamma_cdf(a[..., None], d, sb - s_start[..., None]))
         frac = share[..., None] * g_em + (1.0 - share[..., None]) * sh.h_over_e * g_h
+        if sh.lateral:  # one radial profile for the whole shower (its π⁰ part included)
+            radius = hadron_lateral_radius(lam_start, sh.hadron_r95)[..., None]
+            frac = frac * square_containment(radius, hw, -xa[..., None], -ya[..., None])
         return jnp.sum(energy[..., None] * frac, axis=1)
 
     # --- EM: GFLASH profile with per-shower fluctuations
     alpha, beta_ = gflash_parameters(jnp.maximum(e_h, 1.0), z_eff, normal_from_uniform(uu[..., 0]),
                                      normal_from_uniform(uu[..., 1]))
-    frac_em = split(gamma_cdf(alpha[..., None], beta_[..., None], tb - t0[..., None]))
+    depth = tb - t0[..., None]  # (B, n_src, n+1) boundaries' depths from the shower start [X0]
+    frac_em = split(gamma_cdf(alpha[..., None], beta_[..., None], depth))
+    if sh.lateral:
+        t_max = ((alpha - 1.0) / beta_)[..., None]  # (B, n_src, 1)
+        e_sh = jnp.maximum(e_h, 1.0)[..., None]
+        cont = [em_square_containment(tau, e_sh, z_eff[:, None], sh.r_moliere[mats][:, None], hw,
+                                      -x_ax[:, None, None], -y_ax[:, None, None]) for tau in LATERAL_TAUS]
+        moment = split(gamma_moment(alpha[..., None], beta_[..., None], depth))
+        frac_em = depth_averaged_containment(cont[0], cont[1], LATERAL_TAUS[0] * t_max, LATERAL_TAUS[1] * t_max,
+                                             frac_em, moment)
     dep = local - jnp.where(showered, e_h, 0.0) + jnp.sum(jnp.where(is_em, e_h, 0.0)[..., None] * frac_em, axis=1)
     # --- photonuclear: a leading neutral hadron or not
     f_ln, z_min = sh.leading_neutral, sh.z_min
     ln = uu[..., 2] < f_ln
     z = z_min + (1.0 - z_min) * uu[..., 3]
     tau = -jnp.log(uu[..., 5])
+    if calo is not None:
+        tgt = jnp.asarray([el.name == calo.target for el in slabs])  # (n,)
+        # target slab: z half from the natural law, half from [z_lo, 1]; the neutral hadron's angle
+        # (below) uses this z too (it once used the natural z: angle and energy of different hadrons)
+        z_lo = jnp.maximum(1.0 - calo.z_focus, z_min)
+        z_b = jnp.where(uu[..., 4] < 0.5, z, z_lo + (1.0 - z_lo) * uu[..., 3])
+        z = jnp.where(tgt, z_b, z)
     # its path: the slabs it meets inside their apertures count, in interaction lengths (sb_eff)
     g2 = -(jnp.log(uu[..., 7]) + jnp.log(uu[..., 8]))  # Gamma(2, 1): p_T = g2·⟨p_T⟩/2 ~ p_T e^{−2p_T/⟨p_T⟩}
     p_t = g2 * 0.5 * sh.neutral_pt
@@ -633,27 +682,28 @@ def shower_deposits(setup: Setup, truth: dict, sh, key_r: jax.Array, calo: CaloB
         b1, b2 = 2.0 / sh.neutral_pt, 2.0 / (sh.neutral_pt * calo.pt_widen)
         dens = lambda b, x: b * b * x * jnp.exp(-b * x)  # noqa: E731
         w_pt = dens(b1, p_t_b) / (0.5 * dens(b1, p_t_b) + 0.5 * dens(b2, p_t_b))
-    if calo is not None:
-        p_t = jnp.where(jnp.asarray([el.name == calo.target for el in slabs]), p_t_b, p_t)
+        p_t = jnp.where(tgt, p_t_b, p_t)
     theta = p_t / jnp.maximum(z * e_h, 1.0)
     phi = 2.0 * math.pi * uu[..., 9]
     zc = jnp.stack([el.z + 0.5 * el.thickness for el in slabs]).astype(dtype)  # slab centres
-    hw = jnp.stack([el.half_width for el in slabs]).astype(dtype)
     z_src = jnp.stack([el.z + f[:, i] * el.thickness for i, el in enumerate(slabs)], axis=1)  # (B, n)
-    # transverse offset from the beam axis through the interaction point, on which the
-    # calorimeters are centred (the beam spot, σ ≈ 1 cm, and the muon's own angle, ≲ 1 mrad, are
-    # neglected next to the apertures; the model's z axis is not the beam axis after MS1's bend)
+    # transverse offset from the shower axis (the beam line through the interaction point, on
+    # which the calorimeters are centred up to the beam spot; the model's z axis is not the beam
+    # axis after MS1's bend)
     dz = zc - z_src[..., None]  # (B, n_src, n)
     xn = theta[..., None] * jnp.cos(phi)[..., None] * dz
     yn = theta[..., None] * jnp.sin(phi)[..., None] * dz
+    # the aperture seen by the neutral hadron: centred at −(beam-spot offset) when lateral is on
+    xn_c = xn + x_ax[:, None, None] if sh.lateral else xn
+    yn_c = yn + y_ax[:, None, None] if sh.lateral else yn
     src = jnp.arange(n)[:, None] == jnp.arange(n)[None, :]
     later = jnp.arange(n)[None, :] > jnp.arange(n)[:, None]
     if temperature is None:
-        met = src | ((jnp.abs(xn) <= hw) & (jnp.abs(yn) <= hw) & later)
+        met = src | ((jnp.abs(xn_c) <= hw) & (jnp.abs(yn_c) <= hw) & later)
         width = jnp.where(met, (sb[1:] - sb[:-1]), 0.0)  # (B, n_src, n)
     else:  # soft aperture: the fraction of the slab's depth that counts is a logistic of the offset
         edge = temperature * hw
-        inside_ap = jax.nn.sigmoid((hw - jnp.abs(xn)) / edge) * jax.nn.sigmoid((hw - jnp.abs(yn)) / edge)
+        inside_ap = jax.nn.sigmoid((hw - jnp.abs(xn_c)) / edge) * jax.nn.sigmoid((hw - jnp.abs(yn_c)) / edge)
         width = jnp.where(src, 1.0, jnp.where(later, inside_ap, 0.0)) * (sb[1:] - sb[:-1])
         met = width > 0
     sb_eff = jnp.concatenate([jnp.zeros_like(width[..., :1]), jnp.cumsum(width, axis=-1)], axis=-1)
@@ -661,11 +711,8 @@ def shower_deposits(setup: Setup, truth: dict, sh, key_r: jax.Array, calo: CaloB
     tau_rem = sb_eff[..., -1] - s0_eff
     log_w = jnp.zeros((bsz,), dtype)
     if calo is not None:
-        tgt = jnp.asarray([el.name == calo.target for el in slabs])  # (n,)
         ln_b = uu[..., 2] < calo.q_neutral
         w_ln = jnp.where(ln_b, f_ln / calo.q_neutral, (1.0 - f_ln) / (1.0 - calo.q_neutral))
-        z_lo = jnp.maximum(1.0 - calo.z_focus, z_min)
-        z_b = jnp.where(uu[..., 4] < 0.5, z, z_lo + (1.0 - z_lo) * uu[..., 3])
         w_z = (1.0 / (1.0 - z_min)) / (0.5 / (1.0 - z_min) + 0.5 * (z_b >= z_lo) / (1.0 - z_lo))
         tau_b = jnp.where(uu[..., 6] >= calo.beta, tau_rem + 1.0, tau)
         escaped = tau_b >= tau_rem
@@ -673,10 +720,15 @@ def shower_deposits(setup: Setup, truth: dict, sh, key_r: jax.Array, calo: CaloB
         biased = tgt & is_had
         lw = jnp.log(w_ln) + jnp.where(ln_b, jnp.log(w_z) + jnp.log(w_esc) + jnp.log(w_pt), 0.0)
         log_w = jnp.sum(jnp.where(biased, lw, 0.0), axis=1)
-        ln, z, tau = jnp.where(tgt, ln_b, ln), jnp.where(tgt, z_b, z), jnp.where(tgt, tau_b, tau)
+        ln, tau = jnp.where(tgt, ln_b, ln), jnp.where(tgt, tau_b, tau)
     ln = ln & is_had
-    e_soft = jnp.where(is_had, jnp.where(ln, (1.0 - z) * e_h, e_h), 0.0)
-    dep = dep + hadronic(e_soft, t0, s0, x0, lam)
+    # --- or, given no leading neutral, a leading charged hadron (probability leading_charged)
+    uc = uniforms(jax.random.fold_in(key_r, 30_002), (bsz, n, N_CHARGED_UNIFORMS), dtype)
+    lc = is_had & ~ln & (uc[..., 0] < sh.leading_charged)
+    z_c = z_min + (1.0 - z_min) * uc[..., 1]
+    e_soft = jnp.where(is_had, jnp.where(ln, (1.0 - z) * e_h, jnp.where(lc, (1.0 - z_c) * e_h, e_h)), 0.0)
+    xs_ax, ys_ax = jnp.broadcast_to(x_ax[:, None], (bsz, n)), jnp.broadcast_to(y_ax[:, None], (bsz, n))
+    dep = dep + hadronic(e_soft, t0, s0, x0, lam, xs_ax, ys_ax)
     # leading neutral: interacts after an optical depth τ along its path, or escapes
     s_eff = s0_eff + tau
     inside = met & (s_eff[..., None] >= sb_eff[..., :-1]) & (s_eff[..., None] < sb_eff[..., 1:])  # (B, n_src, n)
@@ -688,5 +740,34 @@ def shower_deposits(setup: Setup, truth: dict, sh, key_r: jax.Array, calo: CaloB
     x0_int = jnp.where(hit, pick(jnp.broadcast_to(x0, inside.shape)), 1.0)
     lam_int = jnp.where(hit, pick(jnp.broadcast_to(lam, inside.shape)), 1.0)
     e_int = jnp.where(ln & hit, z * e_h, 0.0)  # no slab met before τ ran out: escaped
-    dep = dep + hadronic(e_int, t_int, s_int, x0_int, lam_int)
-    return {el.name: jnp.maximum(dep[:, i], 0.0) for i, el in enumerate(slabs)}, log_w
+    dep = dep + hadronic(e_int, t_int, s_int, x0_int, lam_int, xs_ax + pick(xn), ys_ax + pick(yn))
+    # leading charged hadron: along the muon's line through every slab downstream (its angle,
+    # p_T/p ≲ 10 mrad, is neglected next to the apertures); interacts after an optical depth τ_c
+    s_c = s0 - jnp.log(uc[..., 2])
+    through = lc & (s_c >= sb[-1])  # got through every slab downstream
+    s_end = jnp.where(through, sb[-1], s_c)
+    cross = jnp.clip(jnp.minimum(s_end[..., None], sb[1:]) - jnp.maximum(s0[..., None], sb[:-1]), 0.0, None)
+    cross = cross / jnp.maximum(sb[1:] - sb[:-1], 1e-12)  # (B, n_src, n): share of each slab crossed
+    ion = jnp.where(lc[..., None], cross * (sh.dedx_mip[mats] * length), 0.0)
+    ion_tot = jnp.sum(ion, axis=-1)
+    dep = dep + jnp.sum(ion, axis=1)
+    inside_c = (s_c[..., None] >= sb[:-1]) & (s_c[..., None] < sb[1:])
+    frac_c = (s_c[..., None] - sb[:-1]) / jnp.maximum(sb[1:] - sb[:-1], 1e-12)
+    pick_c = lambda arr: jnp.sum(jnp.where(inside_c, arr, 0.0), axis=-1)  # noqa: E731
+    stopped = lc & ~through
+    e_c = jnp.where(stopped, jnp.maximum(z_c * e_h - ion_tot, 0.0), 0.0)
+    dep = dep + hadronic(e_c, pick_c(tb[:-1] + frac_c * (tb[1:] - tb[:-1])), pick_c(sb[:-1] + frac_c * (sb[1:] - sb[:-1])),
+                         jnp.where(stopped, pick_c(jnp.broadcast_to(x0, inside_c.shape)), 1.0),
+                         jnp.where(stopped, pick_c(jnp.broadcast_to(lam, inside_c.shape)), 1.0), xs_ax, ys_ax)
+    # an extra track in the downstream spectrometer: it got through the slabs between its source and
+    # the spectrometer's first plane (probability e^{−L/λ_I}, L in interaction lengths)
+    out = [sp for sp in setup.spectrometers if sp.output == "p_out"]
+    if out:
+        z_sp = jnp.min(jnp.stack([setup.element(nm).z for nm in out[0].upstream]))
+        before = jnp.stack([el.z + el.thickness <= z_sp for el in slabs])  # (n,): a prefix of the slabs
+        sb_sp = jnp.sum(jnp.where(before, sb[1:] - sb[:-1], 0.0))
+        n_extra = jnp.sum(lc & before & (s_c >= sb_sp), axis=1)
+    else:
+        n_extra = jnp.zeros((bsz,), jnp.int32)
+    counts = {"extra_tracks_p_out": n_extra.astype(jnp.int32)}
+    return {el.name: jnp.maximum(dep[:, i], 0.0) for i, el in enumerate(slabs)}, log_w, counts

@@ -71,6 +71,12 @@ CASES = [
      "channels.momentum_misreconstruction.deflect_follow", "integrate_kink"),
     ("integrate_kink not a boolean", lambda c, m: (c + '\n[channels.momentum_misreconstruction]\nintegrate_kink = "yes"\n', m),
      "channels.momentum_misreconstruction.integrate_kink", "yes"),
+    ("hadron_r95_lambda not positive", lambda c, m: (c + "\n[showers]\nhadron_r95_lambda = -1.0\n", m),
+     "showers.hadron_r95_lambda", "-1.0"),
+    ("lateral not a boolean", lambda c, m: (c + '\n[showers]\nlateral = "yes"\n', m),
+     "showers.lateral", "yes"),
+    ("leading_charged above 1", lambda c, m: (c + "\n[showers]\nleading_charged = 1.5\n", m),
+     "showers.leading_charged", "1.5"),
     ("deflect_follow not a list", lambda c, m: (c + '\n[channels.momentum_misreconstruction]\ndeflect_follow = "x"\n', m),
      "channels.momentum_misreconstruction.deflect_follow", "x"),
 ]
