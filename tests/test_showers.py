@@ -306,3 +306,24 @@ def test_shower_deposits_lateral_leakage_matches_the_radial_profile():
     c = np.asarray(showers.em_square_containment(jnp.asarray(t / t_max), e, z, r_m, 40.0, 0.0, 0.0), np.float64)
     ref = 1.0 - simpson(c * gamma.pdf(t, alpha, scale=1.0 / beta), x=t)
     assert 0.5 * ref < lost < 1.2 * ref, (lost, ref)
+
+
+def test_extra_tracks_reach_the_selection_variables():
+    """detector_response passes the punch-through count on (``counts``) and reconstruct() exposes it
+    as ``extra_tracks_p_out``; without showers it is 0."""
+    from fastmc.reconstruct import reconstruct
+    from fastmc.response import detector_response
+
+    n = 4096
+    setup, sh = _closure_setup(h_over_e=1.0, leading_neutral=0.0, leading_charged=1.0, z_min=0.999999)
+    truth = _truth(setup, n, 50 * u.GeV, showers.PROC_PHOTONUCLEAR)
+    zero = jnp.zeros((n,))
+    truth["hits"] = {nm: (zero, zero, jnp.ones((n,), bool)) for nm in setup.trackers}
+    key = jax.random.key(8)
+    measured = jax.jit(lambda t, s, k: detector_response(setup, t, k, showers=s))(truth, sh, key)
+    extra = np.asarray(reconstruct(setup, measured)["extra_tracks_p_out"])
+    ecal = next(e for e in setup.elements if e.kind == "slab")
+    p_ref = math.exp(-float(ecal.thickness * ecal.density_scale / sh.lam[ecal.material]))
+    assert abs(extra.mean() - p_ref) < 5 * math.sqrt(p_ref * (1 - p_ref) / n)
+    plain = jax.jit(lambda t, k: detector_response(setup, t, k))(truth, key)
+    assert np.all(np.asarray(reconstruct(setup, plain)["extra_tracks_p_out"]) == 0.0)
