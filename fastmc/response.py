@@ -577,7 +577,7 @@ def shower_deposits(setup: Setup, truth: dict, sh, key_r: jax.Array, calo: CaloB
     E·[G(tb_{j+1} − t0) − G(tb_j − t0)] in slab j (G = 0 for negative depth; hadronic showers: the
     Bock EM term in X0 plus the hadronic term, × h/e, in λ_I), times the share of its lateral
     profile inside slab j's square aperture (``sh.lateral``; EM: GFLASH radial profile at τ = 1 and
-    2 shower maxima, linear in depth in between and beyond, averaged over the slab's part of the
+    2.5 shower maxima, linear in depth through them, averaged over the slab's part of the
     longitudinal profile; hadronic: one radius, r95·λ_I/√19).  The shower axis is the beam line
     through the muon's position in the beam spot (drawn here, key 30_001; the muon's own angle,
     ≲ 1 mrad, is neglected), the apertures are centred on the z axis; what falls outside is lost.

@@ -223,9 +223,9 @@ def test_showers_gflash_lateral_containment_matches_pdg():
 def test_showers_depth_averaged_containment_matches_simpson():
     """The closed-form slab average of a containment linear in depth equals Simpson's rule on the
     Gamma profile (tolerance: the 1e-3 accuracy of the incomplete-gamma table in ΔG and ΔM); and the
-    two-node linear model reproduces the exact depth-averaged lateral leakage of a 100 mm half-width
-    lead/scintillator-like aperture to within a factor 0.6–1.2 (measured 0.76–0.78, the leakage
-    growing faster than linearly beyond 2 T)."""
+    two-node linear model reproduces the exact depth-averaged lateral leakage of a whole shower in a
+    100 mm half-width lead or lead/scintillator-like aperture within a factor 0.85–1.2 (measured
+    0.95–1.07 for the nodes τ = 1, 2.5: the leakage grows faster than linearly in depth)."""
     from scipy.integrate import simpson
     from scipy.stats import gamma
 
@@ -249,9 +249,11 @@ def test_showers_depth_averaged_containment_matches_simpson():
         cont = lambda tau: np.asarray(showers.em_square_containment(tau, e, z, r_m, 100.0, -10.0, -5.0), np.float64)  # noqa: E731
         exact = simpson(cont(jnp.asarray(t / t_max)) * g, x=t)
         c1, c2 = (float(cont(tau)) for tau in showers.LATERAL_TAUS)
-        approx = float(showers.depth_averaged_containment(c1, c2, t_max, 2 * t_max, showers.gamma_cdf(alpha, beta, 80.0),
+        tau1, tau2 = showers.LATERAL_TAUS
+        approx = float(showers.depth_averaged_containment(c1, c2, tau1 * t_max, tau2 * t_max,
+                                                          showers.gamma_cdf(alpha, beta, 80.0),
                                                           showers.gamma_moment(alpha, beta, 80.0)))
-        assert 0.6 < (1 - approx) / (1 - exact) < 1.2, (z, e, approx, exact)
+        assert 0.85 < (1 - approx) / (1 - exact) < 1.2, (z, e, approx, exact)
 
 
 def test_shower_deposits_charged_hadron_punch_through_is_exponential():
@@ -286,8 +288,8 @@ def test_shower_deposits_lateral_leakage_matches_the_radial_profile():
     """An EM shower (50 GeV) at the front of the closure target narrowed to ±40 mm loses the share
     of the GFLASH radial profile outside the aperture: reference = 1 − the exact depth average
     (Simpson) of the square containment over the mean longitudinal profile, shower axis centred
-    (beam spot σ = 1 mm here).  Tolerance: 0.5–1.2 × the reference (the two-node linear depth model
-    keeps ≈ 0.77 of the leakage, test above; per-shower fluctuations of T and α); per event the
+    (beam spot σ = 1 mm here).  Tolerance: 0.5–1.3 × the reference (the two-node linear depth model
+    gives 0.95–1.07 of the leakage, test above; per-shower fluctuations of T and α); per event the
     deposit never exceeds the transfer."""
     from scipy.integrate import simpson
     from scipy.stats import gamma
@@ -305,7 +307,7 @@ def test_shower_deposits_lateral_leakage_matches_the_radial_profile():
     t = np.linspace(1e-4, 80.0, 8001)
     c = np.asarray(showers.em_square_containment(jnp.asarray(t / t_max), e, z, r_m, 40.0, 0.0, 0.0), np.float64)
     ref = 1.0 - simpson(c * gamma.pdf(t, alpha, scale=1.0 / beta), x=t)
-    assert 0.5 * ref < lost < 1.2 * ref, (lost, ref)
+    assert 0.5 * ref < lost < 1.3 * ref, (lost, ref)
 
 
 def test_extra_tracks_reach_the_selection_variables():
