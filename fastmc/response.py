@@ -740,7 +740,6 @@ def shower_deposits(setup: Setup, truth: dict, sh, key_r: jax.Array, calo: CaloB
     x0_int = jnp.where(hit, pick(jnp.broadcast_to(x0, inside.shape)), 1.0)
     lam_int = jnp.where(hit, pick(jnp.broadcast_to(lam, inside.shape)), 1.0)
     e_int = jnp.where(ln & hit, z * e_h, 0.0)  # no slab met before τ ran out: escaped
-    dep = dep + hadronic(e_int, t_int, s_int, x0_int, lam_int, xs_ax + pick(xn), ys_ax + pick(yn))
     # leading charged hadron: along the muon's line through every slab downstream (its angle,
     # p_T/p ≲ 10 mrad, is neglected next to the apertures); interacts after an optical depth τ_c
     s_c = s0 - jnp.log(uc[..., 2])
@@ -756,9 +755,14 @@ def shower_deposits(setup: Setup, truth: dict, sh, key_r: jax.Array, calo: CaloB
     pick_c = lambda arr: jnp.sum(jnp.where(inside_c, arr, 0.0), axis=-1)  # noqa: E731
     stopped = lc & ~through
     e_c = jnp.where(stopped, jnp.maximum(z_c * e_h - ion_tot, 0.0), 0.0)
-    dep = dep + hadronic(e_c, pick_c(tb[:-1] + frac_c * (tb[1:] - tb[:-1])), pick_c(sb[:-1] + frac_c * (sb[1:] - sb[:-1])),
-                         jnp.where(stopped, pick_c(jnp.broadcast_to(x0, inside_c.shape)), 1.0),
-                         jnp.where(stopped, pick_c(jnp.broadcast_to(lam, inside_c.shape)), 1.0), xs_ax, ys_ax)
+    # the leading hadron's shower, neutral or charged (never both in one source slab): one profile call
+    dep = dep + hadronic(
+        e_int + e_c,
+        jnp.where(ln, t_int, pick_c(tb[:-1] + frac_c * (tb[1:] - tb[:-1]))),
+        jnp.where(ln, s_int, pick_c(sb[:-1] + frac_c * (sb[1:] - sb[:-1]))),
+        jnp.where(ln, x0_int, jnp.where(stopped, pick_c(jnp.broadcast_to(x0, inside_c.shape)), 1.0)),
+        jnp.where(ln, lam_int, jnp.where(stopped, pick_c(jnp.broadcast_to(lam, inside_c.shape)), 1.0)),
+        xs_ax + jnp.where(ln, pick(xn), 0.0), ys_ax + jnp.where(ln, pick(yn), 0.0))
     # an extra track in the downstream spectrometer: it got through the slabs between its source and
     # the spectrometer's first plane (probability e^{−L/λ_I}, L in interaction lengths)
     out = [sp for sp in setup.spectrometers if sp.output == "p_out"]
