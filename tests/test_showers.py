@@ -246,7 +246,10 @@ def test_showers_depth_averaged_containment_matches_simpson():
         t_max = (alpha - 1.0) / beta
         t = np.linspace(1e-4, 80.0, 8001)
         g = gamma.pdf(t, alpha, scale=1.0 / beta)
-        cont = lambda tau: np.asarray(showers.em_square_containment(tau, e, z, r_m, 100.0, -10.0, -5.0), np.float64)  # noqa: E731
+
+        def cont(tau, e=e, z=z, r_m=r_m):
+            return np.asarray(showers.em_square_containment(tau, e, z, r_m, 100.0, -10.0, -5.0), np.float64)
+
         exact = simpson(cont(jnp.asarray(t / t_max)) * g, x=t)
         c1, c2 = (float(cont(tau)) for tau in showers.LATERAL_TAUS)
         tau1, tau2 = showers.LATERAL_TAUS
