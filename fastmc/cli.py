@@ -364,6 +364,13 @@ def _resume_config(args, cfg):
             a, b = (a or {}).get("sha256"), (b or {}).get("sha256")
         if json.dumps(a, sort_keys=True, default=str) != json.dumps(b, sort_keys=True, default=str):
             raise UsageError(f"--resume: {names.get(key, key)} differs from the checkpoint {str(path)!r}: refusing to resume")
+    from fastmc.io import threefry_layout
+    from fastmc.rng import THREEFRY_PARTITIONABLE
+
+    if threefry_layout(data["provenance"]) != THREEFRY_PARTITIONABLE:
+        raise UsageError(f"--resume: {str(path)!r} was drawn with another random-bit layout (provenance "
+                         f"threefry_partitionable = {threefry_layout(data['provenance'])}; this fastmc: "
+                         f"{THREEFRY_PARTITIONABLE}): refusing to resume")
     req = json.loads(data["provenance"].get("requested_chunks", "null") or "null")
     if req is None:
         raise UsageError(f"--resume: {str(path)!r} records no requested chunk range")
@@ -535,6 +542,7 @@ def cmd_env(args) -> int:
         "backend": jax.default_backend(),
         "devices": [str(d) for d in jax.devices()],
         "x64": bool(jax.config.jax_enable_x64),
+        "threefry_partitionable": bool(jax.config.jax_threefry_partitionable),
         "cache": os.environ.get("FASTMC_CACHE", str(Path.home() / ".cache" / "fastmc")),
     }
     for k, v in info.items():

@@ -71,6 +71,7 @@ def provenance(cfg, result, prepared=None) -> dict[str, Any]:
         "backend": jax.default_backend(),
         "devices": ", ".join(str(d) for d in jax.devices()),
         "x64": bool(jax.config.jax_enable_x64),
+        "threefry_partitionable": bool(jax.config.jax_threefry_partitionable),  # fastmc.rng: which bits a key gives
         "seed": cfg.seed,
         "chunk_size": cfg.chunk_size,
         "chunk_range": [int(result.chunk_ids.min()), int(result.chunk_ids.max()) + 1] if len(result.chunk_ids) else [0, 0],
@@ -198,6 +199,12 @@ def _write_run_groups(f, result, projection: dict) -> None:
             eg.create_dataset(key, data=np.asarray(val))
 
 
+def threefry_layout(provenance: dict[str, Any]) -> bool:
+    """The Threefry layout (:data:`fastmc.rng.THREEFRY_PARTITIONABLE`) a file's chunks were drawn
+    with: files written before it was recorded used JAX's default then, the partitionable one."""
+    return bool(provenance.get("threefry_partitionable", True))
+
+
 def stored_result(data: dict[str, Any], with_events: bool = False):
     """The :class:`fastmc.run.RunResult` of a file read by :func:`read_result` (per-chunk tallies,
     which chunks each channel simulated, wall seconds; the events if ``with_events``)."""
@@ -276,11 +283,12 @@ def merge_files(inputs: list[Path], output: Path, command_line: str = "") -> dic
             raise ValueError(f"{p}: an unfinished checkpoint (complete=False): finish it with 'fastmc project --resume'")
         key = (d["provenance"]["config_sha256"], d["provenance"]["model_sha256"], d["provenance"]["seed"],
                d["provenance"]["chunk_size"], json.dumps(d["chunk_attrs"]["channels"]), json.dumps(d["chunk_attrs"]["slots"]),
-               d["projection"]["mot"])
+               d["projection"]["mot"], threefry_layout(d["provenance"]))
         if ref is None:
             ref = key
         elif key != ref:
-            names = ("run card", "model", "seed", "chunk size", "channels", "selection", "MOT")
+            names = ("run card", "model", "seed", "chunk size", "channels", "selection", "MOT",
+                     "random-bit layout (provenance threefry_partitionable)")
             what = next(n for n, x, y in zip(names, key, ref) if x != y)
             raise ValueError(f"{p}: {what} differs from {inputs[0]}: refusing to merge mismatched configurations")
         parts.append(stored_result(d))

@@ -153,6 +153,12 @@ def test_cli_chunk_ranges_merge_to_the_single_job(tmp_path, capsys):
     bad = tmp_path / "bad.h5"
     assert main(["merge", str(a), str(whole), "-o", str(bad)]) == 2
     assert "overlapping" in capsys.readouterr().err and not bad.exists()
+    # so are chunks drawn with the other Threefry layout (fastmc.rng; a file without the record: the
+    # partitionable one, JAX's default before fastmc fixed it)
+    with h5py.File(a, "a") as f:
+        del f["provenance"].attrs["threefry_partitionable"]
+    assert main(["merge", str(b), str(a), "-o", str(bad)]) == 2
+    assert "random-bit layout" in capsys.readouterr().err and not bad.exists()
 
 
 def test_cli_target_rel_err_stops_each_channel_on_its_own(tmp_path, capsys):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -112,6 +113,17 @@ def test_checkpoint_resume_after_sigkill_bitwise(tmp_path, reference):
     r = subprocess.run(_cli("--n-muons", n, "-o", str(out), "--resume", "--seed", "8"), env=env,
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "seed differs" in r.stderr and r.stderr.count("\n") == 1, r.stderr
+    # so is a checkpoint whose chunks were drawn with the other Threefry layout (fastmc.rng; files
+    # without the record: JAX's old default, the partitionable one), and it is left alone
+    other = tmp_path / "other_layout.h5"
+    shutil.copy(out, other)
+    with h5py.File(other, "a") as f:
+        del f["provenance"].attrs["threefry_partitionable"]
+    r = subprocess.run(_cli("--n-muons", n, "-o", str(other), "--resume"), env=env, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 2 and "random-bit layout" in r.stderr and r.stderr.count("\n") == 1, r.stderr
+    with h5py.File(other) as f:
+        assert not f.attrs["complete"] and len(f["chunks/ids"]) == n_done
     # resume without repeating the flags: n_muons etc. come from the checkpoint
     r = subprocess.run([sys.executable, "-m", "fastmc", "project", str(CARD), "-o", str(out), "--resume",
                         "--no-progress", "--json"], env=env, capture_output=True, text=True, timeout=240)
