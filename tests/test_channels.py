@@ -92,6 +92,8 @@ def test_channels_hit_bias_weights_are_exact(card):
     def check(name, mask, expected):
         est = (w * mask).mean()
         err = (w * mask).std() / np.sqrt(n)
+        if mask.sum() < 20:  # the sample's own spread misses the events it did not draw: use the
+            err = max(err, math.sqrt(expected / (beta * n)))  # bound Var(w·1) ≤ w_max·p, w ≤ 1/β
         assert abs(est - expected) < 4 * err + 1e-6, (card, name, est, expected, err)
 
     for nm in bias.planes:

@@ -366,7 +366,9 @@ def test_scattering_float32_matches_float64():
     for k in ("dtheta_x", "dtheta_y", "dx", "dy"):
         a, b = np.asarray(out32[k])[same], out64[k][same]
         scale = np.asarray(out64["theta0"])[same] * (1.0 if k.startswith("dtheta") else length[same])
-        assert np.max(np.abs(a - b) / scale) < 2e-4, k
+        # 2e-4 θ0 for the core; single scatters far in the tail (tens of θ0) are inverted in float32
+        # from a 24-bit uniform with cancellation: 1e-4 of their value (measured up to 6e-5)
+        assert np.all(np.abs(a - b) < 2e-4 * scale + 1e-4 * np.abs(b)), (k, np.max(np.abs(a - b) / scale))
 
 
 def test_scattering_gradients_finite_and_match_finite_differences(params):
