@@ -31,7 +31,7 @@ import numpy as np
 from fastmc.config import ConfigError, RunConfig
 from fastmc.geometry import Setup, build_setup, setup_materials
 from fastmc.rng import STREAM_BEAM, STREAM_CHANNEL, chunk_key, stream_key, uniforms
-from fastmc.selection import Selection, build_selection, pass_masks, pass_weights
+from fastmc.selection import Selection, build_selection, final_slots, pass_masks, pass_weights
 from fastmc.tally import N_FIELDS, Tally, chunk_tally, reduce_chunks
 from fastmc.transport import Physics, transport
 
@@ -264,12 +264,9 @@ def simulate_chunk(
         # per region, the event's weight (−inf where the region does not select it): with integrated
         # cuts it includes their probability, which may differ between regions; log_w is that of
         # the first region selecting the event
-        final, start = [], 0
-        for r in selection.regions:
-            start += len(r.cuts) + 1
-            final.append(start - 1)
-        sel = masks[jnp.asarray(final)]  # (n_regions, B)
-        lp_fin = log_p[jnp.asarray(final)] if integrated else jnp.zeros(sel.shape, log_w.dtype)
+        final = jnp.asarray(final_slots(selection))
+        sel = masks[final]  # (n_regions, B)
+        lp_fin = log_p[final] if integrated else jnp.zeros(sel.shape, log_w.dtype)
         variables = dict(variables)
         for r, sr, lr in zip(selection.regions, sel, lp_fin):
             variables[f"log_w_region_{r.name}"] = jnp.where(sr, log_w + lr, -jnp.inf)
@@ -459,7 +456,7 @@ def run(
         dynamic_ncols=True,
     )
     signal_slot = len(prep.selection.regions[0].cuts)  # final slot of the first region
-    final_slots = np.cumsum([len(r.cuts) + 1 for r in prep.selection.regions]) - 1
+    region_slots = final_slots(prep.selection)
     running = [Tally() for _ in cfg.channels]
     ch_seconds = np.zeros(len(cfg.channels))
     timed = np.zeros(len(cfg.channels), dtype=np.int64)
@@ -513,8 +510,8 @@ def run(
                     overflow[i, ci] = int(nov[j])
                     if ev is not None:
                         # events selected in any region; bit r of region_mask: selected in region r
-                        fin = np.asarray(ev["selected"][j])[final_slots]  # (n_regions, B)
-                        mask = (fin.astype(np.int64) << np.arange(len(final_slots))[:, None]).sum(axis=0)
+                        fin = np.asarray(ev["selected"][j])[region_slots]  # (n_regions, B)
+                        mask = (fin.astype(np.int64) << np.arange(len(region_slots))[:, None]).sum(axis=0)
                         idx = np.nonzero(mask)[0]
                         if idx.size:
                             events["chunk"].append(np.full(idx.size, c))

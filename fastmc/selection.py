@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from fastmc._pytree import pytree_dataclass, static_field
 from fastmc.config import RunConfig
@@ -83,6 +84,11 @@ def pass_masks(selection: Selection, variables: dict[str, jnp.ndarray], valid: j
             m = m & (v >= c.lo) & (v <= c.hi)
             masks.append(m)
     return jnp.stack(masks)
+
+
+def final_slots(selection: Selection) -> np.ndarray:
+    """Index of each region's last slot (all its cuts applied) in the (n_slots, …) pass masks."""
+    return np.cumsum([len(r.cuts) + 1 for r in selection.regions]) - 1
 
 
 def pass_weights(selection: Selection, variables: dict[str, jnp.ndarray], valid: jnp.ndarray,
