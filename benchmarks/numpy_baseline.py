@@ -1,16 +1,19 @@
 """Muon-only transport through the absorber sequence of a setup: fastmc (JAX) vs plain NumPy.
 
-The NumPy code is a straightforward vectorised port of :func:`fastmc.transport.material_step`
-(Poisson count of stochastic interactions by inverse CDF capped at K, ordered depths, process
-choice and v = ΔE/E from the inverse-CDF tables, continuous loss along the CSDA range with RK4 /
-range inversion, Gaussian straggling, Highland multiple scattering with the correlated lateral
-shift), run element by element through the material elements of the setup (trackers and slabs
-in z order; magnets and air gaps left out).  The physics tables are the ones fastmc uses
-(:func:`fastmc.physics.build_tables`), converted to float32 numpy arrays, and the per-element
-interaction-slot cap K is fastmc's (1 for thin elements, ``max_interactions`` for thick ones).
-Both sides run in float32 with the Highland scattering model, so the comparison is one of
-implementation, not of physics; :func:`compare` also returns the mean exit energy of both as a
-sanity check that the port transports the same way.
+The NumPy code is a straightforward vectorised port of :func:`fastmc.transport.material_step` in
+its hard mode: Poisson count of stochastic interactions by inverse CDF capped at K, ordered
+depths, process choice and v = ΔE/E from the inverse-CDF tables, continuous loss along the CSDA
+range with RK4 / range inversion, the deflection of every interaction, Landau–Vavilov straggling
+of the sub-cut loss with its radiative part, and multiple scattering at p_eff with its lever arms
+in the card's model (Molière core and single scatters by default).  The straggling, kick and
+scattering samplers are not rewritten: :func:`physics_on_numpy` runs fastmc's own modules with
+NumPy as their array namespace.  It goes element by element through the material elements of the
+setup (trackers and slabs in z order; magnets and air gaps left out).  The physics tables are
+fastmc's, as float32 numpy arrays, and the per-element interaction-slot cap K is fastmc's (1 for
+thin elements, ``max_interactions`` for thick ones).  Both sides run in float32 on the same
+24-bit uniform grid, with the same columns of uniforms per step, so the comparison is one of
+implementation, not of physics: ``tests/test_scaling.py`` feeds both the same uniforms and gets
+the same muons; :func:`compare` also returns the mean exit energy of both (different streams).
 
 Used by ``fastmc bench --numpy``; also runnable: ``python benchmarks/numpy_baseline.py [CARD]``.
 """
@@ -26,7 +29,7 @@ import jax
 import numpy as np
 
 MU = 105.6583755  # muon mass [MeV] (fastmc.units.muon_mass_c2)
-_HIGHLAND_A, _HIGHLAND_B = 13.6, 0.038
+ME = 0.51099895  # electron mass [MeV] (fastmc.units.electron_mass_c2)
 
 
 # ------------------------------------------------------------------------------- the sequence
@@ -68,15 +71,18 @@ def g4_layers(cfg: Any) -> list[tuple[str, float]]:
 class NumpyTables:
     """fastmc's physics tables as float32 numpy arrays, with the look-ups of fastmc.physics.tables."""
 
-    def __init__(self, tables: Any, x0_mm: np.ndarray, dtype=np.float32):
+    def __init__(self, tables: Any, dtype=np.float32):
         f = lambda a: np.asarray(a, dtype=dtype)  # noqa: E731
         self.dedx, self.range_mm, self.inv_ln_ekin = f(tables.dedx_cont), f(tables.range_mm), f(tables.inv_ln_ekin)
         self.inv_ln_r0, self.inv_dln_r, self.xs = f(tables.inv_ln_r0), f(tables.inv_dln_r), f(tables.xs)
         self.straggle, self.ln_v_lo, self.ln_v_hi, self.icdf = (f(tables.straggle), f(tables.ln_v_lo),
                                                                 f(tables.ln_v_hi), f(tables.icdf))
-        self.ln_ekin0, self.dln_ekin, self.n_energy = tables.ln_ekin0, tables.dln_ekin, tables.n_energy
-        self.logit_max, self.n_u, self.v_cut, self.e_cut = tables.logit_max, tables.n_u, tables.v_cut, tables.e_cut
-        self.x0 = f(x0_mm)
+        # scalars as Python floats: a NumPy float64 scalar would promote every float32 array it meets
+        self.ln_ekin0, self.dln_ekin, self.n_energy = float(tables.ln_ekin0), float(tables.dln_ekin), int(tables.n_energy)
+        self.logit_max, self.n_u = float(tables.logit_max), int(tables.n_u)
+        self.v_cut, self.e_cut = float(tables.v_cut), float(tables.e_cut)
+        self.xi_per_mm = f(tables.xi_per_mm)
+        self.me = ME
         self.dtype = dtype
 
     def index(self, ekin):
@@ -110,12 +116,14 @@ class NumpyTables:
         k4 = s(ekin - length * k3)
         e_short = ekin - length * (k1 + 2 * k2 + 2 * k3 + k4) / 6
         r = self.csda(m, ekin)
+        if np.all(length < 0.05 * r):  # as fastmc: no range inversion when no muon needs it
+            return np.clip(e_short, 0.0, ekin)
         r_out = r - length
         r_pos = np.maximum(r_out, 1e-30)
         nr = self.inv_ln_ekin.shape[-1]
         f = np.clip((np.log(r_pos) - self.inv_ln_r0[m]) / self.inv_dln_r[m], 0.0, nr - 1.0)
         j0 = np.clip(np.floor(f).astype(np.int32), 0, nr - 2)
-        wj = f - j0
+        wj = f - j0.astype(self.dtype)  # NumPy: float32 − int32 would be float64
         e_long = np.exp(self.inv_ln_ekin[m, j0] * (1 - wj) + self.inv_ln_ekin[m, j0 + 1] * wj)
         e_long = np.where(r_pos < self.range_mm[m, 0], ekin0 * r_pos / self.range_mm[m, 0], e_long)
         for _ in range(2):
@@ -137,7 +145,7 @@ class NumpyTables:
         s = np.clip(np.log(u) - np.log1p(-u), -lm, lm)
         g = (s + lm) / (2.0 * lm / (self.n_u - 1))
         j0 = np.clip(np.floor(g).astype(np.int32), 0, self.n_u - 2)
-        wu = g - j0
+        wu = g - j0.astype(self.dtype)
         t = self.icdf
         x0 = t[m, proc, i0, j0] * (1 - wu) + t[m, proc, i0, j0 + 1] * wu
         x1 = t[m, proc, i0 + 1, j0] * (1 - wu) + t[m, proc, i0 + 1, j0 + 1] * wu
@@ -148,13 +156,57 @@ class NumpyTables:
         return np.clip(v, np.maximum(self.v_cut, self.e_cut / (ekin + MU)), np.exp(lnhi))
 
 
+def physics_on_numpy() -> dict[str, Any]:
+    """fastmc's samplers of straggling, interaction kicks and scattering, evaluated by NumPy.
+
+    Fresh copies of :mod:`fastmc.physics.straggling`, :mod:`~fastmc.physics.deflection` and
+    :mod:`~fastmc.physics.scattering` whose array namespace ``jnp`` is NumPy (their special
+    functions from SciPy): the same source, line for line, run eagerly on NumPy arrays.  These
+    modules use only the part of the jax.numpy API that NumPy shares, so the port cannot drift
+    from the JAX code; ``tests/test_scaling.py`` checks step by step that both give the same
+    muons from the same uniforms.
+    """
+    import importlib.util
+
+    import scipy.special as sp
+
+    def copy(name):
+        spec = importlib.util.find_spec(name)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        mod.jnp = np
+        return mod
+
+    def normal(u):
+        return math.sqrt(2.0) * sp.erfinv(np.clip(2.0 * u - 1.0, -(1.0 - 2.0**-23), 1.0 - 2.0**-23))
+
+    strag, defl, scat = (copy(f"fastmc.physics.{m}") for m in ("straggling", "deflection", "scattering"))
+    strag.normal_from_uniform = normal
+    scat.ndtri, scat.jax_sigmoid = sp.ndtri, sp.expit
+    return {"straggling": strag, "deflection": defl, "scattering": scat}
+
+
+def numpy_physics(prep: Any) -> tuple[NumpyTables, dict[str, Any], Any]:
+    """(tables, samplers, scattering parameters) of a prepared run, on NumPy (float32)."""
+    sp = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float32) if np.issubdtype(np.asarray(a).dtype, np.floating)
+                                else np.asarray(a), prep.physics.scattering)
+    return NumpyTables(prep.physics.tables), physics_on_numpy(), sp
+
+
+@np.errstate(divide="ignore", invalid="ignore", over="ignore")  # as in JAX: ±inf at u → 0, 1 are clipped
 def numpy_material_step(t: NumpyTables, st: dict, m: int, length: float, dscale: float, k: int,
-                        rng: np.random.Generator) -> dict:
-    """One element, as :func:`fastmc.transport.material_step` (Highland scattering)."""
+                        rng: np.random.Generator | None, ph: dict, scat_params: Any, model: str,
+                        uu: np.ndarray | None = None) -> dict:
+    """One element, as :func:`fastmc.transport.material_step` (hard mode, muons, no forcing):
+    the same uniforms column by column (``uu``, or drawn from ``rng`` on the same 24-bit grid)."""
+    from fastmc.transport import N_KICK_UNIFORMS, N_SCAT_UNIFORMS, N_STRAGGLE_UNIFORMS, n_step_uniforms
+
+    strag, defl, scat = ph["straggling"], ph["deflection"], ph["scattering"]
     dt = t.dtype
     ekin_in, alive = st["ekin"], st["alive"]
     b = ekin_in.shape[0]
-    uu = rng.random((b, 2 + 3 * k), dtype=dt)
+    if uu is None:
+        uu = rng.random((b, n_step_uniforms(k)), dtype=dt) + dt(2.0**-25)
     path = length * dscale
     safe_e = np.maximum(ekin_in, 1.0)
     xs = t.xs_at(m, safe_e) * dscale
@@ -178,43 +230,76 @@ def numpy_material_step(t: NumpyTables, st: dict, m: int, length: float, dscale:
     v = t.sample_v(m, proc, e_at, uu[:, 2 + 2 * k : 2 + 3 * k])
     active = slot[None, :] < n[:, None]
     lost = np.zeros(b, dt)
+    e_before, de_k = np.empty((b, k), dt), np.empty((b, k), dt)
     for j in range(k):
         avail = np.maximum(e_at[:, j] - lost, 0.0)
-        lost = lost + np.where(active[:, j], np.minimum(v[:, j] * (avail + MU), avail), 0.0)
+        de_k[:, j] = np.where(active[:, j], np.minimum(v[:, j] * (avail + MU), avail), 0.0)
+        e_before[:, j] = avail
+        lost = lost + de_k[:, j]
+    # kicks of the interactions: p_T / p_after at the azimuth, displaced over the rest of the step
+    k0 = 2 + 3 * k + N_SCAT_UNIFORMS
+    uk = uu[:, k0 : k0 + N_KICK_UNIFORMS * k].reshape(b, k, N_KICK_UNIFORMS)
+    pt = defl.muon_kick_pt(proc, e_before + MU, de_k, uk[..., 1:])
+    e_aft = np.maximum(e_before - de_k, 0.0)
+    dth = pt / np.maximum(np.sqrt(e_aft * (e_aft + 2 * MU)), 1.0)
+    phi = 2.0 * np.pi * uk[..., 0]
+    kx, ky = dth * np.cos(phi), dth * np.sin(phi)
+    rest = length * (1.0 - depth)
+    # straggling of the sub-cut loss: Landau–Vavilov knock-ons + radiative part
     var = t.straggle_at(m, safe_e) * path
-    ekin = ekin_in - d_cont - lost + np.sqrt(var) * rng.standard_normal(b, dtype=dt)
+    etot = safe_e + MU
+    beta2 = 1.0 - (MU / etot) ** 2
+    gamma = etot / MU
+    r = t.me / MU
+    t_max = 2.0 * t.me * (gamma * gamma - 1.0) / (1.0 + 2.0 * gamma * r + r * r)
+    t_cut = np.minimum(np.maximum(t.v_cut * etot, t.e_cut), t_max)
+    xi = t.xi_per_mm[m] * path / beta2
+    bb = beta2 / t_max
+    var_rad = np.maximum(var - strag.fluctuation_variance(xi, t_cut, bb), 0.0)
+    us = uu[:, uu.shape[1] - N_STRAGGLE_UNIFORMS :]
+    n_ion = strag.N_UNIFORMS
+    fluct = strag.sample_fluctuation(xi, t_cut, us[:, :n_ion], bb) + strag.sample_radiative_fluctuation(
+        var_rad, t_cut, us[:, n_ion:])
+    ekin = ekin_in - d_cont - lost - np.where(alive, fluct, 0.0)
     ekin = np.where(e_after > 0.0, ekin, 0.0)
     ekin = np.where(alive, np.clip(ekin, 0.0, ekin_in), ekin_in)
-    # Highland multiple scattering at p = √(p_in p_out)
-    p_in = np.sqrt(ekin_in * (ekin_in + 2 * MU))
-    p_out = np.sqrt(ekin * (ekin + 2 * MU))
-    p_mid = np.maximum(np.sqrt(p_in * np.maximum(p_out, 1e-3)), 1.0)
-    beta = p_mid / np.sqrt(p_mid * p_mid + MU * MU)
-    x = path / t.x0[m]
-    theta0 = _HIGHLAND_A / (beta * p_mid) * math.sqrt(x) * np.maximum(1.0 + _HIGHLAND_B * np.log(x / (beta * beta)), 0.0)
-    z = rng.standard_normal((b, 4), dtype=dt)
+    # multiple scattering at p_eff over the segments between the interactions, with lever arms
+    lost_cum = np.cumsum(de_k, axis=-1)
+    start = np.concatenate([np.zeros((b, 1), dt), depth], axis=-1)
+    end = np.concatenate([depth, np.ones((b, 1), dt)], axis=-1)
+    e_start = np.concatenate([ekin_in[:, None], e_at - lost_cum], axis=-1)
+    frac = end - start
+    e_mid = np.maximum(e_start - 0.5 * d_cont[:, None] * frac, 0.0)
+    ip2 = 1.0 / np.maximum(np.sqrt(e_mid * (e_mid + 2 * MU)), 1.0) ** 2
+    inv_p2 = np.maximum(np.sum(frac * ip2, axis=-1), 1e-30)
+    p_mid = 1.0 / np.sqrt(inv_p2)
+    lever = (np.sum(ip2 * frac * (1.0 - 0.5 * (start + end)), axis=-1) / inv_p2,
+             np.sum(ip2 * ((1.0 - start) ** 3 - (1.0 - end) ** 3), axis=-1) / (3.0 * inv_p2))
+    beta_mid = p_mid / np.sqrt(p_mid**2 + MU * MU)
+    sc = scat.sample_scattering_info(scat_params, m, np.maximum(p_mid, 1.0), beta_mid, path,
+                                     uu[:, 2 + 3 * k : 2 + 3 * k + N_SCAT_UNIFORMS], model=model, lever=lever)
     still = alive & (ekin > 0.0)
-    dthx, dthy = theta0 * z[:, 1], theta0 * z[:, 3]
-    dx = path * theta0 * (z[:, 0] / math.sqrt(12.0) + 0.5 * z[:, 1])
-    dy = path * theta0 * (z[:, 2] / math.sqrt(12.0) + 0.5 * z[:, 3])
+    dx = sc["dx"] + np.sum(kx * rest, axis=-1)
+    dy = sc["dy"] + np.sum(ky * rest, axis=-1)
     return {
         "x": st["x"] + st["tx"] * length + np.where(still, dx, 0.0),
         "y": st["y"] + st["ty"] * length + np.where(still, dy, 0.0),
-        "tx": st["tx"] + np.where(still, dthx, 0.0),
-        "ty": st["ty"] + np.where(still, dthy, 0.0),
+        "tx": st["tx"] + np.where(still, sc["dtheta_x"] + kx.sum(axis=-1), 0.0),
+        "ty": st["ty"] + np.where(still, sc["dtheta_y"] + ky.sum(axis=-1), 0.0),
         "ekin": ekin.astype(dt),
         "alive": still,
     }
 
 
-def numpy_transport(t: NumpyTables, seq, ekin0: float, n: int, seed: int) -> dict:
+def numpy_transport(t: NumpyTables, seq, ekin0: float, n: int, seed: int, ph: dict, scat_params: Any,
+                    model: str) -> dict:
     rng = np.random.Generator(np.random.PCG64(seed))
     dt = t.dtype
     st = {k: np.zeros(n, dt) for k in ("x", "y", "tx", "ty")}
     st["ekin"] = np.full(n, ekin0, dt)
     st["alive"] = np.ones(n, bool)
     for m, length, dscale, k in seq:
-        st = numpy_material_step(t, st, m, length, dscale, k, rng)
+        st = numpy_material_step(t, st, m, length, dscale, k, rng, ph, scat_params, model)
     return st
 
 
@@ -251,45 +336,56 @@ def jax_transport(physics, key, mats, lengths, dscales, thick, ekin0, n: int, km
     return st
 
 
-def compare(cfg: Any, prep: Any, n: int, seed: int = 1, repeats: int = 3) -> dict[str, Any]:
-    """Time both implementations on ``n`` muons of the beam momentum through the sequence."""
+def compare(cfg: Any, prep: Any, n: int, seed: int = 1, repeats: int = 3, devices: int = 1) -> dict[str, Any]:
+    """Time both implementations on ``n`` muons of the beam momentum through the sequence.
+
+    ``devices`` > 1: the JAX side splits the muons over that many local devices (``jax.pmap``, one
+    key per device; on CPU, host devices from ``--xla_force_host_platform_device_count``, each run
+    on its own thread).  NumPy runs in one thread whatever the machine."""
     import jax.numpy as jnp
 
-    from fastmc.physics import PhysicsConfig, build_tables
-    from fastmc.physics.scattering import build_scattering_params
-    from fastmc.geometry import setup_materials
     from fastmc.rng import chunk_key
     from fastmc.transport import Physics
 
     seq = absorber_sequence(prep)
-    mats, _ = setup_materials(cfg.model)
-    ph = cfg.physics
-    tables = build_tables(mats, PhysicsConfig(v_cut=ph.v_cut, e_cut_MeV=ph.e_cut, ionisation=ph.ionisation,
-                                              brems=ph.brems, pair=ph.pair, photonuclear=ph.photonuclear))
-    scat = build_scattering_params(mats)
     ekin0 = float(np.sqrt(float(prep.setup.beam.momentum) ** 2 + MU**2) - MU)
     kmax = max(k for *_, k in seq)
-    physics = Physics(prep.physics.tables, prep.physics.scattering, "highland", prep.physics.lambda_i)
+    model = prep.physics.scattering_model
+    physics = Physics(prep.physics.tables, prep.physics.scattering, model, prep.physics.lambda_i)
     dt = jnp.result_type(float)
     args = (jnp.asarray([s[0] for s in seq], jnp.int32), jnp.asarray([s[1] for s in seq], dt),
             jnp.asarray([s[2] for s in seq], dt), jnp.asarray([s[3] > 1 for s in seq]))
+    if devices == 1:
+        def go(r):
+            return jax_transport(physics, chunk_key(seed, r), *args, ekin0, n=n, kmax=kmax)
+    else:
+        if n % devices:
+            raise ValueError(f"{n} muons do not split over {devices} devices")
+        split = jax.pmap(lambda ph, key, *a: jax_transport(ph, key, *a, ekin0, n=n // devices, kmax=kmax),
+                         in_axes=(None, 0) + (None,) * len(args), devices=jax.local_devices()[:devices])
+
+        def go(r):
+            keys = jnp.stack([jax.random.fold_in(chunk_key(seed, r), d) for d in range(devices)])
+            return split(physics, keys, *args)
     t0 = time.perf_counter()
-    out = jax.block_until_ready(jax_transport(physics, chunk_key(seed, 0), *args, ekin0, n=n, kmax=kmax))
+    out = jax.block_until_ready(go(0))
     t_first = time.perf_counter() - t0
     t0 = time.perf_counter()
     for r in range(repeats):
-        out = jax_transport(physics, chunk_key(seed, r + 1), *args, ekin0, n=n, kmax=kmax)
+        out = go(r + 1)
     out = jax.block_until_ready(out)
     t_jax = (time.perf_counter() - t0) / repeats
-    e_jax = np.asarray(out["ekin"], np.float64)
-    nt = NumpyTables(tables, np.asarray(scat.X0_mm))
-    numpy_transport(nt, seq[:2], ekin0, min(n, 1024), seed)  # warm-up (allocator, page faults)
+    e_jax = np.asarray(out["ekin"], np.float64).ravel()
+    nt, ph, sp = numpy_physics(prep)
+    numpy_transport(nt, seq[:2], ekin0, min(n, 1024), seed, ph, sp, model)  # warm-up (allocator, page faults)
     t0 = time.perf_counter()
-    st = numpy_transport(nt, seq, ekin0, n, seed)
+    st = numpy_transport(nt, seq, ekin0, n, seed, ph, sp, model)
     t_np = time.perf_counter() - t0
     e_np = st["ekin"].astype(np.float64)
     return {
         "elements": len(seq),
+        "scattering_model": model,
+        "jax_devices": devices,
         "muons": n,
         "jax_first_call_s": t_first,
         "jax_seconds": t_jax,

@@ -597,6 +597,8 @@ def cmd_bench(args) -> int:
         if d > len(local):
             raise UsageError(f"--devices = {d}: only {len(local)} local device(s) "
                              "(on CPU: XLA_FLAGS=--xla_force_host_platform_device_count=N)")
+    if (args.numpy or args.geant4) and args.transport_muons and args.transport_muons % max(n_devs):
+        raise UsageError(f"--transport-muons = {args.transport_muons}: does not split over {max(n_devs)} devices")
     t0 = time.perf_counter()
     prep = prepare(cfg)
     t_prep = time.perf_counter() - t0
@@ -634,13 +636,15 @@ def cmd_bench(args) -> int:
            "tables_and_setup_s": t_prep, "results": rows}
     if args.numpy:
         nb = _load_numpy_baseline()
-        res["numpy"] = nb.compare(cfg, prep, args.transport_muons or 65536, seed=cfg.seed, repeats=3)
+        res["numpy"] = nb.compare(cfg, prep, args.transport_muons or 65536, seed=cfg.seed, repeats=3,
+                                  devices=max(n_devs))
     if args.geant4:
         nb = _load_numpy_baseline()
         n_g4 = args.transport_muons or 2000
         g4 = nb.geant4_compare(cfg, n_g4, seed=cfg.seed)
         if "skipped" not in g4:
-            jx = res.get("numpy") or nb.compare(cfg, prep, max(n_g4, 4096), seed=cfg.seed, repeats=3)
+            jx = res.get("numpy") or nb.compare(cfg, prep, max(n_g4, 4096), seed=cfg.seed, repeats=3,
+                                                devices=max(n_devs))
             cores = os.cpu_count() or 1
             g4["fastmc_transport_muons_per_s"] = jx["jax_muons_per_s"]
             g4["fastmc_transport_muons_per_core_s"] = jx["jax_muons_per_s"] / cores
@@ -659,8 +663,8 @@ def cmd_bench(args) -> int:
               f"{r['first_call_s']:>25.2f}{r['devices']:>9}", file=out)
     if "numpy" in res:
         r = res["numpy"]
-        print(f"muon transport through the {r['elements']} material elements ({r['muons']} muons, Highland MS): "
-              f"fastmc/JAX {r['jax_muons_per_s']:.4g} muons/s (first call {r['jax_first_call_s']:.2f} s), "
+        print(f"muon transport through the {r['elements']} material elements ({r['muons']} muons, {r['scattering_model']} scattering): "
+              f"fastmc/JAX {r['jax_muons_per_s']:.4g} muons/s on {r['jax_devices']} device(s) (first call {r['jax_first_call_s']:.2f} s), "
               f"NumPy {r['numpy_muons_per_s']:.4g} muons/s → JAX/NumPy = {r['speedup_jax_over_numpy']:.3g}; "
               f"mean exit E {r['mean_exit_ekin_GeV']['jax']:.3f} / {r['mean_exit_ekin_GeV']['numpy']:.3f} GeV", file=out)
     if "geant4" in res:

@@ -506,24 +506,32 @@ def continuous_ekin_after(tables: PhysicsTables, mat, ekin, length_mm):
 
     # long branch: invert the range
     r = csda_range(tables, mat, ekin)
-    r_out = r - length
-    r_pos = jnp.maximum(r_out, 1e-30)
-    f = (jnp.log(r_pos) - tables.inv_ln_r0[mat]) / tables.inv_dln_r[mat]
-    nr = tables.inv_ln_ekin.shape[-1]
-    f = jnp.clip(f, 0.0, nr - 1.0)
-    j0 = jnp.clip(jnp.floor(f).astype(jnp.int32), 0, nr - 2)
-    wj = f - j0
-    e_guess = jnp.exp(tables.inv_ln_ekin[mat, j0] * (1.0 - wj) + tables.inv_ln_ekin[mat, j0 + 1] * wj)
-    r_first = tables.range_mm[mat, 0]
-    e_guess = jnp.where(r_pos < r_first, ekin0 * r_pos / r_first, e_guess)
-    e_long = e_guess
-    for _ in range(2):
-        e_long = e_long - (csda_range(tables, mat, e_long) - r_pos) * s_of(e_long)
-        e_long = jnp.maximum(e_long, 0.0)
-    e_long = jnp.where(r_out > 0.0, e_long, 0.0)
-
     short = length < 0.05 * r
-    out = jnp.where(short, e_short, e_long)
+
+    def long_branch(tables):  # the tables as an operand: host (NumPy) tables become arrays here
+        r_out = r - length
+        r_pos = jnp.maximum(r_out, 1e-30)
+        f = (jnp.log(r_pos) - tables.inv_ln_r0[mat]) / tables.inv_dln_r[mat]
+        nr = tables.inv_ln_ekin.shape[-1]
+        f = jnp.clip(f, 0.0, nr - 1.0)
+        j0 = jnp.clip(jnp.floor(f).astype(jnp.int32), 0, nr - 2)
+        wj = f - j0
+        e_guess = jnp.exp(tables.inv_ln_ekin[mat, j0] * (1.0 - wj) + tables.inv_ln_ekin[mat, j0 + 1] * wj)
+        r_first = tables.range_mm[mat, 0]
+        e_guess = jnp.where(r_pos < r_first, ekin0 * r_pos / r_first, e_guess)
+        e_long = e_guess
+        for _ in range(2):
+            e_long = e_long - (csda_range(tables, mat, e_long) - r_pos) * continuous_dedx(
+                tables, mat, jnp.maximum(e_long, ekin0))
+            e_long = jnp.maximum(e_long, 0.0)
+        e_long = jnp.where(r_out > 0.0, e_long, 0.0)
+        return jnp.where(short, e_short, e_long)
+
+    # Most batches have no muon near the end of its range: then the range inversion is skipped
+    # (same values; a cond on the whole batch, not a loop: one branch or the other runs)
+    import jax
+
+    out = jax.lax.cond(jnp.all(short), lambda _: e_short, long_branch, tables)
     return jnp.clip(out, 0.0, ekin)
 
 
