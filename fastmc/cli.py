@@ -663,9 +663,11 @@ def cmd_bench(args) -> int:
               f"{r['first_call_s']:>25.2f}{r['devices']:>9}", file=out)
     if "numpy" in res:
         r = res["numpy"]
-        print(f"muon transport through the {r['elements']} material elements ({r['muons']} muons, {r['scattering_model']} scattering): "
-              f"fastmc/JAX {r['jax_muons_per_s']:.4g} muons/s on {r['jax_devices']} device(s) (first call {r['jax_first_call_s']:.2f} s), "
-              f"NumPy {r['numpy_muons_per_s']:.4g} muons/s → JAX/NumPy = {r['speedup_jax_over_numpy']:.3g}; "
+        print(f"muon transport through the {r['elements']} material elements ({r['muons']} muons, "
+              f"{r['scattering_model']} scattering): fastmc/JAX {r['jax_muons_per_s']:.4g} muons/s on "
+              f"{r['jax_devices']} device(s) (first call {r['jax_first_call_s']:.2f} s), "
+              f"NumPy {r['numpy_muons_per_s']:.4g} muons/s → JAX/NumPy = {r['speedup_jax_over_numpy']:.3g}"
+              + (f" ({r['speedup_jax_1_device_over_numpy']:.3g} on 1 device)" if r["jax_devices"] > 1 else "") + "; "
               f"mean exit E {r['mean_exit_ekin_GeV']['jax']:.3f} / {r['mean_exit_ekin_GeV']['numpy']:.3f} GeV", file=out)
     if "geant4" in res:
         g = res["geant4"]
