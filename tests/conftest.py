@@ -32,3 +32,15 @@ def write_card(tmp_path: Path, text: str, model_text: str | None = None, name: s
     p = tmp_path / name
     p.write_text(text)
     return p
+
+
+# The files whose tests take longest (compile-bound: a few XLA programs of a minute or more each)
+# run first, so that under pytest-xdist (one file per worker at a time) no long file starts last
+# and leaves the other worker idle: longest-processing-time-first scheduling.
+_LONG_FIRST = ("test_optimise.py", "test_channels.py", "test_scaling.py", "test_showers.py", "test_cli.py",
+               "test_chain.py", "test_signal.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(_LONG_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: order within a file kept
