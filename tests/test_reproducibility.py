@@ -49,3 +49,24 @@ def test_reproducibility_split_jobs_merge_identically():
         assert "overlapping" in str(err)
     else:  # pragma: no cover
         raise AssertionError("overlapping merge accepted")
+
+
+def test_random_bits_are_jax_random_bits():
+    """fastmc.rng.random_bits (Threefry's rounds unrolled, for speed) gives exactly the bits of
+    jax.random.bits — eager, jitted and vmapped over keys, for odd and even sizes — so that every
+    draw of fastmc is JAX's own."""
+    import jax
+    import jax.numpy as jnp
+
+    from fastmc.rng import chunk_key, random_bits
+
+    for shape in [(1,), (3,), (7, 5), (1001, 3), (2, 3, 5), (4096, 50)]:
+        for seed in (0, 12345):
+            k = jax.random.fold_in(chunk_key(seed, 3), 7)
+            want = np.asarray(jax.random.bits(k, shape, dtype=jnp.uint32))
+            assert np.array_equal(np.asarray(random_bits(k, shape)), want), shape
+            assert np.array_equal(np.asarray(jax.jit(random_bits, static_argnums=1)(k, shape)), want), shape
+    keys = jax.vmap(lambda i: chunk_key(5, i))(jnp.arange(3))
+    got = jax.vmap(lambda kk: random_bits(kk, (9,)))(keys)
+    want = jax.vmap(lambda kk: jax.random.bits(kk, (9,), dtype=jnp.uint32))(keys)
+    assert np.array_equal(np.asarray(got), np.asarray(want))
