@@ -82,7 +82,6 @@ class NumpyTables:
         self.logit_max, self.n_u = float(tables.logit_max), int(tables.n_u)
         self.v_cut, self.e_cut = float(tables.v_cut), float(tables.e_cut)
         self.xi_per_mm = f(tables.xi_per_mm)
-        self.me = ME
         self.dtype = dtype
 
     def index(self, ekin):
@@ -250,8 +249,8 @@ def numpy_material_step(t: NumpyTables, st: dict, m: int, length: float, dscale:
     etot = safe_e + MU
     beta2 = 1.0 - (MU / etot) ** 2
     gamma = etot / MU
-    r = t.me / MU
-    t_max = 2.0 * t.me * (gamma * gamma - 1.0) / (1.0 + 2.0 * gamma * r + r * r)
+    r = ME / MU
+    t_max = 2.0 * ME * (gamma * gamma - 1.0) / (1.0 + 2.0 * gamma * r + r * r)
     t_cut = np.minimum(np.maximum(t.v_cut * etot, t.e_cut), t_max)
     xi = t.xi_per_mm[m] * path / beta2
     bb = beta2 / t_max
