@@ -452,8 +452,8 @@ if __name__ == "__main__":  # pragma: no cover
     import sys
     from pathlib import Path
 
-    from fastmc.config import load_run
-    from fastmc.run import prepare
+    from fastmc.runcard import load_run
+    from fastmc.chain import prepare
 
     card = sys.argv[1] if len(sys.argv) > 1 else str(Path(__file__).resolve().parent.parent / "runs" / "quickstart.toml")
     cfg = load_run(card)

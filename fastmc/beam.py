@@ -7,11 +7,16 @@ positive values; spot and divergence are independent Gaussians per projection.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
+
 import jax.numpy as jnp
 
 from fastmc import units as u
+from fastmc._pytree import pytree_dataclass, static_field
 from fastmc.geometry import Beam
 from fastmc.rng import normal_from_uniform, uniforms
+from fastmc.species import SPECIES_K, SPECIES_MU, SPECIES_PI, hadron_ctau_mm, species_masses
 
 N_BEAM_UNIFORMS = 5
 
@@ -39,12 +44,6 @@ def sample_beam(beam: Beam, key, n: int) -> dict[str, jnp.ndarray]:
 # Beam admixture (π⁺, K⁺ per muon on target) and decay points: the hadron-capable primaries
 # ----------------------------------------------------------------------------------------
 
-import math  # noqa: E402
-
-import jax  # noqa: E402
-
-from fastmc._pytree import pytree_dataclass, static_field  # noqa: E402
-
 N_PRIMARY_UNIFORMS = N_BEAM_UNIFORMS + 2  # + species + decay point
 
 
@@ -67,38 +66,29 @@ class Admixture:
     forced: bool = static_field(default=False)
 
 
-def build_admixture(cfg, channel: str, z_start: float) -> Admixture:
-    """The channel's admixture from a run card (analog: generated = true fractions)."""
-    fk, fp = cfg.admixture.kaon_fraction, cfg.admixture.pion_fraction
-    f_true = [1.0 - fk - fp, fk, fp]
+def true_fractions(kaon_fraction: float, pion_fraction: float) -> list[float]:
+    """True species fractions [μ⁺, K⁺, π⁺] per muon on target (the run card's [admixture])."""
+    return [1.0 - kaon_fraction - pion_fraction, kaon_fraction, pion_fraction]
+
+
+def build_admixture(kaon_fraction: float, pion_fraction: float, z_min: float, z_max: float,
+                    f_gen: Sequence[float] | None = None, forced: bool = False) -> Admixture:
+    """An :class:`Admixture` of the true fractions; generated with ``f_gen`` (default: the true
+    fractions, i.e. no bias) and decays natural or ``forced`` into [z_min, z_max]."""
+    f_true = true_fractions(kaon_fraction, pion_fraction)
     dtype = jnp.result_type(float)
     log_true = jnp.asarray([math.log(f) if f > 0 else -math.inf for f in f_true], dtype)
-    hd = cfg.hadron_decay
-    if channel == "hadron_decay":
-        g = hd.kaon_generation_fraction
-        f_gen = [0.0, g, 1.0 - g]
-        forced = True
-    elif channel in ("momentum_misreconstruction", "calorimeter_nonhermeticity"):
-        f_gen = [1.0, 0.0, 0.0]  # full-energy muons only (weight log f_true(μ) = log(1 − f_K − f_π))
-        forced = False
-    else:
-        f_gen = f_true
-        forced = False
-    z_min = z_start if hd.decay_z_min is None else hd.decay_z_min
     return Admixture(
         log_f_true=log_true,
-        f_gen=jnp.asarray(f_gen, dtype),
+        f_gen=jnp.asarray(f_true if f_gen is None else list(f_gen), dtype),
         z_min=jnp.asarray(z_min, dtype),
-        z_max=jnp.asarray(hd.decay_z_max, dtype),
+        z_max=jnp.asarray(z_max, dtype),
         forced=forced,
     )
 
 
 def sample_primaries(beam: Beam, mix: Admixture, key, n: int) -> dict[str, jnp.ndarray]:
     """Beam primaries of mixed species with their decay points and log-weights."""
-    from fastmc.physics.decay import ctau_mm
-    from fastmc.transport import SPECIES_K, SPECIES_MU, SPECIES_PI, species_masses
-
     uu = uniforms(key, (n, N_PRIMARY_UNIFORMS))
     st = sample_beam_from_u(beam, uu[:, :N_BEAM_UNIFORMS])
     dtype = st["ekin"].dtype
@@ -110,7 +100,7 @@ def sample_primaries(beam: Beam, mix: Admixture, key, n: int) -> dict[str, jnp.n
     p_mu = jnp.sqrt(st["ekin"] * (st["ekin"] + 2 * u.muon_mass_c2))
     m = jnp.where(species == SPECIES_K, masses[1], jnp.where(species == SPECIES_PI, masses[2], masses[0])).astype(dtype)
     ekin = jnp.sqrt(p_mu * p_mu + m * m) - m
-    ctau = jnp.where(species == SPECIES_K, ctau_mm("K+"), ctau_mm("pi+")).astype(dtype)
+    ctau = jnp.where(species == SPECIES_K, hadron_ctau_mm("K+"), hadron_ctau_mm("pi+")).astype(dtype)
     lam = p_mu / m * ctau
     ud = uu[:, N_BEAM_UNIFORMS + 1]
     log_w = mix.log_f_true[species] - jnp.log(mix.f_gen[species])

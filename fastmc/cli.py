@@ -227,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _load_card(args) -> Any:
-    from fastmc.config import load_run
+    from fastmc.runcard import load_run
 
     cfg = load_run(args.card)
     changes: dict[str, Any] = {}
@@ -358,7 +358,7 @@ def _resume_config(args, cfg):
     names = {"sha256": "run card", "model": "model", "seed": "seed", "chunk_size": "chunk size",
              "n_muons": "number of muons", "mot": "MOT"}
     for key in ("sha256", "model", "seed", "chunk_size", "n_muons", "mot", "channels", "physics", "regions",
-                "save_events", "admixture", "hadron_decay"):
+                "save_events", "admixture", "channel_settings"):
         a, b = mine.get(key), stored.get(key)
         if key == "model":
             a, b = (a or {}).get("sha256"), (b or {}).get("sha256")
@@ -410,7 +410,9 @@ def cmd_project(args) -> int:
     import numpy as np
 
     from fastmc.io import write_result
-    from fastmc.run import n_chunks, prepare, projection, run, select_devices
+    from fastmc.chain import prepare
+    from fastmc.run import n_chunks, run, select_devices
+    from fastmc.projection import projection
 
     if not args.resume:
         start, stop = args.chunks if args.chunks else (0, None)
@@ -582,9 +584,9 @@ def cmd_bench(args) -> int:
 
     import jax
 
-    from fastmc.config import load_run
+    from fastmc.runcard import load_run
     from fastmc.rng import chunk_key
-    from fastmc.run import prepare, simulate_chunk
+    from fastmc.chain import prepare, simulate_chunk
 
     # the first call's time is the compile time: no programs from the on-disk cache here
     jax.config.update("jax_enable_compilation_cache", False)
@@ -609,16 +611,20 @@ def cmd_bench(args) -> int:
     for nd in n_devs:
         for cs in sizes:
             opts = dataclasses.replace(prep.options, chunk_size=cs)
+            ch = cfg.channels[0]
+            channel, params = prep.channels[ch], prep.params[ch]
             if nd == 1:
                 def call(first: int, opts=opts, cs=cs):
                     return simulate_chunk(prep.setup, prep.physics, prep.selection, chunk_key(cfg.seed, first),
-                                          jnp.int32(cs), opts)
+                                          jnp.int32(cs), opts, channel, False, params, prep.showers)
             else:
                 placed = [jax.device_put((prep.setup, prep.physics, prep.selection), d) for d in local[:nd]]
+                placed_p = [jax.device_put((params, prep.showers), d) for d in local[:nd]]
 
                 def call(first: int, opts=opts, nd=nd, cs=cs, placed=placed):
                     outs = [simulate_chunk(*placed[j], jax.device_put(chunk_key(cfg.seed, first + j), local[j]),
-                                           jax.device_put(jnp.int32(cs), local[j]), opts) for j in range(nd)]
+                                           jax.device_put(jnp.int32(cs), local[j]), opts, channel, False,
+                                           *placed_p[j]) for j in range(nd)]
                     return jax.tree_util.tree_map(lambda *a: np.stack([np.asarray(x) for x in a]), *outs)
 
             t0 = time.perf_counter()
@@ -729,7 +735,7 @@ def cmd_sensitivity(args) -> int:
         raise UsageError("--background and --background-from exclude each other")
     if args.background is None and args.background_err:
         raise UsageError("--background-err needs --background")
-    sig = cfg.signal
+    sig = cfg.channel_settings["signal"]
     model = args.model or sig.model
     masses = args.masses or list(sig.masses)
     from fastmc.sensitivity import Background, background_from_projection, sensitivity, signal_yields
@@ -748,7 +754,9 @@ def cmd_sensitivity(args) -> int:
             raise UsageError(f"--background-from: {str(args.background_from)!r} is an unfinished checkpoint")
         bkg = background_from_projection(data["projection"], cfg.mot, f"from {args.background_from}")
     else:
-        from fastmc.run import prepare, projection, run
+        from fastmc.chain import prepare
+        from fastmc.run import run
+        from fastmc.projection import projection
 
         print(f"projecting the background of {', '.join(cfg.channels)} with the card's {cfg.n_muons} primaries "
               "(use --background-from PROJ.h5 or --background B to skip)", file=sys.stderr)
@@ -867,7 +875,7 @@ def cmd_optimize(args) -> int:
     if not names:
         O.build_problem(cfg)  # raises the one-line error
     log(f"optimising {', '.join(names)} of {cfg.model.path} for channels {', '.join(st.channels)} + signal "
-        f"({st.signal_mass_MeV:g} MeV {cfg.signal.model}); the first step compiles the gradient (minutes)")
+        f"({st.signal_mass_MeV:g} MeV {cfg.channel_settings['signal'].model}); the first step compiles the gradient (minutes)")
     t0 = time.perf_counter()
     problem = O.build_problem(cfg)
     hist = O.optimise(problem, steps=args.steps, progress=not args.no_progress, log=log)
@@ -881,7 +889,7 @@ def cmd_optimize(args) -> int:
                                   "x_written": O.file_values(problem.params, x1)}
     result = None
     if not args.no_eval:
-        from fastmc.config import load_run
+        from fastmc.runcard import load_run
 
         n_eval = args.eval_n_muons or st.eval_n_muons or cfg.n_muons
         fresh = cfg.seed + 1  # keys never used by the optimisation (which folds steps into key(seed))

@@ -22,7 +22,7 @@ import dataclasses
 import hashlib
 import math
 import tomllib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,9 @@ __all__ = [
     "PhysicsSettings",
     "RunConfig",
     "load_model",
-    "load_run",
+    "read_run",
+    "CardContext",
+    "Section",
     "file_sha256",
 ]
 
@@ -51,7 +53,7 @@ class ConfigError(ValueError):
 _MISSING = object()
 
 
-class _Section:
+class Section:
     """A TOML table being consumed: typed getters that remember which keys were used."""
 
     def __init__(self, path: Path, prefix: str, data: dict[str, Any]):
@@ -66,7 +68,7 @@ class _Section:
     def fail(self, name: str, value: Any, why: str) -> ConfigError:
         return ConfigError(f"{self.path}: {self.key(name)} = {value!r}: {why}")
 
-    def _raw(self, name: str, default: Any) -> Any:
+    def raw(self, name: str, default: Any) -> Any:
         self.used.add(name)
         if name in self.data:
             return self.data[name]
@@ -85,7 +87,7 @@ class _Section:
         le: float | None = None,
         integer: bool = False,
     ) -> Any:
-        value = self._raw(name, default)
+        value = self.raw(name, default)
         if value is None:
             return None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -108,7 +110,7 @@ class _Section:
         return value
 
     def string(self, name: str, default: Any = _MISSING, choices: Sequence[str] | None = None) -> Any:
-        value = self._raw(name, default)
+        value = self.raw(name, default)
         if value is None:
             return None
         if not isinstance(value, str):
@@ -118,20 +120,20 @@ class _Section:
         return value
 
     def boolean(self, name: str, default: Any = _MISSING) -> bool:
-        value = self._raw(name, default)
+        value = self.raw(name, default)
         if not isinstance(value, bool):
             raise self.fail(name, value, "must be true or false")
         return value
 
     def strings(self, name: str, default: Any = _MISSING) -> tuple[str, ...]:
-        value = self._raw(name, default)
+        value = self.raw(name, default)
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise self.fail(name, value, "must be a list of strings")
         return tuple(value)
 
     def numbers(self, name: str, default: Any = _MISSING, *, gt: float | None = None,
                 le: float | None = None) -> tuple[float, ...]:
-        value = self._raw(name, default)
+        value = self.raw(name, default)
         if not isinstance(value, (list, tuple)) or not all(
                 isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value):
             raise self.fail(name, value, "must be a list of finite numbers")
@@ -140,17 +142,17 @@ class _Section:
                 raise self.fail(name, list(value), f"every value must be in ({gt:g}, {le:g}]")
         return tuple(float(v) for v in value)
 
-    def table(self, name: str, default: Any = _MISSING) -> _Section:
-        value = self._raw(name, default)
+    def table(self, name: str, default: Any = _MISSING) -> Section:
+        value = self.raw(name, default)
         if not isinstance(value, dict):
             raise self.fail(name, value, "must be a table")
-        return _Section(self.path, self.key(name), value)
+        return Section(self.path, self.key(name), value)
 
-    def tables(self, name: str, default: Any = _MISSING) -> list[_Section]:
-        value = self._raw(name, default)
+    def tables(self, name: str, default: Any = _MISSING) -> list[Section]:
+        value = self.raw(name, default)
         if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
             raise self.fail(name, value, "must be an array of tables")
-        return [_Section(self.path, f"{self.key(name)}[{i}]", v) for i, v in enumerate(value)]
+        return [Section(self.path, f"{self.key(name)}[{i}]", v) for i, v in enumerate(value)]
 
     def finish(self) -> None:
         unknown = sorted(set(self.data) - self.used)
@@ -163,7 +165,7 @@ def file_sha256(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def _read_toml(path: Path) -> _Section:
+def _read_toml(path: Path) -> Section:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: file not found")
@@ -174,7 +176,7 @@ def _read_toml(path: Path) -> _Section:
         raise ConfigError(f"{path}: not valid TOML: {err}") from None
     except OSError as err:
         raise ConfigError(f"{path}: cannot read: {err.strerror}") from None
-    root = _Section(path, "", data)
+    root = Section(path, "", data)
     version = root.number("schema_version", integer=True)
     if version != SCHEMA_VERSION:
         raise root.fail("schema_version", version, f"this fastmc reads schema_version {SCHEMA_VERSION}")
@@ -298,7 +300,7 @@ def _known_materials() -> tuple[str, ...]:
     return tuple(MATERIAL_NAMES)
 
 
-def _parse_beam(sec: _Section) -> BeamConfig:
+def _parse_beam(sec: Section) -> BeamConfig:
     particle = sec.string("particle", "mu+", choices=tuple(PARTICLES))
     beam = BeamConfig(
         particle=particle,
@@ -320,7 +322,7 @@ def mixture_name(layers: Sequence[tuple[str, float]]) -> str:
     return "+".join(f"{m}{t:g}mm" for m, t in layers)
 
 
-def _parse_element(sec: _Section, materials: tuple[str, ...]) -> ElementConfig:
+def _parse_element(sec: Section, materials: tuple[str, ...]) -> ElementConfig:
     name = sec.string("name")
     kind = sec.string("kind", choices=ELEMENT_KINDS)
     z = sec.number("z_m") * u.m
@@ -339,7 +341,7 @@ def _parse_element(sec: _Section, materials: tuple[str, ...]) -> ElementConfig:
         kw["bend_plane"] = sec.string("bend_plane", choices=("x", "y"))
     else:
         if "layers" in sec.data:
-            raw = sec._raw("layers", _MISSING)
+            raw = sec.raw("layers", _MISSING)
             ok = isinstance(raw, list) and raw and all(
                 isinstance(x, list) and len(x) == 2 and isinstance(x[0], str)
                 and isinstance(x[1], (int, float)) and not isinstance(x[1], bool) and x[1] > 0
@@ -385,7 +387,7 @@ def _parse_element(sec: _Section, materials: tuple[str, ...]) -> ElementConfig:
     return ElementConfig(name=name, kind=kind, z=z, source=source, **kw)
 
 
-def _parse_spectrometer(sec: _Section, elements: dict[str, ElementConfig]) -> SpectrometerConfig:
+def _parse_spectrometer(sec: Section, elements: dict[str, ElementConfig]) -> SpectrometerConfig:
     name = sec.string("name")
     output = sec.string("output", choices=("p_in", "p_out"))
     plane = sec.string("bend_plane", choices=("x", "y"))
@@ -466,7 +468,7 @@ def load_model(path: str | Path) -> ModelConfig:
     )
 
 
-def _parse_optimise_params(sec: _Section, elements: tuple[ElementConfig, ...]) -> tuple[OptimiseParam, ...]:
+def _parse_optimise_params(sec: Section, elements: tuple[ElementConfig, ...]) -> tuple[OptimiseParam, ...]:
     """``[optimise."<element>.<field>"] min, max, cost_per_unit``: bounds in the file's unit; the
     elements must stay ordered along z whatever values within the bounds are taken."""
     by_name = {e.name: e for e in elements}
@@ -527,7 +529,6 @@ def _parse_optimise_params(sec: _Section, elements: tuple[ElementConfig, ...]) -
 # Run card
 # ----------------------------------------------------------------------------------------
 
-CHANNELS = ("analog", "hadron_decay", "momentum_misreconstruction", "calorimeter_nonhermeticity")
 SHOWER_MODELS = ("none", "profile")
 SCATTERING_MODELS = ("highland", "highland_single")
 FORM_FACTORS = ("geant4", "exponential")  # fastmc.physics.scattering.FORM_FACTORS
@@ -586,17 +587,6 @@ class AdmixtureConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class HadronDecayConfig:
-    """Biasing of the ``hadron_decay`` channel: only beam hadrons are generated (a K⁺ with
-    probability ``kaon_generation_fraction``, else a π⁺), their decay is forced inside
-    [decay_z_min, decay_z_max] and K⁺ decays are forced to the muonic modes."""
-
-    kaon_generation_fraction: float = 1.0
-    decay_z_min: float | None = None  # mm; default: the beam start
-    decay_z_max: float = 450.0  # mm; default: the end of the 2022 ECAL
-
-
-@dataclasses.dataclass(frozen=True)
 class ShowerSettings:
     """``[showers]``: how the energy of hard interactions reaches the calorimeters
     (:mod:`fastmc.physics.showers`).  ``none``: deposited where it happens (full containment)."""
@@ -625,60 +615,8 @@ class ShowerSettings:
     leading_charged: float = 0.02
 
 
-@dataclasses.dataclass(frozen=True)
-class CaloBiasConfig:
-    """Biasing of ``calorimeter_nonhermeticity``: a photonuclear interaction with v ≥ v_min is forced
-    in ``target``; its hadronic system is a leading neutral hadron with probability q_neutral
-    (instead of the natural one), whose z is drawn half from the natural law and half from
-    [1 − z_focus, 1], and which escapes with probability ≥ 1 − beta (defensive mixture)."""
-
-    target: str = "ECAL"
-    v_min: float = 0.4
-    q_neutral: float = 0.5
-    beta: float = 0.5
-    z_focus: float = 0.02
-    pt_widen: float = 5.0  # half of the leading neutral's p_T drawn from a law this many times wider
-
-
-@dataclasses.dataclass(frozen=True)
-class MisrecoConfig:
-    """Biasing of the ``momentum_misreconstruction`` channel: a defensive mixture of the natural
-    hits (probability ``beta``) and scenarios in which the hits of one spectrometer arm among
-    ``planes`` fake a slope (:mod:`fastmc.response`); pushed stray-hit offsets follow a ramp
-    density of power ``push_power`` on the pushed side (0: uniform), or, a share
-    ``push_window_share`` of them, uniformly in the outer part [``push_window``, 1] of the road.  With ``integrate_kink``
-    (default) the cuts on the target kink integrate out the Gaussian scattering core between the
-    incoming track and MS2 (:func:`fastmc.response.integrated_kink_cuts`), and with probability
-    1 − ``deflect_beta`` a muon's hard deflections there are forced towards the side that hides
-    the kink its hits fake.  Without it, the muon is turned to hide one of the shares
-    ``deflect_follow`` of that kink: its Gaussian scattering core is shifted, or (a share
-    ``deflect_kicks`` of those) its hard deflections are forced (:class:`fastmc.response.DeflectBias`;
-    ``deflect_follow = []`` then switches the deflection forcing off)."""
-
-    planes: tuple[str, ...] = ()  # default: every tracker of the p_out spectrometer and its incoming track
-    beta: float = 0.5
-    push_power: float = 3.0
-    push_window: float = 0.5
-    push_window_share: float = 0.0
-    deflect_follow: tuple[float, ...] = ()
-    deflect_beta: float = 0.9  # LS3 card, integrated kink cut: ESS 205, 218, 207 at 0.8, 0.9, 0.97 (524 288 muons)
-    deflect_kicks: float = 0.2
-    integrate_kink: bool = True
-
-
 SIGNAL_MODELS = ("z_prime", "dark_photon", "scalar")  # fastmc.physics.darkbrem.SIGNAL_MODELS
 SIGNAL_MAX_MASS = 3000.0 * u.MeV  # below 2m_τ: the Z′ invisible branching fraction holds (darkbrem)
-
-
-@dataclasses.dataclass(frozen=True)
-class SignalConfig:
-    """The ``[signal]`` table of a run card (``fastmc sensitivity``): boson model, the element in
-    which the emission is forced (the active target), masses to scan and muons per mass."""
-
-    model: str = "z_prime"
-    target: str = "ECAL"
-    masses: tuple[float, ...] = (1.0, 10.0, 100.0, 1000.0)  # MeV
-    n_muons: int = 65536
 
 
 @dataclasses.dataclass(frozen=True)
@@ -714,13 +652,13 @@ class RunConfig:
     regions: tuple[tuple[str, tuple[CutConfig, ...]], ...]
     save_events: bool
     admixture: AdmixtureConfig = AdmixtureConfig()
-    hadron_decay: HadronDecayConfig = HadronDecayConfig()
-    misreco: MisrecoConfig = MisrecoConfig()
-    signal: SignalConfig = SignalConfig()
     showers: ShowerSettings = ShowerSettings()
     max_seconds: float | None = None  # default wall-time budget of a projection (s); --max-seconds overrides
-    calo: CaloBiasConfig = CaloBiasConfig()
     optimise: OptimiseSettings = OptimiseSettings()
+    # each registered channel's settings, from its own card table (fastmc.channels), and the
+    # registry that parsed them (name → fastmc.channels.base.Channel)
+    channel_settings: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    registry: Any = dataclasses.field(default=None, compare=False, repr=False)
 
     def with_overrides(self, **changes: Any) -> RunConfig:
         return dataclasses.replace(self, **changes)
@@ -730,7 +668,9 @@ class RunConfig:
 
         def conv(obj: Any) -> Any:
             if dataclasses.is_dataclass(obj):
-                return {f.name: conv(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+                return {f.name: conv(getattr(obj, f.name)) for f in dataclasses.fields(obj) if f.name != "registry"}
+            if isinstance(obj, Mapping):
+                return {str(k): conv(v) for k, v in obj.items()}
             if isinstance(obj, (list, tuple)):
                 return [conv(x) for x in obj]
             if isinstance(obj, Path):
@@ -774,7 +714,7 @@ def selection_variables(model: ModelConfig) -> tuple[str, ...]:
     return tuple(names)
 
 
-def _parse_cut(sec: _Section, variables: tuple[str, ...]) -> CutConfig:
+def _parse_cut(sec: Section, variables: tuple[str, ...]) -> CutConfig:
     var = sec.string("var")
     if var not in variables:
         raise sec.fail("var", var, f"unknown selection variable (known: {', '.join(variables)})")
@@ -788,8 +728,25 @@ def _parse_cut(sec: _Section, variables: tuple[str, ...]) -> CutConfig:
     return CutConfig(var=var, min=lo, max=hi)
 
 
-def load_run(path: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:
-    """Read and validate a run card (and the model it names)."""
+@dataclasses.dataclass(frozen=True)
+class CardContext:
+    """What a channel's card table may be checked against: the rest of the card, parsed."""
+
+    path: Path
+    model: ModelConfig
+    channels: tuple[str, ...]  # the card's channels
+    admixture: AdmixtureConfig
+    showers: ShowerSettings
+    run: Any  # the [run] table (errors about the channel list name it)
+    showers_table: Any  # the [showers] table
+
+
+def read_run(path: str | Path, background_channels: Sequence[str],
+             channel_tables: Callable[[Section, CardContext], Mapping[str, Any]], registry: Any = None) -> RunConfig:
+    """Read and validate a run card (and the model it names), all but the channels' own tables:
+    ``channel_tables(root, context)`` parses those and returns each channel's settings
+    (:func:`fastmc.runcard.load_run` hands in the channel registry's parsers).  ``run.channels``
+    may name any of ``background_channels``."""
     path = Path(path)
     root = _read_toml(path)
     run = root.table("run")
@@ -804,8 +761,9 @@ def load_run(path: str | Path, overrides: dict[str, Any] | None = None) -> RunCo
     mot = run.number("mot", gt=0.0)
     channels = run.strings("channels", ["analog"])
     for ch in channels:
-        if ch not in CHANNELS:
-            raise run.fail("channels", list(channels), f"unknown channel {ch!r} (known: {', '.join(CHANNELS)})")
+        if ch not in background_channels:
+            raise run.fail("channels", list(channels),
+                           f"unknown channel {ch!r} (known: {', '.join(background_channels)})")
     if not channels or len(set(channels)) != len(channels):
         raise run.fail("channels", list(channels), "must be a non-empty list without repeats")
     save_events = run.boolean("save_events", False)
@@ -839,64 +797,6 @@ def load_run(path: str | Path, overrides: dict[str, Any] | None = None) -> RunCo
     if admixture.kaon_fraction + admixture.pion_fraction >= 1.0:
         raise adm.fail("pion_fraction", admixture.pion_fraction, "kaon_fraction + pion_fraction must be < 1")
     adm.finish()
-    chs = root.table("channels", {})
-    hd = chs.table("hadron_decay", {})
-    zmin = hd.number("decay_z_min_m", None, le=0.0 + 1e3)
-    hadron_decay = HadronDecayConfig(
-        kaon_generation_fraction=hd.number("kaon_generation_fraction", 1.0, ge=0.0, le=1.0),
-        decay_z_min=None if zmin is None else zmin * u.m,
-        decay_z_max=hd.number("decay_z_max_m", 0.45, le=1e3) * u.m,
-    )
-    if hadron_decay.decay_z_min is not None and not hadron_decay.decay_z_min < hadron_decay.decay_z_max:
-        raise hd.fail("decay_z_max_m", hadron_decay.decay_z_max / u.m, "must be > decay_z_min_m")
-    if hadron_decay.decay_z_min is not None and hadron_decay.decay_z_min < model.beam.z_start:
-        raise hd.fail("decay_z_min_m", zmin, "must not be upstream of the beam start")
-    if "hadron_decay" in channels and admixture.kaon_fraction + admixture.pion_fraction == 0.0:
-        raise run.fail("channels", list(channels), "hadron_decay needs [admixture] kaon_fraction or pion_fraction > 0")
-    if "hadron_decay" in channels:
-        g = hadron_decay.kaon_generation_fraction
-        if (g > 0 and admixture.kaon_fraction == 0) or (g < 1 and admixture.pion_fraction == 0):
-            raise hd.fail("kaon_generation_fraction", g, "generates a species whose [admixture] fraction is 0")
-    hd.finish()
-    mr = chs.table("momentum_misreconstruction", {})
-    trackers = [e.name for e in model.elements if e.kind == "tracker"]
-    default_planes = tuple(dict.fromkeys(
-        n for s in model.spectrometers for n in (*s.incoming, *s.upstream, *s.downstream) if s.output == "p_out"))
-    planes = mr.strings("planes", list(default_planes))
-    for n in planes:
-        if n not in trackers:
-            raise mr.fail("planes", list(planes), f"{n!r} is not a tracker of the model")
-    if len(planes) < 2:
-        raise mr.fail("planes", list(planes), "needs at least 2 planes (a faked slope needs two displaced hits)")
-    misreco = MisrecoConfig(
-        planes=tuple(planes),
-        beta=mr.number("beta", 0.5, gt=0.0, lt=1.0),
-        push_power=mr.number("push_power", 3.0, ge=0.0, le=20.0),
-        push_window=mr.number("push_window", MisrecoConfig.push_window, ge=0.0, lt=1.0),
-        push_window_share=mr.number("push_window_share", MisrecoConfig.push_window_share, ge=0.0, lt=1.0),
-        deflect_follow=mr.numbers("deflect_follow", [], gt=0.0, le=2.0),
-        deflect_beta=mr.number("deflect_beta", MisrecoConfig.deflect_beta, gt=0.0, lt=1.0),
-        deflect_kicks=mr.number("deflect_kicks", 0.2, gt=0.0, lt=1.0),
-        integrate_kink=mr.boolean("integrate_kink", True),
-    )
-    if misreco.integrate_kink and misreco.deflect_follow:
-        raise mr.fail("deflect_follow", list(misreco.deflect_follow),
-                      "a tilted scattering core has no effect with integrate_kink = true (set it to false to tilt)")
-    mr.finish()
-    cb = chs.table("calorimeter_nonhermeticity", {})
-    dcb = CaloBiasConfig()
-    calo = CaloBiasConfig(
-        target=cb.string("target", dcb.target),
-        v_min=cb.number("v_min", dcb.v_min, gt=0.0, lt=1.0),
-        q_neutral=cb.number("q_neutral", dcb.q_neutral, gt=0.0, lt=1.0),
-        beta=cb.number("beta", dcb.beta, gt=0.0, lt=1.0),
-        z_focus=cb.number("z_focus", dcb.z_focus, gt=0.0, le=1.0),
-        pt_widen=cb.number("pt_widen", dcb.pt_widen, ge=1.0, le=100.0),
-    )
-    if "calorimeter_nonhermeticity" in channels:
-        check_signal_target(model, calo.target, lambda why: cb.fail("target", calo.target, why))
-    cb.finish()
-    chs.finish()
     sh = root.table("showers", {})
     dsh = ShowerSettings()
     showers = ShowerSettings(
@@ -911,13 +811,8 @@ def load_run(path: str | Path, overrides: dict[str, Any] | None = None) -> RunCo
         leading_charged=sh.number("leading_charged", dsh.leading_charged, ge=0.0, le=1.0),
     )
     sh.string("source", "")
-    if "calorimeter_nonhermeticity" in channels and showers.model != "profile":
-        raise run.fail("channels", list(channels), 'calorimeter_nonhermeticity needs [showers] model = "profile"')
-    if "calorimeter_nonhermeticity" in channels and showers.leading_neutral == 0.0:
-        raise sh.fail("leading_neutral", 0.0, "calorimeter_nonhermeticity needs leading_neutral > 0")
+    channel_settings = channel_tables(root, CardContext(path, model, channels, admixture, showers, run, sh))
     sh.finish()
-
-    signal = _parse_signal(root.table("signal", {}), model)
 
     variables = selection_variables(model)
     optimise = _parse_optimise_settings(root.table("optimise", {}), channels)
@@ -947,18 +842,16 @@ def load_run(path: str | Path, overrides: dict[str, Any] | None = None) -> RunCo
         regions=tuple(regions),
         save_events=save_events,
         admixture=admixture,
-        hadron_decay=hadron_decay,
-        misreco=misreco,
-        signal=signal,
         showers=showers,
-        calo=calo,
         max_seconds=None if max_seconds is None else float(max_seconds),
         optimise=optimise,
+        channel_settings=channel_settings,
+        registry=registry,
     )
     return cfg
 
 
-def _parse_optimise_settings(sec: _Section, channels: tuple[str, ...]) -> OptimiseSettings:
+def _parse_optimise_settings(sec: Section, channels: tuple[str, ...]) -> OptimiseSettings:
     d = OptimiseSettings()
     bkg = tuple(c for c in channels if c != "analog") or channels
     chans = sec.strings("channels", list(bkg))
@@ -990,29 +883,6 @@ def _parse_optimise_settings(sec: _Section, channels: tuple[str, ...]) -> Optimi
     return out
 
 
-def _parse_signal(sec: _Section, model: ModelConfig) -> SignalConfig:
-    d = SignalConfig()
-    target = sec.string("target", d.target)
-    # the default target is checked where it is used (fastmc sensitivity): cards without a
-    # [signal] table need not have an ECAL
-    if "target" in sec.data:
-        check_signal_target(model, target, lambda why: sec.fail("target", target, why))
-    masses = sec._raw("masses_MeV", list(d.masses))
-    if (not isinstance(masses, list) or not masses
-            or not all(isinstance(m, (int, float)) and not isinstance(m, bool) for m in masses)):
-        raise sec.fail("masses_MeV", masses, "must be a non-empty list of numbers")
-    for m in masses:
-        check_signal_mass(m, lambda why, m=m: sec.fail("masses_MeV", m, why))
-    out = SignalConfig(
-        model=sec.string("model", d.model, choices=SIGNAL_MODELS),
-        target=target,
-        masses=tuple(float(m) * u.MeV for m in masses),
-        n_muons=sec.number("n_muons", d.n_muons, integer=True, ge=1, le=10**12),
-    )
-    sec.finish()
-    return out
-
-
 def check_signal_target(model: ModelConfig, target: str, fail: Callable[[str], Exception]) -> None:
     """Raise ``fail(why)`` unless ``target`` names a slab of the model."""
     slabs = [e.name for e in model.elements if e.kind == "slab"]
@@ -1026,7 +896,7 @@ def check_signal_mass(mass_MeV: Any, fail: Callable[[str], Exception]) -> None:
         raise fail(f"must be a finite mass in (0, {SIGNAL_MAX_MASS / u.MeV:g}] MeV")
 
 
-def _check_process_names(sec: _Section, physics: PhysicsSettings) -> None:
+def _check_process_names(sec: Section, physics: PhysicsSettings) -> None:
     try:
         from fastmc.physics import PROCESSES
     except ImportError:  # pragma: no cover - physics package always present

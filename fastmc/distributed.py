@@ -103,7 +103,8 @@ def run_task(cfg: Any, start: int, stop: int, devices: int | None = None) -> Any
     """One task: chunks [start, stop) of ``cfg`` in this (worker) process."""
     import json
 
-    from fastmc.run import prepare, run
+    from fastmc.chain import prepare
+    from fastmc.run import run
 
     key = json.dumps(cfg.to_dict(), sort_keys=True, default=str)
     prep = _PREPARED.get(key)

@@ -271,7 +271,7 @@ def merge_files(inputs: list[Path], output: Path, command_line: str = "") -> dic
     """
     import h5py
 
-    from fastmc.run import projection_from
+    from fastmc.projection import projection_from
 
     if len(inputs) < 2:
         raise ValueError("merge needs at least two input files")

@@ -51,7 +51,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from fastmc import units as u
+from fastmc.chain import SoftMode, simulate_events
 from fastmc.config import OPTIMISE_FIELDS, ConfigError, OptimiseParam, RunConfig
+from fastmc.selection import soft_pass
 
 HINGE_SHARPNESS = 20.0
 
@@ -61,9 +63,10 @@ class Spec:
     """Static (hashable) description of the objective: changing it recompiles."""
 
     params: tuple[tuple[int, str, float], ...]  # (element index, Element attribute, scale) per parameter
-    channels: tuple[str, ...]
+    channels: tuple[Any, ...]  # fastmc.channels.base.Channel of each background channel
     opts_bkg: Any
     opts_sig: Any
+    signal: Any  # the signal channel
     signal_slot: int  # final slot of the first region
     batch: int
 
@@ -87,7 +90,7 @@ class Problem:
 def build_problem(cfg: RunConfig, batch: int | None = None) -> Problem:
     """Prepare the background channels and the signal channel of ``cfg`` for the soft objective."""
     from fastmc.physics.darkbrem import build_emission_tables, invisible_branching
-    from fastmc.run import prepare
+    from fastmc.chain import prepare
     from fastmc.sensitivity import signal_run_config, target_material
 
     params = cfg.model.optimise
@@ -101,27 +104,29 @@ def build_problem(cfg: RunConfig, batch: int | None = None) -> Problem:
     cfg_s = signal_run_config(cfg).with_overrides(chunk_size=bsz)
     prep_s = prepare(cfg_s)
     mass = st.signal_mass_MeV * u.MeV
-    tab = build_emission_tables(cfg.signal.model, mass, target_material(cfg, prep_s.setup))
+    sig = cfg.channel_settings["signal"]
+    tab = build_emission_tables(sig.model, mass, target_material(cfg, prep_s.setup))
     setup = prep_b.setup
     spec_params = tuple((setup.index(p.element), OPTIMISE_FIELDS[p.field][0], p.scale) for p in params)
     region = cfg.regions[0][0]
     signal_slot = [i for i, s in enumerate(prep_b.selection.slots()) if s[0] == region][-1]
-    spec = Spec(spec_params, tuple(cfg_b.channels), prep_b.options, prep_s.options, signal_slot, bsz)
+    spec = Spec(spec_params, tuple(prep_b.channels[ch] for ch in cfg_b.channels), prep_b.options, prep_s.options,
+                prep_s.channels["signal"], signal_slot, bsz)
     data = {
         "setup": setup,
         "physics_b": prep_b.physics,
         "physics_s": prep_s.physics,
         "selection": prep_b.selection,
-        "params_b": {ch: prep_b.channel_params[ch] for ch in cfg_b.channels},
-        "params_s": {"mix": None, "hits": None, "signal": tab,
-                     **({"showers": prep_s.channel_params["signal"]["showers"]}
-                        if "showers" in prep_s.channel_params["signal"] else {})},
+        "params_b": {ch: prep_b.params[ch] for ch in cfg_b.channels},
+        "params_s": dataclasses.replace(prep_s.params["signal"], admixture=None, tables=tab),
+        "showers_b": prep_b.showers,
+        "showers_s": prep_s.showers,
         "mot": jnp.asarray(cfg.mot, jnp.result_type(float)),
     }
     lo = np.array([p.lo for p in params])
     hi = np.array([p.hi for p in params])
     x0 = np.array([p.value for p in params])
-    return Problem(cfg, params, spec, data, invisible_branching(cfg.signal.model, mass), lo, hi, x0,
+    return Problem(cfg, params, spec, data, invisible_branching(sig.model, mass), lo, hi, x0,
                    np.array([p.cost_per_unit for p in params]), (0, len(setup.elements) - 1))
 
 
@@ -134,14 +139,11 @@ def apply_params(setup, spec_params, x):
     return dataclasses.replace(setup, elements=tuple(els))
 
 
-def _channel_events(setup, setup_ref, physics, selection, key, opts, params, temperature, slot, bsz):
+def _channel_events(setup, setup_ref, physics, selection, key, opts, channel, params, showers, temperature, slot,
+                    bsz):
     """Per-event contributions w·s (B,) of one channel in soft mode: weight × soft pass."""
-    from fastmc.run import simulate_events
-    from fastmc.selection import soft_pass
-
-    p = dict(params)
-    p["soft"] = {"setup_ref": setup_ref, "temperature": temperature}
-    variables, log_w, _ = simulate_events(setup, physics, key, opts, p)
+    out = simulate_events(setup, physics, key, opts, channel, params, showers, SoftMode(setup_ref, temperature))
+    variables, log_w = out.variables, out.log_w
     s = soft_pass(selection, variables, jnp.ones((bsz,), bool), temperature)[slot]
     ok = jnp.isfinite(log_w)
     w = jnp.where(ok, jnp.exp(jnp.where(ok, log_w, 0.0)), 0.0)
@@ -156,11 +158,12 @@ def event_terms(x, x_ref, key, temperature, data, spec: Spec) -> dict[str, jnp.n
     out = {}
     for i, ch in enumerate(spec.channels):
         c = _channel_events(setup, setup_ref, data["physics_b"], data["selection"], jax.random.fold_in(key, i),
-                            spec.opts_bkg, data["params_b"][ch], temperature, spec.signal_slot, spec.batch)
-        out[f"B_{ch}"] = data["mot"] * c
+                            spec.opts_bkg, ch, data["params_b"][ch.name], data["showers_b"], temperature,
+                            spec.signal_slot, spec.batch)
+        out[f"B_{ch.name}"] = data["mot"] * c
     out["signal"] = _channel_events(setup, setup_ref, data["physics_s"], data["selection"],
-                                    jax.random.fold_in(key, 1000), spec.opts_sig, data["params_s"], temperature,
-                                    spec.signal_slot, spec.batch)
+                                    jax.random.fold_in(key, 1000), spec.opts_sig, spec.signal, data["params_s"],
+                                    data["showers_s"], temperature, spec.signal_slot, spec.batch)
     return out
 
 
@@ -191,7 +194,7 @@ def fom(signal_yield, background, a):
 
 def objective_from_means(means, x, data, settings, spec: Spec):
     """(loss, components) from the channel means of :func:`event_terms` and the parameters."""
-    bkg = sum(means[f"B_{ch}"] for ch in spec.channels)
+    bkg = sum(means[f"B_{ch.name}"] for ch in spec.channels)
     y = data["mot"] * settings["br"] * means["signal"]
     f = fom(y, bkg, settings["punzi_a"])
     pen = penalties(x, apply_params(data["setup"], spec.params, x), settings)
@@ -378,7 +381,8 @@ def write_card(card: Path, model: Path, dst: Path) -> Path:
 def hard_evaluation(cfg: RunConfig, seed: int, n_muons: int, progress: bool = False,
                     log: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
     """Hard-mode background (every channel of the optimisation), signal yield and FOM with errors."""
-    from fastmc.run import projection, run
+    from fastmc.run import run
+    from fastmc.projection import projection
     from fastmc.sensitivity import signal_yields
 
     st = cfg.optimise

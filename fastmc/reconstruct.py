@@ -37,7 +37,7 @@ def fit_line(z, m, w):
     return a, b, ok
 
 
-def _arm(setup: Setup, names, hits, plane: str):
+def fit_arm(setup: Setup, names, hits, plane: str):
     """Slope, ok flag, χ² and hit count of a straight-line fit in one projection."""
     dtype = hits[names[0]][0].dtype
     zc = jnp.stack([(setup.element(n).z + setup.element(n).thickness).astype(dtype) for n in names])
@@ -56,10 +56,10 @@ def kink_parts(setup: Setup, s, hits):
     """Signed kink (rad) between spectrometer ``s``'s incoming track and its upstream arm, in its
     bend plane and in the other projection, and the ok flag of the four fits."""
     other = "y" if s.plane == "x" else "x"
-    b_up, ok_up, _, _ = _arm(setup, s.upstream, hits, s.plane)
-    bi_p, oki_p, _, _ = _arm(setup, s.incoming, hits, s.plane)
-    bi_o, oki_o, _, _ = _arm(setup, s.incoming, hits, other)
-    bu_o, oku_o, _, _ = _arm(setup, s.upstream, hits, other)
+    b_up, ok_up, _, _ = fit_arm(setup, s.upstream, hits, s.plane)
+    bi_p, oki_p, _, _ = fit_arm(setup, s.incoming, hits, s.plane)
+    bi_o, oki_o, _, _ = fit_arm(setup, s.incoming, hits, other)
+    bu_o, oku_o, _, _ = fit_arm(setup, s.upstream, hits, other)
     return b_up - bi_p, bu_o - bi_o, ok_up & oki_p & oki_o & oku_o
 
 
@@ -68,8 +68,8 @@ def reconstruct(setup: Setup, measured: dict) -> dict[str, jnp.ndarray]:
     out: dict[str, jnp.ndarray] = {}
     hits = measured["hits"]
     for s in setup.spectrometers:
-        b_up, ok_up, c_up, n_up = _arm(setup, s.upstream, hits, s.plane)
-        b_dn, ok_dn, c_dn, n_dn = _arm(setup, s.downstream, hits, s.plane)
+        b_up, ok_up, c_up, n_up = fit_arm(setup, s.upstream, hits, s.plane)
+        b_dn, ok_dn, c_dn, n_dn = fit_arm(setup, s.downstream, hits, s.plane)
         ndf = n_up + n_dn - 4
         chi2ndf = jnp.where(ndf > 0, (c_up + c_dn) / jnp.maximum(ndf, 1), 0.0)
         bl = sum(setup.element(m).field_integral for m in s.magnets)
@@ -98,8 +98,8 @@ def reconstruct(setup: Setup, measured: dict) -> dict[str, jnp.ndarray]:
     if beam and inc:
         slopes = []
         for names in (beam[0].downstream, inc[0].incoming):
-            bx, okx, _, _ = _arm(setup, names, hits, "x")
-            by, oky, _, _ = _arm(setup, names, hits, "y")
+            bx, okx, _, _ = fit_arm(setup, names, hits, "x")
+            by, oky, _, _ = fit_arm(setup, names, hits, "y")
             slopes.append((bx, by, okx & oky))
         (bx1, by1, ok1), (bx2, by2, ok2) = slopes
         kink = jnp.sqrt((bx2 - bx1) ** 2 + (by2 - by1) ** 2) / u.mrad

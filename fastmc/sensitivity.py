@@ -37,7 +37,7 @@ class Background:
 def signal_run_config(cfg: RunConfig, n_muons: int | None = None) -> RunConfig:
     """The card with one channel, ``signal``: muons only, the [signal] table's statistics."""
     return cfg.with_overrides(channels=("signal",), admixture=AdmixtureConfig(), save_events=False,
-                              n_muons=int(n_muons or cfg.signal.n_muons))
+                              n_muons=int(n_muons or cfg.channel_settings["signal"].n_muons))
 
 
 def target_material(cfg: RunConfig, setup) -> Any:
@@ -45,7 +45,7 @@ def target_material(cfg: RunConfig, setup) -> Any:
     from fastmc.geometry import setup_materials
 
     mats, _ = setup_materials(cfg.model)
-    return mats[int(setup.element(cfg.signal.target).material)]
+    return mats[int(setup.element(cfg.channel_settings["signal"].target).material)]
 
 
 def signal_yields(cfg: RunConfig, masses: list[float], model: str, *, n_muons: int | None = None,
@@ -55,12 +55,14 @@ def signal_yields(cfg: RunConfig, masses: list[float], model: str, *, n_muons: i
     Returns (rows, the prepared chain, the last mass's run result — for provenance).
     """
     from fastmc.physics.darkbrem import build_emission_tables, invisible_branching, sigma_total
-    from fastmc.run import prepare, run
+    from fastmc.chain import prepare
+    from fastmc.run import run
 
     from fastmc.config import ConfigError, check_signal_target
 
-    check_signal_target(cfg.model, cfg.signal.target, lambda why: ConfigError(
-        f"{cfg.path}: signal.target = {cfg.signal.target!r}: {why} (set [signal] target)"))
+    target = cfg.channel_settings["signal"].target
+    check_signal_target(cfg.model, target, lambda why: ConfigError(
+        f"{cfg.path}: signal.target = {target!r}: {why} (set [signal] target)"))
     cfg_s = signal_run_config(cfg, n_muons)
     prep = prepare(cfg_s)
     material = target_material(cfg, prep.setup)
@@ -72,7 +74,7 @@ def signal_yields(cfg: RunConfig, masses: list[float], model: str, *, n_muons: i
         t0 = time.perf_counter()
         tab = build_emission_tables(model, m, material)
         # keep the channel's other parameters (the shower response of the card)
-        prep.channel_params["signal"] = {**prep.channel_params["signal"], "mix": None, "hits": None, "signal": tab}
+        prep.params["signal"] = dataclasses.replace(prep.params["signal"], admixture=None, tables=tab)
         res = run(cfg_s, prep, progress=progress)
         t = res.tallies()["signal"]
         gen, sel = t[0].estimate(1.0), t[final].estimate(1.0)
@@ -173,7 +175,7 @@ def write_sensitivity(path, cfg: RunConfig, summary: dict[str, Any], prep, resul
         s.attrs["background_json"] = json.dumps(summary["background"])
         s.attrs["limit_json"] = json.dumps(summary["limit"])
         s.attrs["signal_region"] = cfg.regions[0][0]
-        s.attrs["target"] = cfg.signal.target
+        s.attrs["target"] = cfg.channel_settings["signal"].target
 
 
 def read_sensitivity(path) -> dict[str, Any]:

@@ -30,7 +30,7 @@ Every piece of randomness comes as one uniform array per element (DESIGN.md §4)
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -38,28 +38,22 @@ import numpy as np
 
 from fastmc import units as u
 from fastmc.geometry import Setup
-from fastmc.physics.deflection import N_KICK_UNIFORMS, PROC_PHOTONUCLEAR
+from fastmc.physics import continuous_dedx, continuous_ekin_after, continuous_straggling_var, sample_v_from_u, stochastic_xs
+from fastmc.physics.decay import MODES, N_DECAY_UNIFORMS, sample_decay_from_u
+from fastmc.physics.deflection import N_KICK_UNIFORMS, PROC_PHOTONUCLEAR, muon_kick_pt
 from fastmc.physics.scattering import N_UNIFORMS as N_SCAT_UNIFORMS
+from fastmc.physics.scattering import half_circle_azimuth, sample_scattering, sample_scattering_info
 from fastmc.physics.straggling import N_RAD_UNIFORMS
 from fastmc.physics.straggling import N_UNIFORMS as N_ION_UNIFORMS
+from fastmc.physics.straggling import fluctuation_variance, sample_fluctuation, sample_radiative_fluctuation
 from fastmc.rng import STREAM_TRANSPORT, normal_from_uniform, stream_key, uniforms
+from fastmc.species import SPECIES_K, SPECIES_MU, SPECIES_PI, species_masses
 
 N_STRAGGLE_UNIFORMS = N_ION_UNIFORMS + N_RAD_UNIFORMS
 
-__all__ = ["Physics", "material_step", "drift", "transport", "element_arrays", "propagate_slab", "n_step_uniforms", "kinematics"]
+__all__ = ["Physics", "material_step", "drift", "transport", "element_arrays", "n_step_uniforms", "kinematics"]
 
 N_PROC = 4
-
-
-SPECIES_MU, SPECIES_K, SPECIES_PI = 0, 1, 2
-SPECIES_NAMES = ("mu+", "K+", "pi+")
-
-
-def species_masses() -> tuple[float, float, float]:
-    """Masses (MeV) of the transported species, from the ``particle`` package (PDG 2024)."""
-    from particle import Particle
-
-    return (u.muon_mass_c2, float(Particle.from_pdgid(321).mass), float(Particle.from_pdgid(211).mass))
 
 
 def state_mass(state: dict) -> Any:
@@ -84,7 +78,6 @@ class Physics:
 
     Registered as a pytree (tables and params are pytrees; the settings are static).
     """
-
     def __init__(
         self,
         tables: Any,
@@ -123,12 +116,10 @@ def _knock_on_kinematics(etot: jnp.ndarray, mass: float = u.muon_mass_c2):
     return bg2 / (gamma * gamma), gamma, 2.0 * u.electron_mass_c2 * bg2 / (1.0 + 2.0 * gamma * r + r * r)
 
 
-def _kick_angles(proc, ekin_before, de, uk):
+def kick_angles(proc, ekin_before, de, uk):
     """Projected angle changes (rad) of muons of kinetic energy ``ekin_before`` [MeV] in an
     interaction of process ``proc`` transferring ``de`` (:mod:`fastmc.physics.deflection`);
     ``uk`` (..., N_KICK_UNIFORMS): the azimuth, then the process's own draws."""
-    from fastmc.physics.deflection import muon_kick_pt
-
     m = u.muon_mass_c2
     pt = muon_kick_pt(proc, ekin_before + m, de, uk[..., 1:])
     p_after, _ = kinematics(jnp.maximum(ekin_before - de, 0.0), m)
@@ -164,6 +155,27 @@ def _poisson_count(lam: jnp.ndarray, u0: jnp.ndarray, k: int) -> tuple[jnp.ndarr
     return n, u0 > cdf
 
 
+class StepForcing(Protocol):
+    """What a deflection forcing hands :func:`material_step` and :func:`transport` (importance
+    sampling of the multiple scattering and of the hard deflections in some slots; the proposal's
+    log q/p is accumulated in the state, the caller turns it into a weight)."""
+
+    slots: tuple[bool, ...]  # per element slot: forced there
+    axis: str  # projection ("x" or "y") in which the deflection is forced
+    pn_share: float  # share of a forced muon's interactions made photonuclear
+    pn_t_power: float  # the t-proposal uniform u of a forced photonuclear kick becomes u^(1/pn_t_power)
+
+
+class ForcedVertex(Protocol):
+    """A material step with one interaction forced in it (the ``BRANCH_FORCED`` slots of
+    :func:`transport`): it adds log P(interaction) to ``state["log_w"]`` and returns the new state
+    and the step's truth record (:func:`combine_split_records` builds it for a split step)."""
+
+    def __call__(self, physics: Physics, state: dict, mat: jnp.ndarray, length: jnp.ndarray,
+                 density_scale: jnp.ndarray, k: int, key: jax.Array,
+                 length_ref: jnp.ndarray | None = None) -> tuple[dict, dict]: ...
+
+
 def material_step(
     physics: Physics,
     state: dict[str, jnp.ndarray],
@@ -173,19 +185,21 @@ def material_step(
     k: int,
     uu: jnp.ndarray,
     length_ref: jnp.ndarray | None = None,
+    forcing: StepForcing | None = None,
     tilt_on: jnp.ndarray | None = None,
-    tilt_axis: str = "x",
 ) -> tuple[dict[str, jnp.ndarray], dict[str, jnp.ndarray]]:
     """Transport through ``length`` mm of material ``mat``; ``uu`` has shape (B, n_step_uniforms(k)).
 
-    Deflection forcing (``tilt_on`` ∈ {0, 1} for this slot and ``state["tilt_c"]``, channel
-    ``momentum_misreconstruction``, :class:`fastmc.response.DeflectBias`): the Gaussian core of
-    the multiple scattering in projection ``tilt_axis`` is drawn with its mean shifted by
+    Deflection forcing (``forcing``, a :class:`StepForcing`; ``tilt_on`` ∈ {0, 1} flags this slot,
+    and the state carries ``tilt_c``, ``kick_force``, ``kick_sign``, ``tilt_x``, ``tilt_v``,
+    ``kick_lr``): the Gaussian core of
+    the multiple scattering in projection ``forcing.axis`` is drawn with its mean shifted by
     tilt_c·σ² (:func:`fastmc.physics.scattering.sample_scattering_info`), and the Gaussian angle
     and σ² of the flagged slots are summed in ``state["tilt_x"]``, ``state["tilt_v"]`` for the
     likelihood ratio exp(c·X − c²V/2) of the whole sequence (exponential tilting).  Where
     ``state["kick_force"]`` is 1, the hard deflections are forced instead: interactions are made
-    photonuclear more often and their kicks pushed (large t, azimuth on the side
+    photonuclear with probability ``forcing.pn_share`` and their kicks pushed (t-proposal uniform
+    raised to 1/``forcing.pn_t_power``: large t; azimuth on the side
     ``state["kick_sign"]``), and so are the single Coulomb scatters (``force`` of
     sample_scattering_info); log q/p of that proposal at the realised draws is summed in
     ``state["kick_lr"]`` for every muon.
@@ -201,9 +215,6 @@ def material_step(
     ``e_cont``, stochastic loss per process ``e_proc`` (B, 4), hardest single transfer
     ``hardest`` and its process ``hardest_proc`` (−1 if none), ``overflow`` (bool).
     """
-    from fastmc.physics import continuous_ekin_after, continuous_straggling_var, sample_v_from_u, stochastic_xs
-    from fastmc.physics.scattering import sample_scattering_info
-
     tables = physics.tables
     m = u.muon_mass_c2
     ekin_in = state["ekin"]
@@ -244,21 +255,21 @@ def material_step(
     hardest = jnp.zeros_like(ekin_in)
     hardest_proc = jnp.full(ekin_in.shape, -1, dtype=jnp.int32)
     hardest_depth = jnp.zeros_like(ekin_in)
-    kick_force = tilt_on is not None and "kick_force" in state
+    kick_force = forcing is not None
+    tilt_axis = "x" if forcing is None else forcing.axis
     if k:
         # process choice and v for all K slots in one vectorised look-up, from E_in − Δc·d
         e_at = jnp.maximum(ekin_in[:, None] - d_cont[:, None] * depth, 1.0)
         u_proc = uu[:, 2 + k : 2 + 2 * k]
         if kick_force:
-            # photonuclear forcing (fastmc.response.DeflectBias): a forced muon's interactions in a
-            # flagged slot are photonuclear with probability PN_SHARE instead of p_pn (the last
-            # process: the interval [1 − p_pn, 1) of the choice uniform)
-            from fastmc.response import PN_SHARE
-
+            # photonuclear forcing: a forced muon's interactions in a flagged slot are photonuclear
+            # with probability pn_share instead of p_pn (the last process: the interval [1 − p_pn, 1)
+            # of the choice uniform)
+            pn_share = forcing.pn_share
             p_pn = jnp.clip(xs[:, PROC_PHOTONUCLEAR] / jnp.maximum(xs_tot, 1e-30), 1e-12, 1.0 - 1e-6)[:, None]
             forced_mu = (state["kick_force"] * tilt_on > 0)[:, None]
-            u_forced = jnp.where(u_proc < 1.0 - PN_SHARE, u_proc * (1.0 - p_pn) / (1.0 - PN_SHARE),
-                                 1.0 - p_pn + (u_proc - (1.0 - PN_SHARE)) * p_pn / PN_SHARE)
+            u_forced = jnp.where(u_proc < 1.0 - pn_share, u_proc * (1.0 - p_pn) / (1.0 - pn_share),
+                                 1.0 - p_pn + (u_proc - (1.0 - pn_share)) * p_pn / pn_share)
             u_proc = jnp.where(forced_mu, u_forced, u_proc)
         proc = jnp.sum(u_proc[:, :, None] > cum[:, None, :-1], axis=-1).astype(jnp.int32)
         v = sample_v_from_u(tables, mat, proc, e_at, uu[:, 2 + 2 * k : 2 + 3 * k])
@@ -286,22 +297,21 @@ def material_step(
         de_k = jnp.stack(de_all, axis=-1)
         if kick_force:
             # ... and their kick is pushed: the first proposal uniform of the momentum transfer t
-            # drawn as u^(1/PN_T_POWER) (large t), the azimuth on the half circle of the bend-plane
-            # side ``kick_sign`` (fastmc.response.DeflectBias)
-            from fastmc.physics.scattering import half_circle_azimuth
-            from fastmc.response import PN_T_POWER
+            # drawn as u^(1/pn_t_power) (large t), the azimuth on the half circle of the bend-plane
+            # side ``kick_sign``
+            pn_t_power = forcing.pn_t_power
 
             is_pn = (proc == PROC_PHOTONUCLEAR) & active
             push = forced_mu & is_pn
             az, lr_az = half_circle_azimuth(uk[..., 0], push, tilt_axis, state["kick_sign"])
             uk = uk.at[..., 0].set(az)
-            uk = uk.at[..., 1].set(jnp.where(push, uk[..., 1] ** (1.0 / PN_T_POWER), uk[..., 1]))
+            uk = uk.at[..., 1].set(jnp.where(push, uk[..., 1] ** (1.0 / pn_t_power), uk[..., 1]))
             # log q/p of the forced component at the realised draws, for every muon
-            lr_pn = jnp.log(PN_T_POWER) + (PN_T_POWER - 1.0) * jnp.log(uk[..., 1]) + lr_az
-            lr_choice = jnp.where(proc == PROC_PHOTONUCLEAR, jnp.log(PN_SHARE / p_pn),
-                                  jnp.log((1.0 - PN_SHARE) / (1.0 - p_pn)))
+            lr_pn = jnp.log(pn_t_power) + (pn_t_power - 1.0) * jnp.log(uk[..., 1]) + lr_az
+            lr_choice = jnp.where(proc == PROC_PHOTONUCLEAR, jnp.log(pn_share / p_pn),
+                                  jnp.log((1.0 - pn_share) / (1.0 - p_pn)))
             lr_kick = jnp.sum(jnp.where(active, lr_choice + jnp.where(is_pn, lr_pn, 0.0), 0.0), axis=-1)
-        kx, ky = _kick_angles(proc, jnp.stack(e_before, axis=-1), de_k, uk)
+        kx, ky = kick_angles(proc, jnp.stack(e_before, axis=-1), de_k, uk)
         kick_tx, kick_ty = jnp.sum(kx, axis=-1), jnp.sum(ky, axis=-1)
         rest = jnp.asarray(length)[..., None] * (1.0 - depth)
         kick_dx, kick_dy = jnp.sum(kx * rest, axis=-1), jnp.sum(ky * rest, axis=-1)
@@ -315,7 +325,6 @@ def material_step(
     # is smooth in the geometry, the tail slots' knock-on counts are not.
     var = continuous_straggling_var(tables, mat, safe_e, path)
     if length_ref is None:
-        from fastmc.physics.straggling import fluctuation_variance, sample_fluctuation, sample_radiative_fluctuation
 
         etot_eq = safe_e + m
         beta2 = 1.0 - (m / etot_eq) ** 2
@@ -420,9 +429,6 @@ def drift(physics: Physics, state: dict, mat, length, density_scale, uu: jnp.nda
     Gaps hold ~3 g/cm² of air in the whole 2022 setup: the stochastic losses there (mean
     ≈ 1 MeV at 160 GeV) and the single-scatter tail are neglected; ``uu`` has 4 columns.
     """
-    from fastmc.physics import continuous_dedx
-    from fastmc.physics.scattering import sample_scattering
-
     path = length * density_scale
     # one Euler step: the gaps of a setup hold a few g/cm² of air (relative change of dE/dx ≪ 1e-3)
     ekin = state["ekin"] - continuous_dedx(physics.tables, mat, state["ekin"]) * path
@@ -482,7 +488,7 @@ def element_arrays(setup: Setup) -> dict[str, jnp.ndarray]:
     }
 
 
-BRANCH_NONE, BRANCH_THIN, BRANCH_THICK, BRANCH_SIGNAL = 0, 1, 2, 3
+BRANCH_NONE, BRANCH_THIN, BRANCH_THICK, BRANCH_FORCED = 0, 1, 2, 3
 THIN_LAMBDA = 0.02  # slots expecting fewer interactions than this get one slot: P(N>1) ≈ λ²/2 ≤ 2e-4
 
 
@@ -494,10 +500,10 @@ def transport(
     max_interactions: int = 8,
     branches: tuple[int, ...] | None = None,
     forced_decay: bool = False,
-    signal: Any = None,
-    photonuclear_v_min: Any = None,
+    forced_vertex: ForcedVertex | None = None,
     setup_ref: Setup | None = None,
-    deflect: Any = None,
+    forcing: StepForcing | None = None,
+    hadrons: bool = False,
 ) -> tuple[dict[str, jnp.ndarray], dict[str, Any]]:
     """Transport a batch from ``setup.beam.z_start`` through every element (``lax.scan``).
 
@@ -512,18 +518,16 @@ def transport(
     tracker's exit face, ``slabs[name]`` = the material-step record of every slab, and
     ``n_overflow`` (B,), the number of slots in which an interaction cap was exceeded.
 
-    Hadrons: if the state carries ``species`` (with ``z_decay``, ``log_w``, ``e_pending``), beam
-    K⁺/π⁺ are transported too (:func:`hadron_slot_before_material`): they decay at ``z_decay``
+    Hadrons (``hadrons``, static; the state then carries ``species``, ``z_decay``, ``log_w``,
+    ``e_pending``): beam K⁺/π⁺ are transported too (:func:`hadron_slot_before_material`): they decay at ``z_decay``
     (sampled by the caller), are absorbed in material with probability 1 − exp(−L/λ_I), and the
     energy of decay photons and absorbed hadrons is deposited in the next slab.
     ``forced_decay`` (static) forces the muonic K⁺ modes (μν, π⁰μν) with weight Σ BR.
 
-    Signal: with ``signal`` (:class:`fastmc.physics.darkbrem.EmissionTables`) the slots marked
-    ``BRANCH_SIGNAL`` in ``branches`` (the target) force one dark-boson emission μN → μN X at a
-    depth drawn uniformly in the material (:func:`signal_material_step`); the state must carry
-    ``log_w``, to which the emission weight is added.  ``photonuclear_v_min`` (channel
-    ``calorimeter_nonhermeticity``) instead forces one photonuclear interaction with v ≥ v_min in
-    those slots (:func:`forced_photonuclear_step`).
+    Forced vertex: with ``forced_vertex`` (a :class:`ForcedVertex`, e.g. one dark-boson emission or
+    one hard photonuclear interaction at a uniform depth) the slots marked ``BRANCH_FORCED`` in
+    ``branches`` (the target) run it instead of the plain material step; the state must carry
+    ``log_w``, to which the forced interaction's probability is added.
 
     Soft mode (``setup_ref``, :mod:`fastmc.optimise`): discrete draws whose law depends on a
     material length — interaction counts and hadron absorption — are drawn with the lengths of
@@ -531,20 +535,19 @@ def transport(
     ``state["log_w"]`` (the state must carry it): the chain is then smooth in the slab
     thicknesses for fixed keys, and unbiased.
 
-    Deflection forcing (``deflect``, :class:`fastmc.response.DeflectBias`; the state must carry
-    ``tilt_c``, ``tilt_x``, ``tilt_v``): the material steps of the slots in ``deflect.slots`` shift
-    the Gaussian scattering core in projection ``deflect.axis`` (:func:`material_step`).
+    Deflection forcing (``forcing``, a :class:`StepForcing`; the state must carry ``tilt_c``,
+    ``tilt_x``, ``tilt_v``, ``kick_force``, ``kick_sign``, ``kick_lr``): the material steps of the
+    slots in ``forcing.slots`` shift the Gaussian scattering core and push the hard deflections in
+    projection ``forcing.axis`` (:func:`material_step`).
     """
     key_t = stream_key(key_chunk, STREAM_TRANSPORT)
     bsz = state["ekin"].shape[0]
     dtype = state["ekin"].dtype
-    hadrons = "species" in state
     arrays = element_arrays(setup)
     if setup_ref is not None:
         arrays["length_ref"] = jax.lax.stop_gradient(element_arrays(setup_ref)["length"])
-    if deflect is not None:
-        arrays["tilt"] = jnp.asarray(deflect.slots, dtype)
-    tilt_axis = "x" if deflect is None else deflect.axis
+    if forcing is not None:
+        arrays["tilt"] = jnp.asarray(forcing.slots, dtype)
     n_el = len(setup.elements)
     if branches is None:
         branches = tuple(BRANCH_NONE if el.kind == "magnet" else BRANCH_THICK for el in setup.elements)
@@ -566,23 +569,18 @@ def transport(
         def step(st, a, key):
             uu = uniforms(key, (bsz, n_step_uniforms(k)), dtype)
             st, rec = material_step(physics, st, a["mat"], a["length"], a["dscale"], k, uu, a.get("length_ref"),
-                                    a.get("tilt"), tilt_axis)
+                                    forcing, a.get("tilt"))
             rec["e_other"] = zero
             return st, {key_: rec[key_] for key_ in empty_rec}
 
         return step
 
     kernels = [lambda st, a, key: (st, empty_rec), make_material(1), make_material(max_interactions)]
-    forced_step = None  # the BRANCH_SIGNAL kernel: a forced interaction in the target slot
-    if signal is not None:
-        forced_step = functools.partial(signal_material_step, physics, signal)
-    elif photonuclear_v_min is not None:
-        forced_step = functools.partial(forced_photonuclear_step, physics, photonuclear_v_min)
-    if forced_step is not None:
+    if forced_vertex is not None:  # the BRANCH_FORCED kernel: a forced interaction in the target slot
 
         def force_kernel(st, a, key):
-            st, rec = forced_step(st, a["mat"], a["length"], a["dscale"], max_interactions, key,
-                                  length_ref=a.get("length_ref"))
+            st, rec = forced_vertex(physics, st, a["mat"], a["length"], a["dscale"], max_interactions, key,
+                                    length_ref=a.get("length_ref"))
             rec["e_other"] = zero
             return st, {key_: rec[key_] for key_ in empty_rec}
 
@@ -636,8 +634,6 @@ def slot_branches(setup: Setup, physics: Physics, e_max: float, e_min: float = 1
     λ_max = max over kinetic energies in [e_min, e_max] of Σ·L; a slot with λ_max < THIN_LAMBDA
     is thin (one interaction slot), otherwise thick.  Magnets hold no material.
     """
-    from fastmc.physics import stochastic_xs
-
     grid = jnp.geomspace(e_min, e_max, 24)
     out = []
     for el in setup.elements:
@@ -652,8 +648,6 @@ def slot_branches(setup: Setup, physics: Physics, e_max: float, e_min: float = 1
 
 def expected_counts(setup: Setup, physics: Physics, ekin: float) -> dict[str, float]:
     """Mean number of stochastic interactions per element at kinetic energy ``ekin`` (MeV)."""
-    from fastmc.physics import stochastic_xs
-
     out = {}
     for el in setup.elements:
         if el.kind == "magnet":
@@ -666,81 +660,7 @@ def expected_counts(setup: Setup, physics: Physics, ekin: float) -> dict[str, fl
 REC_KEYS = ("e_cont", "e_proc", "hardest", "hardest_proc", "hardest_depth", "e_other")
 
 
-def signal_material_step(physics: Physics, signal: Any, state: dict, mat, length, density_scale, k: int, key,
-                         length_ref=None):
-    """A material step with one forced dark-boson emission (the signal channel's target slot).
-
-    The emission depth d is uniform in [0, L] (proposal density 1/L); the muon is transported
-    over d (:func:`material_step`, full physics), emits X (:func:`fastmc.physics.darkbrem.emit`,
-    which adds log(Σ_X(E_d)·L) + the angular weight to ``log_w``: the thin-target probability of
-    the emission, exact because ε² ≪ 1 makes the muon flux unchanged by it), and is transported
-    over L − d.  The truth records of the two halves are summed (hardest = the larger one).
-    """
-    from fastmc.physics.darkbrem import N_EMIT_UNIFORMS, emit
-
-    bsz = state["ekin"].shape[0]
-    dtype = state["ekin"].dtype
-    ue = uniforms(jax.random.fold_in(key, 7), (bsz, 1 + N_EMIT_UNIFORMS), dtype)
-    d = ue[:, 0] * length
-    ref1, ref2 = _split_ref(length_ref, ue[:, 0])
-    st1, r1 = material_step(physics, state, mat, d, density_scale, k,
-                            uniforms(jax.random.fold_in(key, 8), (bsz, n_step_uniforms(k)), dtype), ref1)
-    st1 = emit(signal, st1, mat, length * density_scale, ue[:, 1:])
-    st2, r2 = material_step(physics, st1, mat, length - d, density_scale, k,
-                            uniforms(jax.random.fold_in(key, 9), (bsz, n_step_uniforms(k)), dtype), ref2)
-    return st2, combine_split_records(r1, r2, ue[:, 0])
-
-
-def forced_photonuclear_step(physics: Physics, v_min, state: dict, mat, length, density_scale, k: int, key,
-                             length_ref=None):
-    """A material step with one photonuclear interaction of v = ΔE/E ≥ ``v_min`` forced at a uniform depth.
-
-    The weight added to ``log_w`` is the probability of such an interaction in the step (thin
-    target: Σ_pn(E_d; v ≥ v_min)·L with Σ_pn(v ≥ v_min) = Σ_pn(v > v_cut)·(1 − F(v_min)), F the
-    CDF of the photonuclear v at E_d, found by 24 bisections of the inverse-CDF table); v is drawn
-    from the same table restricted to [v_min, v_max].  Natural photonuclear interactions keep being
-    sampled around it: events with a natural one above v_min as well are counted in both the forced
-    and the natural way, a relative bias of order Σ_pn·L (≈ 1e-4 in 40 X0 of lead), far below
-    the statistical precision.
-    """
-    from fastmc.physics import sample_v_from_u, stochastic_xs
-    from fastmc.physics.showers import PROC_PHOTONUCLEAR
-
-    m = u.muon_mass_c2
-    bsz = state["ekin"].shape[0]
-    dtype = state["ekin"].dtype
-    ue = uniforms(jax.random.fold_in(key, 17), (bsz, 2 + N_KICK_UNIFORMS), dtype)
-    d = ue[:, 0] * length
-    ref1, ref2 = _split_ref(length_ref, ue[:, 0])
-    st1, r1 = material_step(physics, state, mat, d, density_scale, k,
-                            uniforms(jax.random.fold_in(key, 18), (bsz, n_step_uniforms(k)), dtype), ref1)
-    ekin = st1["ekin"]
-    safe = jnp.maximum(ekin, 1.0)
-    proc = jnp.full((bsz,), PROC_PHOTONUCLEAR, jnp.int32)
-    lo, hi = jnp.zeros_like(safe), jnp.ones_like(safe)
-    for _ in range(24):
-        mid = 0.5 * (lo + hi)
-        below = sample_v_from_u(physics.tables, mat, proc, safe, mid) < v_min
-        lo, hi = jnp.where(below, mid, lo), jnp.where(below, hi, mid)
-    u_min = hi
-    v = sample_v_from_u(physics.tables, mat, proc, safe, u_min + ue[:, 1] * (1.0 - u_min))
-    xs_pn = stochastic_xs(physics.tables, mat, safe)[:, PROC_PHOTONUCLEAR] * density_scale
-    prob = xs_pn * (1.0 - u_min) * length
-    alive = st1["alive"] & (prob > 0.0) & (v >= v_min * 0.999)
-    de = jnp.where(alive, jnp.minimum(v * (ekin + m), ekin), 0.0)
-    st1 = dict(st1)
-    st1["ekin"] = ekin - de
-    # the muon's deflection at the forced vertex (fastmc.physics.deflection)
-    kx, ky = _kick_angles(proc, ekin, de, ue[:, 2:])
-    st1["tx"] = st1["tx"] + jnp.where(alive, kx, 0.0)
-    st1["ty"] = st1["ty"] + jnp.where(alive, ky, 0.0)
-    st1["log_w"] = state["log_w"] + jnp.where(alive, jnp.log(jnp.maximum(prob, 1e-37)), -jnp.inf)
-    st2, r2 = material_step(physics, st1, mat, length - d, density_scale, k,
-                            uniforms(jax.random.fold_in(key, 19), (bsz, n_step_uniforms(k)), dtype), ref2)
-    return st2, combine_split_records(r1, r2, ue[:, 0], {"de": de, "proc": PROC_PHOTONUCLEAR})
-
-
-def _split_ref(length_ref, f):
+def split_reference_lengths(length_ref, f):
     """Reference lengths (soft mode) of a step split at fraction ``f``; (None, None) otherwise."""
     if length_ref is None:
         return None, None
@@ -784,8 +704,6 @@ def hadron_slot_before_material(physics, st, a, gap_mat, gap_scale, uu_drift, ke
     the material's front face (its daughter crosses the full slab): this approximation only
     concerns decays within a slab (≈ 2 % of the decays before the 2022 ECAL).
     """
-    from fastmc.physics.decay import N_DECAY_UNIFORMS
-
     dtype = st["ekin"].dtype
     bsz = st["ekin"].shape[0]
     uu = uniforms(key, (bsz, N_HADRON_UNIFORMS + N_DECAY_UNIFORMS), dtype)
@@ -828,8 +746,6 @@ def decay_in_flight(physics, st, mask, u_dec, u_mode, forced_decay: bool):
     slab (they hit the calorimeter).  With ``forced_decay`` a K⁺ decays only to μ⁺ν or π⁰μ⁺ν,
     chosen with probability ∝ BR, and the weight carries log(BR_μν + BR_π⁰μν).
     """
-    from fastmc.physics.decay import MODES, sample_decay_from_u
-
     tables = physics.decay
     masses = species_masses()
     mass = state_mass(st)
@@ -869,124 +785,3 @@ def decay_in_flight(physics, st, mask, u_dec, u_mode, forced_decay: bool):
     out["log_w"] = st["log_w"] + jnp.where(mask, log_w, 0.0)
     out["decayed"] = st["decayed"] | mask
     return out
-
-
-# --------------------------------------------------------------------------------------
-# Single-slab propagation (public validation API, fastmc.physics.propagate)
-# --------------------------------------------------------------------------------------
-
-
-def resolve_material(name: str):
-    """A material by name, or the homogenised cell named by :func:`fastmc.config.mixture_name`
-    (e.g. ``"lead1.5mm+scintillator1.5mm"``)."""
-    import re
-
-    from fastmc.materials import get_material, homogenise
-
-    try:
-        return get_material(name)
-    except ValueError:
-        parts = [re.fullmatch(r"([a-z_]+?)([0-9.]+)mm", t) for t in name.split("+")]
-        if len(parts) < 2 or not all(parts):
-            raise
-        return homogenise(name, [(m.group(1), float(m.group(2))) for m in parts])
-
-
-@functools.lru_cache(maxsize=32)
-def _layers_physics(materials: tuple[str, ...], settings) -> Physics:
-    from fastmc.physics import build_tables
-    from fastmc.physics.scattering import build_scattering_params
-
-    mats = [resolve_material(m) for m in materials]
-    dtype = jnp.result_type(float)
-    tables = build_tables(mats, settings.tables_config()).device(dtype)
-    scat = build_scattering_params(mats, form_factor=settings.form_factor, screening=settings.screening).device(dtype)
-    return Physics(tables, scat, settings.scattering, jnp.asarray([m.lambda_I_mm for m in mats], dtype))
-
-
-@functools.partial(jax.jit, static_argnames=("n", "ks"))
-def _propagate_chunk(physics, key, ekin0, mats, lengths, n: int, ks: tuple[int, ...]):
-    dtype = jnp.result_type(float)
-    state = {
-        "x": jnp.zeros((n,), dtype),
-        "y": jnp.zeros((n,), dtype),
-        "tx": jnp.zeros((n,), dtype),
-        "ty": jnp.zeros((n,), dtype),
-        "ekin": jnp.full((n,), ekin0, dtype),
-        "alive": jnp.ones((n,), bool),
-    }
-    total = None
-    for i, k in enumerate(ks):
-        uu = uniforms(jax.random.fold_in(key, i), (n, n_step_uniforms(k)), dtype)
-        state, rec = material_step(physics, state, mats[i], lengths[i], jnp.asarray(1.0, dtype), k, uu)
-        if total is None:
-            total = dict(rec)
-        else:
-            total["e_cont"] = total["e_cont"] + rec["e_cont"]
-            total["e_proc"] = total["e_proc"] + rec["e_proc"]
-            harder = rec["hardest"] > total["hardest"]
-            total["hardest"] = jnp.where(harder, rec["hardest"], total["hardest"])
-            total["hardest_proc"] = jnp.where(harder, rec["hardest_proc"], total["hardest_proc"])
-            total["overflow"] = total["overflow"] | rec["overflow"]
-    return state, total
-
-
-def propagate_layers(
-    layers,
-    ekin_GeV: float,
-    n: int,
-    seed: int,
-    *,
-    settings: Any = None,
-    chunk_size: int = 65536,
-    return_record: bool = False,
-    max_interactions: int | None = None,
-):
-    """Final kinetic energies (GeV, numpy) of ``n`` muons after a sequence of slabs.
-
-    ``layers`` is a sequence of ``(material, thickness_mm)``; a material is a fastmc name or a
-    homogenised cell (:func:`resolve_material`).  Full stochastic physics with the run card's
-    default :class:`~fastmc.config.PhysicsSettings` unless ``settings`` is given; the muons start
-    at x = y = 0 along z.  Randomness is chunk-keyed from ``seed`` (the first m results for n ≥ m
-    are identical).  The interaction-slot cap of each layer is set from its expected count λ as
-    ⌈λ + 8√λ + 4⌉ (overflow probability < 1e-9) unless ``max_interactions`` is given.  With
-    ``return_record``, also returns a dict with the exit state (``tx``, ``ty``, ``x``, ``y``) and
-    the summed truth record (``rec_e_cont``, ``rec_e_proc``, ``rec_hardest``, ...).
-    """
-    from fastmc.config import PhysicsSettings
-    from fastmc.physics import stochastic_xs
-    from fastmc.physics.tables import enable_compilation_cache
-    from fastmc.rng import chunk_key
-
-    enable_compilation_cache()
-    s = settings or PhysicsSettings()
-    names = tuple(m for m, _ in layers)
-    uniq = tuple(dict.fromkeys(names))
-    physics = _layers_physics(uniq, s)
-    dtype = jnp.result_type(float)
-    mats = jnp.asarray([uniq.index(m) for m in names], jnp.int32)
-    lengths = jnp.asarray([float(t) for _, t in layers], dtype)
-    ks = []
-    for m, t in layers:
-        xs = float(jnp.max(jnp.sum(stochastic_xs(physics.tables, uniq.index(m), jnp.geomspace(1e3, ekin_GeV * u.GeV, 16)), -1)))
-        lam = xs * float(t)
-        ks.append(max_interactions if max_interactions is not None else int(max(1, np.ceil(lam + 8.0 * np.sqrt(lam) + 4))))
-    outs: list[dict] = []
-    n_chunks = -(-n // chunk_size)
-    for c in range(n_chunks):
-        m = min(chunk_size, n - c * chunk_size)
-        new, rec = _propagate_chunk(physics, chunk_key(seed, c), ekin_GeV * u.GeV, mats, lengths, chunk_size, tuple(ks))
-        out = {key: np.asarray(val)[:m] for key, val in new.items()}
-        if return_record:
-            out.update({f"rec_{key}": np.asarray(val)[:m] for key, val in rec.items()})
-        outs.append(out)
-    merged = {key: np.concatenate([o[key] for o in outs]) for key in outs[0]}
-    ekin_out = merged["ekin"].astype(np.float64) / u.GeV
-    if return_record:
-        return ekin_out, merged
-    return ekin_out
-
-
-def propagate_slab(material: str, thickness_mm: float, ekin_GeV: float, n: int, seed: int, **kw):
-    """:func:`propagate_layers` for one slab (the public ``fastmc.physics.propagate``)."""
-    return propagate_layers([(material, thickness_mm)], ekin_GeV, n, seed, **kw)

@@ -535,7 +535,7 @@ def simulate_transport(layers: list[tuple[str, float]], ekin_GeV: float, n: int,
         return _TRANSPORT_CACHE[key]
     import jax.numpy as jnp
 
-    from fastmc.transport import propagate_layers
+    from fastmc.api import propagate_layers
 
     chunk = int(min(65536, n))
     # first chunk alone: compile + one chunk; then the full run (chunk 0 recomputed, identical)

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 
 from fastmc import units as u
-from fastmc.config import load_run
+from fastmc.runcard import load_run
 from fastmc.materials import get_material
 from fastmc.physics.scattering import highland_theta0
-from fastmc.run import chunk_variables, prepare
-from fastmc.transport import propagate_slab
+from fastmc.chain import chunk_variables, prepare
+from fastmc.api import propagate_slab
 
 from .conftest import ROOT
 

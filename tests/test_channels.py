@@ -7,8 +7,10 @@ import math
 import numpy as np
 import pytest
 
-from fastmc.config import load_run
-from fastmc.run import chunk_variables, prepare, projection, projection_from, run
+from fastmc.runcard import load_run
+from fastmc.chain import chunk_variables, prepare
+from fastmc.run import run
+from fastmc.projection import projection, projection_from
 
 from .conftest import ROOT
 
@@ -66,12 +68,13 @@ def test_channels_hit_bias_weights_are_exact(card):
     import jax
     import jax.numpy as jnp
 
-    from fastmc.response import ROLE_LOST, category_probabilities, tracker_hits
+    from fastmc.channels.momentum_misreconstruction import ROLE_LOST
+    from fastmc.response import category_probabilities, tracker_hits
 
     cfg = load_run(ROOT / "runs" / card)
     prep = prepare(cfg)
     setup = prep.setup
-    bias = prep.channel_params["momentum_misreconstruction"]["hits"]
+    bias = prep.params["momentum_misreconstruction"].hits
     # no subset that leaves an arm below the card's hit cuts; LS3: MS2's upstream arm only (3 left)
     assert len(bias.roles) >= 3 and {"MM3", "MM5"} <= set(bias.planes)
     ms2 = next(s for s in setup.spectrometers if s.output == "p_out")
@@ -172,7 +175,7 @@ def test_channels_figure_of_merit_gain_is_one_for_analog_bernoulli():
     one with 10× smaller variance at twice the cost has gain 5."""
     from types import SimpleNamespace
 
-    from fastmc.run import _figures_of_merit
+    from fastmc.projection import figures_of_merit
 
     n, p = 1_000_000, 3e-4
     rel_analog = math.sqrt((1 - p) / (p * n))
@@ -182,7 +185,7 @@ def test_channels_figure_of_merit_gain_is_one_for_analog_bernoulli():
         "empty": {"n_generated": n, "sum_w": 0.0, "rel_err": None},
     }
     result = SimpleNamespace(channels=tuple(chans), channel_seconds=np.array([2.0, 4.0, 1.0]), timed_primaries=n // 2)
-    _figures_of_merit(chans, result)
+    figures_of_merit(chans, result)
     assert chans["analog"]["fom_gain_vs_analog"] == pytest.approx(1.0, rel=1e-12)
     assert chans["biased"]["fom_gain_vs_analog"] == pytest.approx(5.0, rel=1e-12)
     assert chans["biased"]["fom"] == pytest.approx(1 / (rel_analog**2 / 10 * 4.0 / (n // 2) * n), rel=1e-12)
@@ -193,7 +196,7 @@ def test_channels_figure_of_merit_gain_is_one_for_analog_bernoulli():
         for key in ("fom", "fom_gain_vs_analog", "seconds_per_primary", "fom_analog_time_from"):
             c.pop(key, None)
     result.timed_primaries = np.array([n // 2, 0, n // 4])
-    _figures_of_merit(chans, result)
+    figures_of_merit(chans, result)
     assert chans["analog"]["fom_gain_vs_analog"] == pytest.approx(1.0, rel=1e-12)
     assert "fom" not in chans["biased"] and "seconds_per_primary" not in chans["biased"]
     assert chans["empty"]["seconds_per_primary"] == pytest.approx(4e-6)
@@ -201,7 +204,7 @@ def test_channels_figure_of_merit_gain_is_one_for_analog_bernoulli():
 
 @pytest.mark.parametrize("tilt", [True, False], ids=["tilt_and_kicks", "kicks_only"])
 def test_channels_deflection_forcing_weights_are_exact(tilt):
-    """The misreconstruction channel's deflection forcing (fastmc.response.DeflectBias: tilted
+    """The misreconstruction channel's deflection forcing (fastmc.channels.momentum_misreconstruction.DeflectBias: tilted
     scattering core, or photonuclear interactions with pushed kicks; kicks only, as with the
     integrated kink cut): through ten steps of the LS3 ECAL cell (kicks and single scatters
     included), the weighted distribution of the exit angle in the forced projection equals an
@@ -211,11 +214,12 @@ def test_channels_deflection_forcing_weights_are_exact(tilt):
     import jax.numpy as jnp
 
     from fastmc.config import PhysicsSettings
-    from fastmc.response import DeflectBias, deflect_components, deflect_log_weight
+    from fastmc.channels.momentum_misreconstruction import DeflectBias, deflect_components, deflect_log_weight
     from fastmc.rng import uniforms
-    from fastmc.transport import _layers_physics, material_step, n_step_uniforms
+    from fastmc.api import layers_physics
+    from fastmc.transport import material_step, n_step_uniforms
 
-    physics = _layers_physics(("lead1.5mm+scintillator1.5mm",), PhysicsSettings())
+    physics = layers_physics(("lead1.5mm+scintillator1.5mm",), PhysicsSettings())
     n, k, n_steps = 131072, 4, 10
     c = 2.5e-3 / (0.62e-3) ** 2  # a 2.5 mrad shift of the summed core (σ ≈ 0.6 mrad here)
     bias = DeflectBias(beta=jnp.asarray(0.5), follow=jnp.asarray([1.0] if tilt else [], jnp.float32),
@@ -231,7 +235,7 @@ def test_channels_deflection_forcing_weights_are_exact(tilt):
         def step(st, i):  # a fixed-length scan: one compiled step instead of ten unrolled
             uu = uniforms(jax.random.fold_in(key, i), (n, n_step_uniforms(k)))
             return material_step(physics, st, jnp.asarray(0), jnp.asarray(45.0), jnp.asarray(1.0), k, uu,
-                                 tilt_on=forced)[0], None
+                                 forcing=bias, tilt_on=forced)[0], None
 
         st, _ = jax.lax.scan(step, st, jnp.arange(n_steps))
         return st["tx"], deflect_log_weight(bias, st), st["tilt_c"], st["kick_force"]
@@ -260,7 +264,7 @@ def test_channels_deflection_forcing_weights_are_exact(tilt):
 
 def test_channels_integrated_kink_cut_equals_resampled_core():
     """The misreconstruction channel's target-kink cuts with the Gaussian core integrated out
-    (fastmc.response.integrated_kink_cuts) against the cut applied to the kink recomputed with the
+    (fastmc.channels.momentum_misreconstruction.integrated_kink_cuts) against the cut applied to the kink recomputed with the
     core angle redrawn: for constructed MS2/incoming hits with known signed kinks, P(cut | rest)
     must equal the fraction of 20 000 redraws X' ~ N(0, V) that pass (binomial tolerance, 5σ), and
     in the far tail, where redraws cannot reach, the float64 normal CDFs of scipy (rtol 1e-3 on
@@ -268,9 +272,9 @@ def test_channels_integrated_kink_cut_equals_resampled_core():
     import jax.numpy as jnp
     from scipy.stats import norm
 
-    from fastmc.config import load_run as _load
+    from fastmc.runcard import load_run as _load
     from fastmc.geometry import build_setup, setup_materials
-    from fastmc.response import integrated_kink_cuts
+    from fastmc.channels.momentum_misreconstruction import integrated_kink_cuts
 
     cfg = _load(ROOT / "runs" / "ls3_2e13.toml")
     _, index = setup_materials(cfg.model)

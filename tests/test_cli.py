@@ -187,7 +187,7 @@ def test_cli_target_rel_err_stops_each_channel_on_its_own(tmp_path, capsys):
     for key in ("expected", "stat_err", "n_selected", "n_generated", "ess"):
         assert had[key] == one[key], key
     from fastmc.io import read_result, stored_result
-    from fastmc.run import projection_from
+    from fastmc.projection import projection_from
 
     r = read_result(out)
     back = projection_from(r["projection"]["mot"], r["projection"]["region"], stored_result(r))["channels"]

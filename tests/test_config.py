@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from fastmc import units as u
-from fastmc.config import ConfigError, load_model, load_run
+from fastmc.config import ConfigError, load_model
+from fastmc.runcard import load_run
 
 from .conftest import MODELS, RUNS
 

@@ -11,7 +11,7 @@ import sys
 import numpy as np
 
 from fastmc.cli import main
-from fastmc.transport import propagate_slab
+from fastmc.api import propagate_slab
 
 from .conftest import ROOT
 
@@ -19,7 +19,7 @@ SCRIPT = r"""
 import json, sys
 import jax
 assert jax.config.jax_enable_x64
-from fastmc.transport import propagate_slab
+from fastmc.api import propagate_slab
 out, rec = propagate_slab("lead", 40 * 5.612, 160.0, 200000, seed=5, return_record=True)
 assert out.dtype.name == "float64" and rec["tx"].dtype.name == "float64", rec["tx"].dtype
 loss = 160.0 - out

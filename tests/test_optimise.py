@@ -18,7 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fastmc.config import ConfigError, load_model, load_run
+from fastmc.config import ConfigError, load_model
+from fastmc.runcard import load_run
 from fastmc.selection import build_selection, pass_masks, soft_pass
 
 DATA = Path(__file__).parent / "data"

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from fastmc.config import load_run
-from fastmc.run import TIMING_KEYS, prepare, projection, run
+from fastmc.runcard import load_run
+from fastmc.chain import prepare
+from fastmc.run import run
+from fastmc.projection import projection, TIMING_KEYS
 
 from .conftest import ROOT
 

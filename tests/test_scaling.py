@@ -16,8 +16,9 @@ import h5py
 import numpy as np
 import pytest
 
-from fastmc.config import load_run
-from fastmc.run import RunResult, prepare, run
+from fastmc.runcard import load_run
+from fastmc.chain import prepare
+from fastmc.run import run, RunResult
 
 from .conftest import ROOT
 
@@ -70,8 +71,9 @@ def test_devices_bitwise_identical_to_one_device(tmp_path, reference):
     np.save(tmp_path / "ref_rows.npy", ref.rows[:7])
     script = f"""
 import numpy as np, jax
-from fastmc.config import load_run
-from fastmc.run import prepare, run
+from fastmc.runcard import load_run
+from fastmc.chain import prepare
+from fastmc.run import run
 cfg = load_run({str(CARD)!r}).with_overrides(n_muons={cfg.n_muons}, chunk_size={CHUNK}, seed={cfg.seed})
 assert len(jax.local_devices()) == 4
 # chunks 0..6 on all 4 devices: a group of 4 and a padded group of 3

@@ -67,7 +67,8 @@ def test_showers_gflash_fluctuations_follow_the_parametrisation():
 def _closure_setup(hcal_half_width=None, ecal_half_width=None, **showers_kw):
     import dataclasses
 
-    from fastmc.config import ShowerSettings, load_run
+    from fastmc.config import ShowerSettings
+    from fastmc.runcard import load_run
     from fastmc.geometry import build_setup, setup_materials
 
     cfg = load_run(DATA / "calo_closure.toml")
@@ -133,7 +134,7 @@ def test_shower_deposits_conserve_energy_and_neutral_survival_is_exponential():
 def test_calo_bias_weights_average_to_one():
     """The biased hadronic system (leading neutral, z, escape) is a proposal with exact weights:
     E_q[w] = 1 (defensive mixtures, module response)."""
-    from fastmc.response import CaloBias
+    from fastmc.channels.calorimeter_nonhermeticity import CaloBias
 
     setup, sh = _closure_setup(leading_neutral=0.05)
     bias = CaloBias(q_neutral=jnp.asarray(0.5), beta=jnp.asarray(0.5), z_focus=jnp.asarray(0.02),
@@ -149,8 +150,10 @@ def test_calorimeter_channel_closure_with_analog():
     within 3 combined standard errors on a setup where punch-through is frequent (card
     tests/data/calo_closure.toml), with a much smaller variance per simulated muon (the two
     chains cost about the same per muon; timings are measured in the closing note, never here)."""
-    from fastmc.config import load_run
-    from fastmc.run import prepare, projection, run
+    from fastmc.runcard import load_run
+    from fastmc.chain import prepare
+    from fastmc.run import run
+    from fastmc.projection import projection
 
     cfg = load_run(DATA / "calo_closure.toml")
     est = {}
@@ -340,7 +343,7 @@ def test_calo_bias_reproduces_lateral_escapes_of_high_z_neutrals():
     narrow HCAL (±90 mm at 16 m: its angle p_T/(zν) decides), within 4 combined standard errors.
     A neutral whose angle came from a different z than its energy (the natural z while the energy
     used the focused one — fixed) fails this."""
-    from fastmc.response import CaloBias
+    from fastmc.channels.calorimeter_nonhermeticity import CaloBias
 
     n, e = 200_000, 60 * u.GeV
     setup, sh = _closure_setup(hcal_half_width=90.0, leading_neutral=1.0, z_min=0.0, leading_charged=0.0)

@@ -146,7 +146,7 @@ def test_darkbrem_total_cross_section_scales_and_branching():
 def test_signal_channel_emission_weight_equals_n_sigma_l(quickstart_card):
     """The chain's forced-emission weight: Σw(all)/N = ∫ Σ_X(E(z)) dz over the ECAL, which for a
     160 GeV muon losing ≈ 1 GeV there is Σ_X(E_beam) · L within 0.5 % (σ changes slowly with E)."""
-    from fastmc.config import load_run
+    from fastmc.runcard import load_run
     from fastmc.geometry import setup_materials
     from fastmc.sensitivity import signal_yields
 
@@ -262,7 +262,8 @@ def test_sensitivity_bad_flags_exit_2_with_one_line(args, words, capsys, tmp_pat
 
 
 def test_signal_table_in_card_is_validated(tmp_path):
-    from fastmc.config import ConfigError, load_run
+    from fastmc.config import ConfigError
+    from fastmc.runcard import load_run
 
     text = (RUNS / "quickstart.toml").read_text().replace("../models/", str(RUNS.parent / "models") + "/")
     for extra, key in (('[signal]\ntarget = "MM1"\n', "signal.target"),

@@ -141,7 +141,7 @@ def test_tally_zero_event_upper_limit_of_a_biased_channel_uses_its_largest_weigh
     largest weight it generated (if every selected event has w ≤ w_max the proposal selects with
     Q ≥ p/w_max); analog keeps 2.303·MOT/N.  The old analog formula would overstate a kaon
     channel's limit by 1/f_K."""
-    from fastmc.run import projection_from
+    from fastmc.projection import projection_from
 
     rng = np.random.default_rng(5)
     n, mot = 4096, 2e13

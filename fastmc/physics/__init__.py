@@ -9,8 +9,6 @@ builds no tables: build_tables is explicit and cached on disk.
 
 from __future__ import annotations
 
-import numpy as np
-
 from fastmc.physics.registry import INTERACTIONS, get_process, processes
 from fastmc.physics.tables import (
     TABLES_VERSION,
@@ -30,13 +28,6 @@ from fastmc.physics.tables import (
 PROCESSES: dict = processes()
 
 
-def propagate(material: str, thickness_mm: float, ekin_GeV: float, n: int, seed: int) -> np.ndarray:
-    """Final kinetic energies [GeV] of ``n`` muons after a slab (delegates to the transport)."""
-    from fastmc.transport import propagate_slab
-
-    return propagate_slab(material, thickness_mm, ekin_GeV, n, seed)
-
-
 __all__ = [
     "INTERACTIONS",
     "PROCESSES",
@@ -51,7 +42,6 @@ __all__ = [
     "dsigma_dv",
     "energy_loss_coefficients",
     "get_process",
-    "propagate",
     "sample_v_from_u",
     "stochastic_xs",
 ]

@@ -197,11 +197,11 @@ def faked_kink(setup: Setup, offsets: dict):
     """ΔS (B,) rad: the kink, in the bend plane, between MS2's upstream arm and the incoming track
     that hit offsets ``offsets`` (:func:`tracker_hits` of a muon on the z axis) fake by themselves;
     a real turn of −ΔS between them hides it (the fits are linear in the hits)."""
-    from fastmc.reconstruct import _arm
+    from fastmc.reconstruct import fit_arm
 
     s = next(s for s in setup.spectrometers if s.output == "p_out" and s.incoming)
-    b_up, ok_up, _, _ = _arm(setup, s.upstream, offsets, s.plane)
-    b_in, ok_in, _, _ = _arm(setup, s.incoming, offsets, s.plane)
+    b_up, ok_up, _, _ = fit_arm(setup, s.upstream, offsets, s.plane)
+    b_in, ok_in, _, _ = fit_arm(setup, s.incoming, offsets, s.plane)
     return jnp.where(ok_up & ok_in, b_up - b_in, 0.0)
 
 

@@ -1,0 +1,69 @@
+"""Parameterised detector response: tracker hits, calorimeter and counter signals.
+
+One job per module: :mod:`.trackers` (hit categories, resolution, efficiency, tails, pile-up),
+:mod:`.calorimeters` (sampling resolution, showers, leakage, punch-through); this module puts
+them together for one chunk (:func:`detector_response`).  The response holds no biasing: a
+channel hands in proposals that satisfy the protocols declared next to the kernels
+(:class:`~fastmc.response.trackers.HitProposal`,
+:class:`~fastmc.response.calorimeters.LeadingHadronProposal`) and gets their log-weights back.
+"""
+
+from __future__ import annotations
+
+import jax
+
+from fastmc.geometry import Setup
+from fastmc.response.calorimeters import LeadingHadronProposal, calorimeter_sigma, shower_deposits, visible_energies
+from fastmc.response.trackers import (
+    N_CATEGORIES,
+    HitProposal,
+    category_probabilities,
+    draw_category,
+    hit_offsets,
+    tracker_hits,
+)
+from fastmc.rng import STREAM_RESPONSE, stream_key
+
+__all__ = [
+    "N_CATEGORIES",
+    "HitProposal",
+    "LeadingHadronProposal",
+    "calorimeter_sigma",
+    "category_probabilities",
+    "detector_response",
+    "draw_category",
+    "hit_offsets",
+    "shower_deposits",
+    "tracker_hits",
+    "visible_energies",
+]
+
+
+def detector_response(setup: Setup, truth: dict, key_chunk: jax.Array, hit_proposal: HitProposal | None = None,
+                      showers=None, hadron_proposal: LeadingHadronProposal | None = None, temperature=None,
+                      hits_pre=None) -> dict:
+    """Measured hits ``hits[name] = (mx, my, present)``, ``energies[group]`` (MeV), ``log_w`` and
+    ``counts`` (``extra_tracks_p_out``, with ``showers``: punch-through charged hadrons).
+
+    ``showers`` (:class:`fastmc.physics.showers.ShowerParams`): the hardest transfer of each slab
+    showers through the slab sequence (:func:`shower_deposits`); without it every transfer is
+    deposited where it happened.  ``hit_proposal``, ``hadron_proposal``: a channel's biased
+    laws of the hits (:class:`~fastmc.response.trackers.HitProposal`) and of the leading hadron of
+    a photonuclear transfer (:class:`~fastmc.response.calorimeters.LeadingHadronProposal`); their
+    log-weights are summed in ``log_w``.  ``temperature`` (soft mode, :mod:`fastmc.optimise`):
+    the slab apertures seen by a leading neutral hadron become logistic edges of width
+    temperature × half-width.
+    """
+    key_r = stream_key(key_chunk, STREAM_RESPONSE)
+    if hits_pre is not None:  # offsets drawn before the transport (hit_offsets): add the truth
+        off, log_w = hits_pre
+        hits = {n: (truth["hits"][n][0] + off[n][0], truth["hits"][n][1] + off[n][1],
+                    truth["hits"][n][2] & off[n][2]) for n in setup.trackers}
+    else:
+        hits, log_w = tracker_hits(setup, truth, key_r, hit_proposal) if setup.trackers else ({}, 0.0)
+    deposits, counts = None, {}
+    if showers is not None:
+        deposits, lw, counts = shower_deposits(setup, truth, showers, key_r, hadron_proposal, temperature)
+        log_w = log_w + lw
+    energies = visible_energies(setup, truth, deposits, key_r)
+    return {"hits": hits, "energies": energies, "log_w": log_w, "counts": counts}

@@ -1,0 +1,267 @@
+"""Calorimeter and counter response: the energy lost in the element (and the energy of decay photons or
+absorbed hadrons deposited there) is scaled by ``response_scale`` and smeared with
+σ/E = a/√E ⊕ b ⊕ c/E (PDG RPP 2024 "Calorimetry" §35.9, E in GeV).  Full containment of
+secondaries unless hard transfers shower (:func:`shower_deposits`, :mod:`fastmc.physics.showers`).  Visible
+energies of elements sharing a readout ``group`` are summed.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Protocol
+
+import jax
+import jax.numpy as jnp
+
+from fastmc import units as u
+from fastmc.geometry import Setup
+from fastmc.physics.showers import (
+    LATERAL_TAUS,
+    PROC_PHOTONUCLEAR,
+    bock_em_share,
+    bock_parameters,
+    depth_averaged_containment,
+    em_square_containment,
+    gamma_cdf,
+    gamma_moment,
+    gflash_parameters,
+    hadron_lateral_radius,
+    square_containment,
+)
+from fastmc.rng import normal_from_uniform, uniforms
+
+
+def calorimeter_sigma(edep, stochastic_term, constant_term, noise):
+    """σ (MeV) of a calorimeter signal of ``edep`` MeV: a/√E ⊕ b ⊕ c/E with E in GeV."""
+    e_gev = jnp.maximum(edep, 0.0) / u.GeV
+    var = (stochastic_term**2) * e_gev * u.GeV**2 + (constant_term * edep) ** 2 + noise**2
+    return jnp.sqrt(var)
+
+
+
+
+def visible_energies(setup: Setup, truth: dict, deposits: dict | None, key_r: jax.Array) -> dict[str, jnp.ndarray]:
+    """Visible energy (MeV) per readout group: each read-out slab's deposit (``deposits`` from
+    :func:`shower_deposits`, or with None the energy lost in the slab itself) scaled by its
+    ``response_scale`` and smeared (:func:`calorimeter_sigma`), summed over the group."""
+    energies: dict[str, jnp.ndarray] = {}
+    for i, el in enumerate(setup.elements):
+        if el.kind == "slab" and el.readout != "none":
+            rec = truth["slabs"][el.name]
+            if deposits is None:
+                edep = rec["e_cont"] + jnp.sum(rec["e_proc"], axis=-1) + rec.get("e_other", 0.0)
+            else:
+                edep = deposits[el.name]
+            uu = uniforms(jax.random.fold_in(key_r, i), (edep.shape[0], 1), edep.dtype)
+            sigma = calorimeter_sigma(edep, el.stochastic_term, el.constant_term, el.noise)
+            vis = el.response_scale * edep + sigma * normal_from_uniform(uu[:, 0])
+            energies[el.group] = energies.get(el.group, 0.0) + vis
+    return energies
+
+
+class LeadingHadronProposal(Protocol):
+    """A biased law of the leading neutral hadron of the photonuclear transfer in slab ``target``
+    (importance sampling of calorimeter non-hermeticity), in three draws that
+    :func:`shower_deposits` asks for in turn, over the per-source uniforms ``uu`` (B, n, 11) whose
+    columns are: 2 leading-neutral choice, 3 z, 4 free (the proposal's), 5 optical depth, 6 free,
+    7–8 p_T, 9 azimuth, 10 free; ``carry`` passes what a later draw needs from an earlier one.
+
+    * ``propose_z(uu, z, z_min) -> (z, carry)``: the energy share z of the neutral hadron;
+    * ``propose_pt(uu, p_t, neutral_pt, carry) -> (p_t, carry)``: its transverse momentum;
+    * ``propose_fate(uu, tau, tau_rem, leading_neutral, z_min, carry) -> (is_leading, tau, log_w)``:
+      whether there is one, the optical depth after which it interacts (≥ ``tau_rem``: it
+      escapes), and log P/Q (B, n) of all three draws (only the target slab's is used)."""
+
+    target: str
+
+    def propose_z(self, uu, z, z_min) -> tuple: ...
+
+    def propose_pt(self, uu, p_t, neutral_pt, carry) -> tuple: ...
+
+    def propose_fate(self, uu, tau, tau_rem, leading_neutral, z_min, carry) -> tuple: ...
+
+
+N_SHOWER_UNIFORMS = 11
+N_CHARGED_UNIFORMS = 3  # leading charged hadron: choice, z, optical depth (own stream: key 30_002)
+
+
+def shower_deposits(setup: Setup, truth: dict, sh, key_r: jax.Array, proposal: LeadingHadronProposal | None = None,
+                    temperature=None):
+    """Energy (MeV, EM-scale equivalent) reaching each slab when hard transfers shower; log_w; and
+    ``counts`` (``extra_tracks_p_out``: leading charged hadrons that got through every slab).
+
+    See :mod:`fastmc.physics.showers`.  Depth along the slab sequence is accumulated in radiation
+    lengths (boundaries tb) and interaction lengths (sb); a shower starting at (t0, s0) puts
+    E·[G(tb_{j+1} − t0) − G(tb_j − t0)] in slab j (G = 0 for negative depth; hadronic showers: the
+    Bock EM term in X0 plus the hadronic term, × h/e, in λ_I), times the share of its lateral
+    profile inside slab j's square aperture (``sh.lateral``; EM: GFLASH radial profile at τ = 1 and
+    2.5 shower maxima, linear in depth through them, averaged over the slab's part of the
+    longitudinal profile; hadronic: one radius, r95·λ_I/√19).  The shower axis is the beam line
+    through the muon's position in the beam spot (drawn here, key 30_001; the muon's own angle,
+    ≲ 1 mrad, is neglected), the apertures are centred on the z axis; what falls outside is lost.
+    Photonuclear transfers may give a leading neutral hadron that interacts after an exponential
+    optical depth, or escapes, or a leading charged hadron that does the same along the muon's line
+    through every slab downstream, ionising (minimum-ionising dE/dx) up to where it interacts; if
+    it gets through, it is one more charged track in the downstream spectrometer.  With
+    ``proposal`` (:class:`LeadingHadronProposal`) the leading neutral hadron of the photonuclear
+    transfer in slab ``proposal.target`` is drawn from a biased law (its weight is returned); the
+    charged hadron is drawn from its natural law given no leading neutral (no weight).
+    All slabs are handled at once: arrays (B, n_source_slabs, n_boundaries).
+    """
+    slabs = [el for el in setup.elements if el.kind == "slab"]
+    n = len(slabs)
+    recs = [truth["slabs"][el.name] for el in slabs]
+    dtype = recs[0]["e_cont"].dtype
+    length = jnp.stack([el.thickness * el.density_scale for el in slabs]).astype(dtype)
+    mats = jnp.stack([el.material for el in slabs])
+    x0, lam, z_eff = sh.x0[mats], sh.lam[mats], sh.z_eff[mats]
+    tb = jnp.concatenate([jnp.zeros((1,), dtype), jnp.cumsum(length / x0)])  # (n+1,)
+    sb = jnp.concatenate([jnp.zeros((1,), dtype), jnp.cumsum(length / lam)])
+    stack = lambda key: jnp.stack([r[key] for r in recs], axis=1)  # noqa: E731  (B, n)
+    e_h, proc, f = stack("hardest"), stack("hardest_proc"), stack("hardest_depth")
+    local = jnp.stack([r["e_cont"] + jnp.sum(r["e_proc"], axis=-1) + r.get("e_other", 0.0) for r in recs], axis=1)
+    showered = e_h > sh.threshold
+    is_had = showered & (proc == PROC_PHOTONUCLEAR)
+    is_em = showered & ~is_had
+    t0 = tb[:-1] + f * (tb[1:] - tb[:-1])  # (B, n) start depths
+    s0 = sb[:-1] + f * (sb[1:] - sb[:-1])
+    bsz = e_h.shape[0]
+    uu = uniforms(jax.random.fold_in(key_r, 30_000), (bsz, n, N_SHOWER_UNIFORMS), dtype)
+    hw = jnp.stack([el.half_width for el in slabs]).astype(dtype)
+    # the shower axis in the beam spot (σ per projection), relative to the apertures' centre
+    uxy = uniforms(jax.random.fold_in(key_r, 30_001), (bsz, 2), dtype)
+    x_ax = setup.beam.spot_sigma.astype(dtype) * normal_from_uniform(uxy[:, 0])
+    y_ax = setup.beam.spot_sigma.astype(dtype) * normal_from_uniform(uxy[:, 1])
+
+    def split(cdf):  # (B, n_src, n+1) cumulative → (B, n_src, n) per slab
+        return cdf[..., 1:] - cdf[..., :-1]
+
+    def hadronic(energy, t_start, s_start, x0_start, lam_start, xa, ya):
+        """(B, n) energies deposited per slab by hadronic showers (B, n_src) starting at (t, s),
+        axis at (xa, ya) (B, n_src) from the apertures' centre."""
+        e_par = jnp.maximum(energy, 1.0 * u.GeV)
+        a, b, d, _ = bock_parameters(e_par)
+        share = bock_em_share(e_par, x0_start, lam_start)
+        g_em = split(gamma_cdf(a[..., None], b, tb - t_start[..., None]))
+        g_h = split(gamma_cdf(a[..., None], d, sb - s_start[..., None]))
+        frac = share[..., None] * g_em + (1.0 - share[..., None]) * sh.h_over_e * g_h
+        if sh.lateral:  # one radial profile for the whole shower (its π⁰ part included)
+            radius = hadron_lateral_radius(lam_start, sh.hadron_r95)[..., None]
+            frac = frac * square_containment(radius, hw, -xa[..., None], -ya[..., None])
+        return jnp.sum(energy[..., None] * frac, axis=1)
+
+    # --- EM: GFLASH profile with per-shower fluctuations
+    alpha, beta_ = gflash_parameters(jnp.maximum(e_h, 1.0), z_eff, normal_from_uniform(uu[..., 0]),
+                                     normal_from_uniform(uu[..., 1]))
+    depth = tb - t0[..., None]  # (B, n_src, n+1) boundaries' depths from the shower start [X0]
+    frac_em = split(gamma_cdf(alpha[..., None], beta_[..., None], depth))
+    if sh.lateral:
+        t_max = ((alpha - 1.0) / beta_)[..., None]  # (B, n_src, 1)
+        e_sh = jnp.maximum(e_h, 1.0)[..., None]
+        cont = [em_square_containment(tau, e_sh, z_eff[:, None], sh.r_moliere[mats][:, None], hw,
+                                      -x_ax[:, None, None], -y_ax[:, None, None]) for tau in LATERAL_TAUS]
+        moment = split(gamma_moment(alpha[..., None], beta_[..., None], depth))
+        frac_em = depth_averaged_containment(cont[0], cont[1], LATERAL_TAUS[0] * t_max, LATERAL_TAUS[1] * t_max,
+                                             frac_em, moment)
+    dep = local - jnp.where(showered, e_h, 0.0) + jnp.sum(jnp.where(is_em, e_h, 0.0)[..., None] * frac_em, axis=1)
+    # --- photonuclear: a leading neutral hadron or not
+    f_ln, z_min = sh.leading_neutral, sh.z_min
+    ln = uu[..., 2] < f_ln
+    z = z_min + (1.0 - z_min) * uu[..., 3]
+    tau = -jnp.log(uu[..., 5])
+    if proposal is not None:
+        tgt = jnp.asarray([el.name == proposal.target for el in slabs])  # (n,)
+        # the neutral hadron's angle (below) uses the proposed z too (angle and energy of one hadron)
+        z_b, carry = proposal.propose_z(uu, z, z_min)
+        z = jnp.where(tgt, z_b, z)
+    # its path: the slabs it meets inside their apertures count, in interaction lengths (sb_eff)
+    g2 = -(jnp.log(uu[..., 7]) + jnp.log(uu[..., 8]))  # Gamma(2, 1): p_T = g2·⟨p_T⟩/2 ~ p_T e^{−2p_T/⟨p_T⟩}
+    p_t = g2 * 0.5 * sh.neutral_pt
+    if proposal is not None:
+        p_t_b, carry = proposal.propose_pt(uu, p_t, sh.neutral_pt, carry)
+        p_t = jnp.where(tgt, p_t_b, p_t)
+    theta = p_t / jnp.maximum(z * e_h, 1.0)
+    phi = 2.0 * math.pi * uu[..., 9]
+    zc = jnp.stack([el.z + 0.5 * el.thickness for el in slabs]).astype(dtype)  # slab centres
+    z_src = jnp.stack([el.z + f[:, i] * el.thickness for i, el in enumerate(slabs)], axis=1)  # (B, n)
+    # transverse offset from the shower axis (the beam line through the interaction point, on
+    # which the calorimeters are centred up to the beam spot; the model's z axis is not the beam
+    # axis after MS1's bend)
+    dz = zc - z_src[..., None]  # (B, n_src, n)
+    xn = theta[..., None] * jnp.cos(phi)[..., None] * dz
+    yn = theta[..., None] * jnp.sin(phi)[..., None] * dz
+    # the aperture seen by the neutral hadron: centred at −(beam-spot offset) when lateral is on
+    xn_c = xn + x_ax[:, None, None] if sh.lateral else xn
+    yn_c = yn + y_ax[:, None, None] if sh.lateral else yn
+    src = jnp.arange(n)[:, None] == jnp.arange(n)[None, :]
+    later = jnp.arange(n)[None, :] > jnp.arange(n)[:, None]
+    if temperature is None:
+        met = src | ((jnp.abs(xn_c) <= hw) & (jnp.abs(yn_c) <= hw) & later)
+        width = jnp.where(met, (sb[1:] - sb[:-1]), 0.0)  # (B, n_src, n)
+    else:  # soft aperture: the fraction of the slab's depth that counts is a logistic of the offset
+        edge = temperature * hw
+        inside_ap = jax.nn.sigmoid((hw - jnp.abs(xn_c)) / edge) * jax.nn.sigmoid((hw - jnp.abs(yn_c)) / edge)
+        width = jnp.where(src, 1.0, jnp.where(later, inside_ap, 0.0)) * (sb[1:] - sb[:-1])
+        met = width > 0
+    sb_eff = jnp.concatenate([jnp.zeros_like(width[..., :1]), jnp.cumsum(width, axis=-1)], axis=-1)
+    s0_eff = jnp.take_along_axis(sb_eff, jnp.arange(n)[None, :, None], axis=-1)[..., 0] + f * (sb[1:] - sb[:-1])
+    tau_rem = sb_eff[..., -1] - s0_eff
+    log_w = jnp.zeros((bsz,), dtype)
+    if proposal is not None:
+        ln_b, tau_b, lw = proposal.propose_fate(uu, tau, tau_rem, f_ln, z_min, carry)
+        log_w = jnp.sum(jnp.where(tgt & is_had, lw, 0.0), axis=1)
+        ln, tau = jnp.where(tgt, ln_b, ln), jnp.where(tgt, tau_b, tau)
+    ln = ln & is_had
+    # --- or, given no leading neutral, a leading charged hadron (probability leading_charged)
+    uc = uniforms(jax.random.fold_in(key_r, 30_002), (bsz, n, N_CHARGED_UNIFORMS), dtype)
+    lc = is_had & ~ln & (uc[..., 0] < sh.leading_charged)
+    z_c = z_min + (1.0 - z_min) * uc[..., 1]
+    e_soft = jnp.where(is_had, jnp.where(ln, (1.0 - z) * e_h, jnp.where(lc, (1.0 - z_c) * e_h, e_h)), 0.0)
+    xs_ax, ys_ax = jnp.broadcast_to(x_ax[:, None], (bsz, n)), jnp.broadcast_to(y_ax[:, None], (bsz, n))
+    dep = dep + hadronic(e_soft, t0, s0, x0, lam, xs_ax, ys_ax)
+    # leading neutral: interacts after an optical depth τ along its path, or escapes
+    s_eff = s0_eff + tau
+    inside = met & (s_eff[..., None] >= sb_eff[..., :-1]) & (s_eff[..., None] < sb_eff[..., 1:])  # (B, n_src, n)
+    frac_in = (s_eff[..., None] - sb_eff[..., :-1]) / jnp.maximum(width, 1e-12)  # position inside that slab
+    pick = lambda arr: jnp.sum(jnp.where(inside, arr, 0.0), axis=-1)  # noqa: E731
+    s_int = pick(sb[:-1] + frac_in * (sb[1:] - sb[:-1]))
+    t_int = pick(tb[:-1] + frac_in * (tb[1:] - tb[:-1]))
+    hit = jnp.any(inside, -1)
+    x0_int = jnp.where(hit, pick(jnp.broadcast_to(x0, inside.shape)), 1.0)
+    lam_int = jnp.where(hit, pick(jnp.broadcast_to(lam, inside.shape)), 1.0)
+    e_int = jnp.where(ln & hit, z * e_h, 0.0)  # no slab met before τ ran out: escaped
+    # leading charged hadron: along the muon's line through every slab downstream (its angle,
+    # p_T/p ≲ 10 mrad, is neglected next to the apertures); interacts after an optical depth τ_c
+    s_c = s0 - jnp.log(uc[..., 2])
+    through = lc & (s_c >= sb[-1])  # got through every slab downstream
+    s_end = jnp.where(through, sb[-1], s_c)
+    cross = jnp.clip(jnp.minimum(s_end[..., None], sb[1:]) - jnp.maximum(s0[..., None], sb[:-1]), 0.0, None)
+    cross = cross / jnp.maximum(sb[1:] - sb[:-1], 1e-12)  # (B, n_src, n): share of each slab crossed
+    ion = jnp.where(lc[..., None], cross * (sh.dedx_mip[mats] * length), 0.0)
+    ion_tot = jnp.sum(ion, axis=-1)
+    dep = dep + jnp.sum(ion, axis=1)
+    inside_c = (s_c[..., None] >= sb[:-1]) & (s_c[..., None] < sb[1:])
+    frac_c = (s_c[..., None] - sb[:-1]) / jnp.maximum(sb[1:] - sb[:-1], 1e-12)
+    pick_c = lambda arr: jnp.sum(jnp.where(inside_c, arr, 0.0), axis=-1)  # noqa: E731
+    stopped = lc & ~through
+    e_c = jnp.where(stopped, jnp.maximum(z_c * e_h - ion_tot, 0.0), 0.0)
+    # the leading hadron's shower, neutral or charged (never both in one source slab): one profile call
+    dep = dep + hadronic(
+        e_int + e_c,
+        jnp.where(ln, t_int, pick_c(tb[:-1] + frac_c * (tb[1:] - tb[:-1]))),
+        jnp.where(ln, s_int, pick_c(sb[:-1] + frac_c * (sb[1:] - sb[:-1]))),
+        jnp.where(ln, x0_int, jnp.where(stopped, pick_c(jnp.broadcast_to(x0, inside_c.shape)), 1.0)),
+        jnp.where(ln, lam_int, jnp.where(stopped, pick_c(jnp.broadcast_to(lam, inside_c.shape)), 1.0)),
+        xs_ax + jnp.where(ln, pick(xn), 0.0), ys_ax + jnp.where(ln, pick(yn), 0.0))
+    # an extra track in the downstream spectrometer: it got through the slabs between its source and
+    # the spectrometer's first plane (probability e^{−L/λ_I}, L in interaction lengths)
+    out = [sp for sp in setup.spectrometers if sp.output == "p_out"]
+    if out:
+        z_sp = jnp.min(jnp.stack([setup.element(nm).z for nm in out[0].upstream]))
+        before = jnp.stack([el.z + el.thickness <= z_sp for el in slabs])  # (n,): a prefix of the slabs
+        sb_sp = jnp.sum(jnp.where(before, sb[1:] - sb[:-1], 0.0))
+        n_extra = jnp.sum(lc & before & (s_c >= sb_sp), axis=1)
+    else:
+        n_extra = jnp.zeros((bsz,), jnp.int32)
+    counts = {"extra_tracks_p_out": n_extra.astype(jnp.int32)}
+    return {el.name: jnp.maximum(dep[:, i], 0.0) for i, el in enumerate(slabs)}, log_w, counts
