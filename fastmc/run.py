@@ -63,7 +63,7 @@ class Prepared:
 
 
 def prepare(cfg: RunConfig) -> Prepared:
-    from fastmc.physics import build_tables
+    from fastmc.physics import build_tables, tables_config
     from fastmc.physics.scattering import build_scattering_params
     from fastmc.physics.tables import enable_compilation_cache
 
@@ -71,7 +71,7 @@ def prepare(cfg: RunConfig) -> Prepared:
     t0 = time.perf_counter()
     mats, index = setup_materials(cfg.model)
     ph = cfg.physics
-    pcfg = ph.tables_config()
+    pcfg = tables_config(ph)
     dtype = jnp.result_type(float)
     tables = build_tables(mats, pcfg)
     hadrons = cfg.admixture.kaon_fraction + cfg.admixture.pion_fraction > 0 or "hadron_decay" in cfg.channels

@@ -894,12 +894,12 @@ def resolve_material(name: str):
 
 @functools.lru_cache(maxsize=32)
 def _layers_physics(materials: tuple[str, ...], settings) -> Physics:
-    from fastmc.physics import build_tables
+    from fastmc.physics import build_tables, tables_config
     from fastmc.physics.scattering import build_scattering_params
 
     mats = [resolve_material(m) for m in materials]
     dtype = jnp.result_type(float)
-    tables = build_tables(mats, settings.tables_config()).device(dtype)
+    tables = build_tables(mats, tables_config(settings)).device(dtype)
     scat = build_scattering_params(mats, form_factor=settings.form_factor, screening=settings.screening).device(dtype)
     return Physics(tables, scat, settings.scattering, jnp.asarray([m.lambda_I_mm for m in mats], dtype))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import re
 from pathlib import Path
 
@@ -111,3 +112,36 @@ def test_config_mixture_materials_are_shared():
     cfg = load_run(RUNS / "quickstart.toml")
     hcal = {cfg.model.element(f"HCAL{i}").material for i in range(1, 5)}
     assert hcal == {"iron25mm+scintillator4mm"}
+
+
+def test_config_process_names_match_the_physics_registry():
+    """The config checks process names against plain data; it must equal the physics registry."""
+    from fastmc.config import PROCESS_NAMES
+    from fastmc.physics import PROCESSES
+
+    assert PROCESS_NAMES == tuple(PROCESSES)
+
+
+KERNELS = ("physics", "transport", "response", "reconstruct", "run", "selection", "beam", "channels")
+
+
+def _fastmc_imports(path: Path) -> set[str]:
+    """The fastmc modules a file imports anywhere (module level, in functions, under TYPE_CHECKING)."""
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            assert node.level == 0, f"{path}: relative import"
+            out.add(node.module)
+            out |= {f"{node.module}.{a.name}" for a in node.names}  # "from fastmc import units"
+    return {m for m in out if m.split(".")[0] == "fastmc"}
+
+
+def test_config_imports_no_kernel():
+    """fastmc.config is a data layer: it imports no kernel (nor driver, nor channel)."""
+    files = sorted((Path(__file__).parents[1] / "fastmc" / "config").glob("*.py"))
+    assert files
+    for f in files:
+        bad = sorted(m for m in _fastmc_imports(f) if m.split(".")[1:2] and m.split(".")[1] in KERNELS)
+        assert not bad, f"{f.name} imports {bad}"

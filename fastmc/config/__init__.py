@@ -30,6 +30,7 @@ from __future__ import annotations
 from fastmc.config.card import (
     CHANNELS,
     FORM_FACTORS,
+    PROCESS_NAMES,
     SCATTERING_MODELS,
     SCREENINGS,
     SHOWER_MODELS,
@@ -60,6 +61,7 @@ from fastmc.config.model import (
     ModelConfig,
     OptimiseParam,
     SpectrometerConfig,
+    check_signal_target,
     load_model,
     mixture_name,
 )
@@ -67,7 +69,6 @@ from fastmc.config.sections import (
     SIGNAL_MAX_MASS,
     ConfigError,
     check_signal_mass,
-    check_signal_target,
     file_sha256,
     validate_override,
 )
@@ -78,6 +79,7 @@ __all__ = [
     "FORM_FACTORS",
     "OPTIMISE_FIELDS",
     "PARTICLES",
+    "PROCESS_NAMES",
     "READOUT_KINDS",
     "SCATTERING_MODELS",
     "SCREENINGS",

@@ -30,6 +30,9 @@ SHOWER_MODELS = ("none", "profile")
 SCATTERING_MODELS = ("highland", "highland_single")
 FORM_FACTORS = ("geant4", "exponential")  # fastmc.physics.scattering.FORM_FACTORS
 SCREENINGS = ("geant4", "moliere")  # fastmc.physics.scattering.SCREENINGS
+# the energy-loss parametrisations a card may name: the keys of fastmc.physics.PROCESSES, in its
+# order (plain data, so that the config imports no physics; tests/test_config.py keeps them equal)
+PROCESS_NAMES = ("ionisation.bbk", "ionisation.bb", "brems.kkp", "pair.kp", "photonuclear.bb", "photonuclear.bp")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,19 +62,6 @@ class PhysicsSettings:
     screening: str = "geant4"  # screening angle of single scattering (fastmc.physics.scattering)
     max_interactions: int = 8
     overflow_tolerance: float = 1e-3
-
-    def tables_config(self):
-        """The :class:`fastmc.physics.PhysicsConfig` of the energy-loss tables for these settings."""
-        from fastmc.physics import PhysicsConfig
-
-        return PhysicsConfig(
-            v_cut=self.v_cut,
-            e_cut_MeV=self.e_cut / u.MeV,
-            ionisation=self.ionisation,
-            brems=self.brems,
-            pair=self.pair,
-            photonuclear=self.photonuclear,
-        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -372,12 +362,8 @@ def _parse_optimise_settings(sec: _Section, channels: tuple[str, ...]) -> Optimi
 
 
 def _check_process_names(sec: _Section, physics: PhysicsSettings) -> None:
-    try:
-        from fastmc.physics import PROCESSES
-    except ImportError:  # pragma: no cover - physics package always present
-        return
     for key in ("ionisation", "brems", "pair", "photonuclear"):
         value = getattr(physics, key)
-        known = sorted(k for k in PROCESSES if k.split(".")[0] == value.split(".")[0])
-        if value not in PROCESSES:
+        known = sorted(k for k in PROCESS_NAMES if k.split(".")[0] == value.split(".")[0])
+        if value not in PROCESS_NAMES:
             raise sec.fail(key, value, f"unknown parametrisation (known: {', '.join(known) or 'none'})")

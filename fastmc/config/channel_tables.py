@@ -14,8 +14,8 @@ import dataclasses
 from collections.abc import Sequence
 
 from fastmc import units as u
-from fastmc.config.model import ModelConfig
-from fastmc.config.sections import _Section, check_signal_mass, check_signal_target
+from fastmc.config.model import ModelConfig, check_signal_target
+from fastmc.config.sections import _Section, check_signal_mass
 
 
 @dataclasses.dataclass(frozen=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -296,6 +296,13 @@ def load_model(path: str | Path) -> ModelConfig:
         spectrometers=spectrometers,
         optimise=optimise,
     )
+
+
+def check_signal_target(model: ModelConfig, target: str, fail: Callable[[str], Exception]) -> None:
+    """Raise ``fail(why)`` unless ``target`` names a slab of the model."""
+    slabs = [e.name for e in model.elements if e.kind == "slab"]
+    if target not in slabs:
+        raise fail(f"not a slab of the model (slabs: {', '.join(slabs) or 'none'})")
 
 
 def _parse_optimise_params(sec: _Section, elements: tuple[ElementConfig, ...]) -> tuple[OptimiseParam, ...]:

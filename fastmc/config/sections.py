@@ -3,7 +3,7 @@
 :class:`_Section` consumes one TOML table through typed getters that remember the keys they read;
 :meth:`_Section.finish` rejects the keys nobody read.  Every problem is a :class:`ConfigError`
 whose message is one line naming the file, the key path and the offending value.  This module
-also holds the small checks shared by the run card and the per-channel tables.
+also holds the signal-mass check shared by the run card and the per-channel tables.
 """
 
 from __future__ import annotations
@@ -13,13 +13,10 @@ import math
 import tomllib
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from fastmc import SCHEMA_VERSION
 from fastmc import units as u
-
-if TYPE_CHECKING:
-    from fastmc.config.model import ModelConfig
 
 
 class ConfigError(ValueError):
@@ -166,17 +163,10 @@ def validate_override(name: str, value: Any, check: Callable[[Any], bool], why: 
 
 
 # ----------------------------------------------------------------------------------------
-# Checks shared by the run card and the per-channel tables
+# A check shared by the run card and the per-channel tables
 # ----------------------------------------------------------------------------------------
 
 SIGNAL_MAX_MASS = 3000.0 * u.MeV  # below 2m_τ: the Z′ invisible branching fraction holds (darkbrem)
-
-
-def check_signal_target(model: ModelConfig, target: str, fail: Callable[[str], Exception]) -> None:
-    """Raise ``fail(why)`` unless ``target`` names a slab of the model."""
-    slabs = [e.name for e in model.elements if e.kind == "slab"]
-    if target not in slabs:
-        raise fail(f"not a slab of the model (slabs: {', '.join(slabs) or 'none'})")
 
 
 def check_signal_mass(mass_MeV: Any, fail: Callable[[str], Exception]) -> None:

@@ -25,6 +25,7 @@ from fastmc.physics.tables import (
     energy_loss_coefficients,
     sample_v_from_u,
     stochastic_xs,
+    tables_config,
 )
 
 PROCESSES: dict = processes()
@@ -54,4 +55,5 @@ __all__ = [
     "propagate",
     "sample_v_from_u",
     "stochastic_xs",
+    "tables_config",
 ]
