@@ -25,6 +25,9 @@ from fastmc.config.channel_tables import (
 from fastmc.config.model import ModelConfig, load_model
 from fastmc.config.sections import ConfigError, _read_toml, _Section, check_signal_mass, file_sha256
 
+# the top level of a run card
+RUN_CARD_KEYS = ("schema_version", "run", "physics", "admixture", "channels", "showers", "signal", "optimise",
+                 "selection")
 CHANNELS = ("analog", "hadron_decay", "momentum_misreconstruction", "calorimeter_nonhermeticity")
 SHOWER_MODELS = ("none", "profile")
 SCATTERING_MODELS = ("highland", "highland_single")
@@ -198,6 +201,7 @@ def selection_variables(model: ModelConfig) -> tuple[str, ...]:
 
 
 def _parse_cut(sec: _Section, variables: tuple[str, ...]) -> CutConfig:
+    sec.expect(("var", "min", "max"))  # a typo'd min/max is reported as such, not as a cut without bounds
     var = sec.string("var")
     if var not in variables:
         raise sec.fail("var", var, f"unknown selection variable (known: {', '.join(variables)})")
@@ -214,7 +218,7 @@ def _parse_cut(sec: _Section, variables: tuple[str, ...]) -> CutConfig:
 def load_run(path: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:
     """Read and validate a run card (and the model it names)."""
     path = Path(path)
-    root = _read_toml(path)
+    root = _read_toml(path, RUN_CARD_KEYS)
     run = root.table("run")
     model_ref = run.string("model")
     model_path = (path.parent / model_ref) if not Path(model_ref).is_absolute() else Path(model_ref)

@@ -7,6 +7,7 @@ in CLHEP units.  Data only: it imports no kernel (physics, transport, response, 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import itertools
 import math
 from collections.abc import Callable, Sequence
@@ -16,6 +17,9 @@ from typing import Any
 from fastmc import units as u
 from fastmc.config.sections import _MISSING, ConfigError, _read_toml, _Section, file_sha256
 
+# the top level of a model file
+MODEL_KEYS = ("schema_version", "name", "description", "gap_material", "gap_density_scale", "beam", "elements",
+              "spectrometers", "optimise", "source")
 ELEMENT_KINDS = ("tracker", "slab", "magnet")
 READOUT_KINDS = ("none", "calorimeter", "counter")
 PARTICLES = {"mu+": -13, "mu-": 13}
@@ -251,7 +255,7 @@ def _parse_spectrometer(sec: _Section, elements: dict[str, ElementConfig]) -> Sp
 def load_model(path: str | Path) -> ModelConfig:
     """Read and validate a setup model; raises :class:`ConfigError` with a one-line message."""
     path = Path(path)
-    root = _read_toml(path)
+    root = _read_toml(path, MODEL_KEYS)
     materials = _known_materials()
     name = root.string("name")
     description = root.string("description", "")
@@ -312,10 +316,11 @@ def _parse_optimise_params(sec: _Section, elements: tuple[ElementConfig, ...]) -
     out = []
     for name in list(sec.data):
         t = sec.table(name)
-        t.prefix = f'optimise."{name}"'
         el_name, _, field = name.rpartition(".")
         if el_name not in by_name:
-            raise sec.fail(name, t.data, f"no element {el_name!r} in the model (write [optimise.\"ELEMENT.FIELD\"])")
+            close = difflib.get_close_matches(el_name, list(by_name), n=1)
+            hint = f"did you mean {close[0]!r}?" if close else 'write [optimise."ELEMENT.FIELD"]'
+            raise sec.fail(name, t.data, f"no element {el_name!r} in the model ({hint})")
         e = by_name[el_name]
         if field not in OPTIMISE_FIELDS or e.kind not in OPTIMISE_FIELDS[field][1]:
             ok = [f for f, (_, kinds, _) in OPTIMISE_FIELDS.items() if e.kind in kinds]

@@ -8,8 +8,10 @@ also holds the signal-mass check shared by the run card and the per-channel tabl
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import math
+import re
 import tomllib
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -24,30 +26,80 @@ class ConfigError(ValueError):
 
 
 _MISSING = object()
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def _is_table(value: Any) -> bool:
+    return isinstance(value, dict)
+
+
+def _is_array_of_tables(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(v, dict) for v in value)
 
 
 class _Section:
-    """A TOML table being consumed: typed getters that remember which keys were used."""
+    """A TOML table being consumed: typed getters that remember which keys were used.
+
+    :meth:`finish` rejects the keys no getter read.  A table whose keys are all known up front
+    (the top level of a file) declares them with :meth:`expect`, which rejects the others at
+    once, so that a typo is reported as such rather than as the table or key it hides missing.
+    """
 
     def __init__(self, path: Path, prefix: str, data: dict[str, Any]):
         self.path = path
         self.prefix = prefix
         self.data = data
         self.used: set[str] = set()
+        self.known: tuple[str, ...] | None = None
 
     def key(self, name: str) -> str:
+        name = name if _BARE_KEY.fullmatch(name) else f'"{name}"'
         return f"{self.prefix}{name}" if not self.prefix else f"{self.prefix}.{name}"
 
-    def fail(self, name: str, value: Any, why: str) -> ConfigError:
-        return ConfigError(f"{self.path}: {self.key(name)} = {value!r}: {why}")
+    def show(self, name: str, value: Any = _MISSING, what: str = "key") -> str:
+        """``key = value``, or ``[key]`` / ``[[key]]`` for a table / an array of tables (never dumped)."""
+        if what == "table" or _is_table(value):
+            return f"[{self.key(name)}]"
+        if what == "array of tables" or _is_array_of_tables(value):
+            return f"[[{self.key(name)}]]"
+        return self.key(name) if value is _MISSING else f"{self.key(name)} = {value!r}"
 
-    def _raw(self, name: str, default: Any) -> Any:
+    def fail(self, name: str, value: Any, why: str) -> ConfigError:
+        return ConfigError(f"{self.path}: {self.show(name, value)}: {why}")
+
+    def unknown(self, name: str, known: Sequence[str]) -> ConfigError:
+        """The error for a key (or table) ``name`` not among ``known``, with the closest known name."""
+        value = self.data[name]
+        what = "table" if _is_table(value) else "array of tables" if _is_array_of_tables(value) else "key"
+        close = difflib.get_close_matches(name, sorted(known), n=1)
+        hint = ""
+        if close:
+            hint = f" (did you mean {close[0] if what == 'key' else self.show(close[0], what=what)}?)"
+        return self.fail(name, value, f"unknown {what}{hint}")
+
+    def expect(self, known: Sequence[str]) -> None:
+        """Declare every key this table may hold; raise at once on the first other one (in file order)."""
+        self.known = tuple(known)
+        for name in self.data:
+            if name not in self.known:
+                raise self.unknown(name, self.known)
+
+    def _raw(self, name: str, default: Any, what: str = "key") -> Any:
+        if self.known is not None and name not in self.known:
+            raise KeyError(f"{self.key(name)!r} is read but not declared in expect()")  # a bug in fastmc
         self.used.add(name)
         if name in self.data:
             return self.data[name]
         if default is _MISSING:
-            raise ConfigError(f"{self.path}: {self.key(name)}: required key is missing")
+            raise ConfigError(f"{self.path}: {self.show(name, what=what)}: required {what} is missing"
+                              f"{self._typo_hint(name)}")
         return default
+
+    def _typo_hint(self, name: str) -> str:
+        """`` (found <key> = <value>: a typo?)`` when an unread key of this table is close to ``name``."""
+        unread = [k for k in self.data if k not in self.used]
+        close = difflib.get_close_matches(name, unread, n=1)
+        return f" (found {self.show(close[0], self.data[close[0]])}: a typo?)" if close else ""
 
     def number(
         self,
@@ -116,29 +168,33 @@ class _Section:
         return tuple(float(v) for v in value)
 
     def table(self, name: str, default: Any = _MISSING) -> _Section:
-        value = self._raw(name, default)
+        value = self._raw(name, default, "table")
         if not isinstance(value, dict):
             raise self.fail(name, value, "must be a table")
         return _Section(self.path, self.key(name), value)
 
     def tables(self, name: str, default: Any = _MISSING) -> list[_Section]:
-        value = self._raw(name, default)
+        value = self._raw(name, default, "array of tables")
         if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
             raise self.fail(name, value, "must be an array of tables")
         return [_Section(self.path, f"{self.key(name)}[{i}]", v) for i, v in enumerate(value)]
 
     def finish(self) -> None:
-        unknown = sorted(set(self.data) - self.used)
-        if unknown:
-            k = unknown[0]
-            raise ConfigError(f"{self.path}: {self.key(k)} = {self.data[k]!r}: unknown key")
+        """Raise on the first key (in file order) that no getter read, suggesting one that was read."""
+        for name in self.data:
+            if name not in self.used:
+                raise self.unknown(name, sorted(self.used | set(self.known or ())))
 
 
 def file_sha256(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def _read_toml(path: Path) -> _Section:
+def _read_toml(path: Path, known: Sequence[str]) -> _Section:
+    """The top-level table of a file whose top-level keys are ``known`` (``schema_version`` among them).
+
+    A wrong ``schema_version`` is reported first (another schema has other keys), then unknown
+    top-level keys and tables, and only then a missing ``schema_version``."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: file not found")
@@ -150,9 +206,11 @@ def _read_toml(path: Path) -> _Section:
     except OSError as err:
         raise ConfigError(f"{path}: cannot read: {err.strerror}") from None
     root = _Section(path, "", data)
-    version = root.number("schema_version", integer=True)
-    if version != SCHEMA_VERSION:
+    version = root.number("schema_version", None, integer=True)
+    if version is not None and version != SCHEMA_VERSION:
         raise root.fail("schema_version", version, f"this fastmc reads schema_version {SCHEMA_VERSION}")
+    root.expect(known)
+    root.number("schema_version", integer=True)  # required
     return root
 
 
