@@ -12,6 +12,7 @@ deflection validations against Geant4 need (:mod:`fastmc.validate`), and the qui
 from __future__ import annotations
 
 import functools
+import re
 from typing import Any
 
 import jax
@@ -19,16 +20,19 @@ import jax.numpy as jnp
 import numpy as np
 
 from fastmc import units as u
-from fastmc.rng import uniforms
+from fastmc.config import PhysicsSettings
+from fastmc.materials import get_material, homogenise
+from fastmc.physics import build_tables, stochastic_xs, tables_config
+from fastmc.physics.scattering import build_scattering_params
+from fastmc.physics.tables import enable_compilation_cache
+from fastmc.rng import chunk_key, uniforms
 from fastmc.transport import Physics, material_step, n_step_uniforms
 
 
 def resolve_material(name: str):
     """A material by name, or the homogenised cell named by :func:`fastmc.config.mixture_name`
     (e.g. ``"lead1.5mm+scintillator1.5mm"``)."""
-    import re
 
-    from fastmc.materials import get_material, homogenise
 
     try:
         return get_material(name)
@@ -41,12 +45,10 @@ def resolve_material(name: str):
 
 @functools.lru_cache(maxsize=32)
 def layers_physics(materials: tuple[str, ...], settings) -> Physics:
-    from fastmc.physics import build_tables
-    from fastmc.physics.scattering import build_scattering_params
 
     mats = [resolve_material(m) for m in materials]
     dtype = jnp.result_type(float)
-    tables = build_tables(mats, settings.tables_config()).device(dtype)
+    tables = build_tables(mats, tables_config(settings)).device(dtype)
     scat = build_scattering_params(mats, form_factor=settings.form_factor, screening=settings.screening).device(dtype)
     return Physics(tables, scat, settings.scattering, jnp.asarray([m.lambda_I_mm for m in mats], dtype))
 
@@ -100,11 +102,6 @@ def propagate_layers(
     ``return_record``, also returns a dict with the exit state (``tx``, ``ty``, ``x``, ``y``) and
     the summed truth record (``rec_e_cont``, ``rec_e_proc``, ``rec_hardest``, ...).
     """
-    from fastmc.config import PhysicsSettings
-    from fastmc.physics import stochastic_xs
-    from fastmc.physics.tables import enable_compilation_cache
-    from fastmc.rng import chunk_key
-
     enable_compilation_cache()
     s = settings or PhysicsSettings()
     names = tuple(m for m, _ in layers)

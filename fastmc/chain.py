@@ -22,7 +22,7 @@ from fastmc.beam import sample_beam, sample_primaries
 from fastmc.channels.base import BuildContext, Channel, ChannelParams
 from fastmc.config import RunConfig
 from fastmc.geometry import Setup, build_setup, setup_materials
-from fastmc.physics import build_tables
+from fastmc.physics import build_tables, tables_config
 from fastmc.physics.decay import build_decay_tables
 from fastmc.physics.scattering import build_scattering_params
 from fastmc.physics.showers import build_shower_params
@@ -79,7 +79,7 @@ def prepare(cfg: RunConfig) -> Prepared:
     mats, index = setup_materials(cfg.model)
     ph = cfg.physics
     dtype = jnp.result_type(float)
-    tables = build_tables(mats, ph.tables_config())
+    tables = build_tables(mats, tables_config(ph))
     channels = {name: cfg.registry[name] for name in cfg.channels}
     adm = cfg.admixture
     hadrons = adm.kaon_fraction + adm.pion_fraction > 0 or any(c.transports_hadrons for c in channels.values())

@@ -45,5 +45,6 @@ def load_run(path: str | Path, overrides: dict[str, Any] | None = None, *, regis
     """Read and validate a run card (and the model it names); ``overrides``: fields of the result
     to replace (:meth:`~fastmc.config.RunConfig.with_overrides`)."""
     background = tuple(name for name, ch in registry.items() if ch.background)
-    cfg = read_run(path, background, lambda root, ctx: parse_channel_tables(root, ctx, registry), registry)
+    keys = tuple(dict.fromkeys(ch.table.split(".")[0] for ch in registry.values() if ch.table))
+    cfg = read_run(path, background, lambda root, ctx: parse_channel_tables(root, ctx, registry), keys, registry)
     return cfg.with_overrides(**overrides) if overrides else cfg

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import re
 from pathlib import Path
 
@@ -112,3 +113,79 @@ def test_config_mixture_materials_are_shared():
     cfg = load_run(RUNS / "quickstart.toml")
     hcal = {cfg.model.element(f"HCAL{i}").material for i in range(1, 5)}
     assert hcal == {"iron25mm+scintillator4mm"}
+
+
+def test_config_process_names_match_the_physics_registry():
+    """The config checks process names against plain data; it must equal the physics registry."""
+    from fastmc.config import PROCESS_NAMES
+    from fastmc.physics import PROCESSES
+
+    assert PROCESS_NAMES == tuple(PROCESSES)
+
+
+KERNELS = ("physics", "transport", "response", "reconstruct", "run", "selection", "beam", "channels")
+
+
+def _fastmc_imports(path: Path) -> set[str]:
+    """The fastmc modules a file imports anywhere (module level, in functions, under TYPE_CHECKING)."""
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            assert node.level == 0, f"{path}: relative import"
+            out.add(node.module)
+            out |= {f"{node.module}.{a.name}" for a in node.names}  # "from fastmc import units"
+    return {m for m in out if m.split(".")[0] == "fastmc"}
+
+
+def test_config_imports_no_kernel():
+    """fastmc.config is a data layer: it imports no kernel (nor driver, nor channel)."""
+    files = sorted((Path(__file__).parents[1] / "fastmc" / "config").glob("*.py"))
+    assert files
+    for f in files:
+        bad = sorted(m for m in _fastmc_imports(f) if m.split(".")[1:2] and m.split(".")[1] in KERNELS)
+        assert not bad, f"{f.name} imports {bad}"
+
+
+TYPOS = [
+    # (description, transform(card, model) -> (card, model), expected substrings of the one-line message)
+    ("unknown table and missing [run]", lambda c, m: (c.replace("[run]", "[rnu]"), m),
+     ("[rnu]", "unknown table", "did you mean [run]?")),
+    ("unknown top-level key and missing [run]",
+     lambda c, m: (c.replace("schema_version = 1", "schema_version = 1\nsede = 3").replace("[run]", "[xyz]"), m),
+     ("sede = 3", "unknown key")),
+    ("typo'd table", lambda c, m: (c.replace("[physics]", "[phyiscs]"), m),
+     ("[phyiscs]", "unknown table", "did you mean [physics]?")),
+    ("typo'd nested table", lambda c, m: (c + "\n[channels.hadron_decy]\nkaon_generation_fraction = 1.0\n", m),
+     ("[channels.hadron_decy]", "unknown table", "did you mean [channels.hadron_decay]?")),
+    ("typo'd key", lambda c, m: (c.replace("seed = 20221", "sed = 20221"), m),
+     ("run.sed = 20221", "unknown key", "did you mean seed?")),
+    ("typo'd required key", lambda c, m: (c.replace("n_muons = 262144", "n_muon = 262144"), m),
+     ("run.n_muons", "required key is missing", "run.n_muon = 262144")),
+    ("model typo'd table", lambda c, m: (c, m.replace("[beam]", "[bem]")),
+     ("[bem]", "unknown table", "did you mean [beam]?")),
+    ("model typo'd array of tables", lambda c, m: (c, m.replace("[[elements]]", "[[element]]", 1)),
+     ("[[element]]", "unknown array of tables", "did you mean [[elements]]?")),
+    ("typo'd cut bound",
+     lambda c, m: (c.replace('{ var = "p_out_GeV", max = 80.0 }', '{ var = "p_out_GeV", mx = 80.0 }'), m),
+     ("selection.signal.cuts[3].mx = 80.0", "unknown key", "did you mean max?")),
+    ("model typo'd optimise element", lambda c, m: (c, m + '\n[optimise."ECL.z_m"]\nmin = -1\nmax = 1\n'),
+     ('[optimise."ECL.z_m"]', "no element 'ECL'", "did you mean 'ECAL'?")),
+]
+
+
+@pytest.mark.parametrize("desc,transform,needles", TYPOS, ids=[t[0] for t in TYPOS])
+def test_config_unknown_names_reported_first_with_a_suggestion(tmp_path, desc, transform, needles):
+    """A typo is reported as such (before any table or key it hides is reported missing), on one
+    line naming the file, the key and the value, with the closest known name; a table is named,
+    never dumped."""
+    card, model = transform(CARD, MODEL)
+    path = _card(tmp_path, card, model)
+    with pytest.raises(ConfigError) as err:
+        load_run(path)
+    msg = str(err.value)
+    assert "\n" not in msg and "{" not in msg, msg
+    assert re.match(r"^\S+\.toml: ", msg), msg
+    for needle in needles:
+        assert needle in msg, msg

@@ -23,6 +23,7 @@ from fastmc.physics.tables import (
     energy_loss_coefficients,
     sample_v_from_u,
     stochastic_xs,
+    tables_config,
 )
 
 PROCESSES: dict = processes()
@@ -44,4 +45,5 @@ __all__ = [
     "get_process",
     "sample_v_from_u",
     "stochastic_xs",
+    "tables_config",
 ]

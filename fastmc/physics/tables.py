@@ -54,6 +54,7 @@ import math
 import os
 import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -61,6 +62,9 @@ from fastmc import units
 from fastmc._pytree import pytree_dataclass, static_field
 from fastmc.materials import Material, get_material
 from fastmc.physics.registry import INTERACTIONS, gauss_legendre01, get_process
+
+if TYPE_CHECKING:
+    from fastmc.config import PhysicsSettings
 
 TABLES_VERSION = "2"  # 2: leaf xi_per_mm (Landau straggling)
 _MMU = units.muon_mass_c2
@@ -112,6 +116,19 @@ class PhysicsConfig:
                 raise ValueError(f"process {name!r} is not a {want} parametrisation")
         if not 0.0 < self.ekin_min_MeV < self.ekin_max_MeV:
             raise ValueError("need 0 < ekin_min_MeV < ekin_max_MeV")
+
+
+def tables_config(settings: PhysicsSettings) -> PhysicsConfig:
+    """The :class:`PhysicsConfig` of the energy-loss tables for a run card's physics settings
+    (:class:`fastmc.config.PhysicsSettings`; lives here so that the config imports no physics)."""
+    return PhysicsConfig(
+        v_cut=settings.v_cut,
+        e_cut_MeV=settings.e_cut / units.MeV,
+        ionisation=settings.ionisation,
+        brems=settings.brems,
+        pair=settings.pair,
+        photonuclear=settings.photonuclear,
+    )
 
 
 @pytree_dataclass

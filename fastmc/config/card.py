@@ -1,0 +1,373 @@
+"""The run card (runs/*.toml): what to simulate, with which physics, and the selection.
+
+:func:`read_run` reads and validates a card and the model it names, and returns a frozen
+:class:`RunConfig` in CLHEP units.  The channels' own tables (``[channels.<name>]``, ``[signal]``)
+are parsed by the channels that own them, through the ``channel_tables`` callback that
+:func:`fastmc.runcard.load_run` hands in: this package is a data layer and knows no channel.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from fastmc import units as u
+from fastmc.config.model import ModelConfig, load_model
+from fastmc.config.sections import ConfigError, Section, _read_toml, check_signal_mass, file_sha256
+
+# the top level of a run card (and the top-level parts of the channels' tables)
+RUN_CARD_KEYS = ("schema_version", "run", "physics", "admixture", "showers", "optimise", "selection")
+SHOWER_MODELS = ("none", "profile")
+SCATTERING_MODELS = ("highland", "highland_single")
+FORM_FACTORS = ("geant4", "exponential")  # fastmc.physics.scattering.FORM_FACTORS
+SCREENINGS = ("geant4", "moliere")  # fastmc.physics.scattering.SCREENINGS
+# the energy-loss parametrisations a card may name: the keys of fastmc.physics.PROCESSES, in its
+# order (plain data, so that the config imports no physics; tests/test_config.py keeps them equal)
+PROCESS_NAMES = ("ionisation.bbk", "ionisation.bb", "brems.kkp", "pair.kp", "photonuclear.bb", "photonuclear.bp")
+
+
+@dataclasses.dataclass(frozen=True)
+class CutConfig:
+    var: str
+    min: float | None
+    max: float | None
+
+    def describe(self) -> str:
+        if self.min is not None and self.max is not None:
+            return f"{self.min:g} <= {self.var} <= {self.max:g}"
+        if self.min is not None:
+            return f"{self.var} >= {self.min:g}"
+        return f"{self.var} <= {self.max:g}"
+
+
+@dataclasses.dataclass(frozen=True)
+class PhysicsSettings:
+    v_cut: float = 1e-3
+    e_cut: float = 50.0 * u.MeV
+    ionisation: str = "ionisation.bbk"
+    brems: str = "brems.kkp"
+    pair: str = "pair.kp"
+    photonuclear: str = "photonuclear.bb"
+    scattering: str = "highland_single"
+    form_factor: str = "geant4"  # nuclear form factor of single scattering (fastmc.physics.scattering)
+    screening: str = "geant4"  # screening angle of single scattering (fastmc.physics.scattering)
+    max_interactions: int = 8
+    overflow_tolerance: float = 1e-3
+
+
+@dataclasses.dataclass(frozen=True)
+class AdmixtureConfig:
+    """Beam hadrons per muon on target (true fractions): an external input, always also reported
+    per unit fraction."""
+
+    kaon_fraction: float = 0.0
+    pion_fraction: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class ShowerSettings:
+    """``[showers]``: how the energy of hard interactions reaches the calorimeters
+    (:mod:`fastmc.physics.showers`).  ``none``: deposited where it happens (full containment)."""
+
+    model: str = "none"
+    threshold: float = 1.0 * u.GeV  # hardest transfers above it shower (below: local deposit)
+    # h/e of a non-compensating Fe(Pb)/scintillator calorimeter ≈ 0.7 (e/h ≈ 1.3–1.5: Wigmans,
+    # "Calorimetry" (2nd ed., OUP 2017) ch. 3; PDG RPP 2024 "Calorimetry" §35.9.2), approx.
+    h_over_e: float = 0.7
+    # P(one neutral hadron takes ≥ z_min of a photonuclear transfer): no measurement found, an
+    # external input like the kaon fraction (the channel also reports the rate per unit of it)
+    leading_neutral: float = 0.01
+    z_min: float = 0.8  # "single hard neutral hadron" = ≥ 80 % of ν (ldmx-sw PhotoNuclearDQM convention)
+    # mean transverse momentum of the leading neutral hadron: ≈ 0.35 GeV/c, the typical ⟨p_T⟩ of
+    # hadrons in soft hadronic and photoproduction collisions (approx.); p_T ~ p_T e^{−2 p_T/⟨p_T⟩}
+    neutral_pt: float = 0.35 * u.GeV
+    # lateral containment of the showers in the slabs' square apertures (GFLASH radial profile;
+    # hadronic: 2 r R²/(r² + R²)² with 95 % inside hadron_r95_lambda·λ_I)
+    lateral: bool = True
+    # 95 % of a hadronic shower lies within ≈ 1 λ_I of its axis (PDG RPP 2024 "Calorimetry"
+    # §35.9.2; Wigmans, "Calorimetry" (2nd ed., OUP 2017) ch. 2), approx.
+    hadron_r95_lambda: float = 1.0
+    # P(one charged hadron takes ≥ z_min of a photonuclear transfer | no leading neutral): no
+    # measurement found, a free parameter like leading_neutral (approx.); it may punch through
+    # the calorimeters before MS2 and be seen there as an extra track
+    leading_charged: float = 0.02
+
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimiseSettings:
+    """The ``[optimise]`` table of a run card (``fastmc optimize``; see :mod:`fastmc.optimise`)."""
+
+    steps: int = 40
+    learning_rate: float = 0.1  # Adam step in the unconstrained (logit) coordinates
+    batch: int = 4096  # muons per channel per step
+    resample_every: int = 1  # new random numbers every this many steps (common random numbers within)
+    temperature: float = 0.05  # soft cuts: logistic edge width / cut value
+    signal_mass_MeV: float = 100.0  # signal benchmark of the figure of merit
+    punzi_a: float = 1.28  # Punzi's a (one-sided 90 % CL)
+    budget: float | None = None  # cost budget (units of cost_per_unit × parameter)
+    cost_weight: float = 1.0
+    max_length_m: float | None = None  # upper bound on the setup length (first to last element)
+    length_weight: float = 1.0
+    channels: tuple[str, ...] = ()  # background channels of the objective (default: the card's, but analog)
+    eval_n_muons: int | None = None  # hard-mode evaluation (default: the card's n_muons)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    path: Path
+    sha256: str
+    model: ModelConfig
+    n_muons: int
+    chunk_size: int
+    seed: int
+    mot: float
+    channels: tuple[str, ...]
+    physics: PhysicsSettings
+    regions: tuple[tuple[str, tuple[CutConfig, ...]], ...]
+    save_events: bool
+    admixture: AdmixtureConfig = AdmixtureConfig()
+    showers: ShowerSettings = ShowerSettings()
+    max_seconds: float | None = None  # default wall-time budget of a projection (s); --max-seconds overrides
+    optimise: OptimiseSettings = OptimiseSettings()
+    # each registered channel's settings, parsed from its own card table by the channel, and the
+    # registry that parsed them (name → fastmc.channels.base.Channel; not part of the provenance)
+    channel_settings: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    registry: Any = dataclasses.field(default=None, compare=False, repr=False)
+
+    def with_overrides(self, **changes: Any) -> RunConfig:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Resolved configuration (internal units spelled out in the key names) for provenance."""
+
+        def conv(obj: Any) -> Any:
+            if dataclasses.is_dataclass(obj):
+                return {f.name: conv(getattr(obj, f.name)) for f in dataclasses.fields(obj) if f.name != "registry"}
+            if isinstance(obj, Mapping):
+                return {str(k): conv(v) for k, v in obj.items()}
+            if isinstance(obj, (list, tuple)):
+                return [conv(x) for x in obj]
+            if isinstance(obj, Path):
+                return str(obj)
+            return obj
+
+        d = conv(self)
+        d["units"] = "CLHEP: lengths mm, energies/momenta MeV, angles rad, field integrals T·m"
+        return d
+
+
+VARIABLE_HELP = {
+    "p_in_GeV": "momentum reconstructed by the upstream spectrometer (MS1)",
+    "p_out_GeV": "momentum reconstructed by the downstream spectrometer (MS2)",
+    "in_ok": "1 if the upstream track was reconstructed (enough hits), else 0",
+    "out_ok": "1 if the downstream track was reconstructed, else 0",
+    "e_<group>_GeV": "visible energy summed over the readout group (e.g. e_ecal_GeV, e_hcal_GeV)",
+    "e_<group>_MeV": "same in MeV (convenient for counters, e.g. e_veto_MeV)",
+    "p_<out>_chi2ndf": "χ²/ndf of the two straight-line fits of a spectrometer (0 when ndf = 0)",
+    "kink_<out>_mrad": "angle between the incoming track and the spectrometer's upstream arm (both projections)",
+    "kink_<out>_pt_MeV": "the same kink times the reconstructed momentum: the transverse kick at the target",
+    "truth_hadron": "TRUTH (closure/validation studies only): 1 if the primary was a beam hadron",
+    "extra_tracks_p_out": "extra charged tracks reaching MS2: leading charged hadrons that punched through the "
+                          "calorimeters",
+}
+
+
+def selection_variables(model: ModelConfig) -> tuple[str, ...]:
+    """The names a cut may use for this model."""
+    names = ["in_ok", "out_ok", "truth_hadron"]
+    for s in model.spectrometers:
+        names += [f"{s.output}_GeV", f"{s.output}_chi2ndf", f"{s.output}_hits_up", f"{s.output}_hits_down"]
+        if s.incoming:
+            names += [f"kink_{s.output}_mrad", f"kink_{s.output}_pt_MeV", f"{s.output}_hits_in"]
+    if any(s.output == "p_out" for s in model.spectrometers):
+        names.append("extra_tracks_p_out")
+    if any(s.output == "p_in" for s in model.spectrometers) and any(s.incoming for s in model.spectrometers):
+        names.append("kink_beam_mrad")
+    groups = sorted({e.group for e in model.elements if e.kind == "slab" and e.readout != "none"})
+    for g in groups:
+        names += [f"e_{g}_GeV", f"e_{g}_MeV"]
+    return tuple(names)
+
+
+def _parse_cut(sec: Section, variables: tuple[str, ...]) -> CutConfig:
+    sec.expect(("var", "min", "max"))  # a typo'd min/max is reported as such, not as a cut without bounds
+    var = sec.string("var")
+    if var not in variables:
+        raise sec.fail("var", var, f"unknown selection variable (known: {', '.join(variables)})")
+    lo = sec.number("min", None)
+    hi = sec.number("max", None)
+    if lo is None and hi is None:
+        raise sec.fail("var", var, "a cut needs min, max or both")
+    if lo is not None and hi is not None and not lo < hi:
+        raise sec.fail("max", hi, f"must be > min = {lo:g}")
+    sec.finish()
+    return CutConfig(var=var, min=lo, max=hi)
+
+
+@dataclasses.dataclass(frozen=True)
+class CardContext:
+    """What a channel's card table may be checked against: the rest of the card, parsed."""
+
+    path: Path
+    model: ModelConfig
+    channels: tuple[str, ...]  # the card's channels
+    admixture: AdmixtureConfig
+    showers: ShowerSettings
+    run: Section  # the [run] table (errors about the channel list name it)
+    showers_table: Section  # the [showers] table
+
+
+ChannelTables = Callable[[Section, CardContext], Mapping[str, Any]]
+
+
+def read_run(path: str | Path, background_channels: Sequence[str], channel_tables: ChannelTables,
+             channel_keys: Sequence[str] = (), registry: Any = None) -> RunConfig:
+    """Read and validate a run card (and the model it names), all but the channels' own tables:
+    ``channel_tables(root, context)`` parses those (the top-level keys they live under:
+    ``channel_keys``) and returns each channel's settings.  ``run.channels`` may name any of
+    ``background_channels``.  :func:`fastmc.runcard.load_run` is the entry point."""
+    path = Path(path)
+    root = _read_toml(path, RUN_CARD_KEYS + tuple(k for k in channel_keys if k not in RUN_CARD_KEYS))
+    run = root.table("run")
+    model_ref = run.string("model")
+    model_path = (path.parent / model_ref) if not Path(model_ref).is_absolute() else Path(model_ref)
+    if not model_path.is_file():
+        raise run.fail("model", model_ref, f"model file not found ({model_path})")
+    model = load_model(model_path)
+    n_muons = run.number("n_muons", integer=True, ge=1, le=10**15)
+    chunk_size = run.number("chunk_size", 65536, integer=True, ge=1, le=2**24)
+    seed = run.number("seed", 0, integer=True, ge=0, lt=2**32)
+    mot = run.number("mot", gt=0.0)
+    channels = run.strings("channels", ["analog"])
+    for ch in channels:
+        if ch not in background_channels:
+            raise run.fail("channels", list(channels),
+                           f"unknown channel {ch!r} (known: {', '.join(background_channels)})")
+    if not channels or len(set(channels)) != len(channels):
+        raise run.fail("channels", list(channels), "must be a non-empty list without repeats")
+    save_events = run.boolean("save_events", False)
+    max_seconds = run.number("max_seconds", None, gt=0.0, le=1e7)  # wall-time budget (fastmc project)
+    run.finish()
+
+    ph = root.table("physics", {})
+    defaults = PhysicsSettings()
+    physics = PhysicsSettings(
+        v_cut=ph.number("v_cut", defaults.v_cut, gt=0.0, lt=0.5),
+        e_cut=ph.number("e_cut_MeV", defaults.e_cut / u.MeV, gt=0.0, le=1e5) * u.MeV,
+        ionisation=ph.string("ionisation", defaults.ionisation),
+        brems=ph.string("brems", defaults.brems),
+        pair=ph.string("pair", defaults.pair),
+        photonuclear=ph.string("photonuclear", defaults.photonuclear),
+        scattering=ph.string("scattering", defaults.scattering, choices=SCATTERING_MODELS),
+        form_factor=ph.string("form_factor", defaults.form_factor, choices=FORM_FACTORS),
+        screening=ph.string("screening", defaults.screening, choices=SCREENINGS),
+        max_interactions=ph.number("max_interactions", defaults.max_interactions, integer=True, ge=0, le=64),
+        overflow_tolerance=ph.number("overflow_tolerance", defaults.overflow_tolerance, ge=0.0, le=1.0),
+    )
+    _check_process_names(ph, physics)
+    ph.finish()
+
+    adm = root.table("admixture", {})
+    admixture = AdmixtureConfig(
+        kaon_fraction=adm.number("kaon_fraction", 0.0, ge=0.0, lt=1.0),
+        pion_fraction=adm.number("pion_fraction", 0.0, ge=0.0, lt=1.0),
+    )
+    adm.string("source", "")
+    if admixture.kaon_fraction + admixture.pion_fraction >= 1.0:
+        raise adm.fail("pion_fraction", admixture.pion_fraction, "kaon_fraction + pion_fraction must be < 1")
+    adm.finish()
+    sh = root.table("showers", {})
+    dsh = ShowerSettings()
+    showers = ShowerSettings(
+        model=sh.string("model", dsh.model, choices=SHOWER_MODELS),
+        threshold=sh.number("threshold_GeV", dsh.threshold / u.GeV, gt=0.0, le=1e4) * u.GeV,
+        h_over_e=sh.number("h_over_e", dsh.h_over_e, gt=0.0, le=2.0),
+        leading_neutral=sh.number("leading_neutral", dsh.leading_neutral, ge=0.0, le=1.0),
+        z_min=sh.number("z_min", dsh.z_min, ge=0.0, lt=1.0),
+        neutral_pt=sh.number("neutral_pt_GeV", dsh.neutral_pt / u.GeV, ge=0.0, le=100.0) * u.GeV,
+        lateral=sh.boolean("lateral", dsh.lateral),
+        hadron_r95_lambda=sh.number("hadron_r95_lambda", dsh.hadron_r95_lambda, gt=0.0, le=10.0),
+        leading_charged=sh.number("leading_charged", dsh.leading_charged, ge=0.0, le=1.0),
+    )
+    sh.string("source", "")
+    channel_settings = dict(channel_tables(root, CardContext(path, model, channels, admixture, showers, run, sh)))
+    sh.finish()
+
+    variables = selection_variables(model)
+    optimise = _parse_optimise_settings(root.table("optimise", {}), channels)
+    sel = root.table("selection")
+    regions = []
+    for region_name in list(sel.data):
+        region = sel.table(region_name)
+        cuts = tuple(_parse_cut(c, variables) for c in region.tables("cuts"))
+        if not cuts:
+            raise region.fail("cuts", [], "a region needs at least one cut")
+        region.finish()
+        regions.append((region_name, cuts))
+    if not regions:
+        raise ConfigError(f"{path}: selection: needs at least one region (e.g. [selection.signal])")
+    sel.finish()
+    root.finish()
+    cfg = RunConfig(
+        path=path,
+        sha256=file_sha256(path),
+        model=model,
+        n_muons=n_muons,
+        chunk_size=chunk_size,
+        seed=seed,
+        mot=float(mot),
+        channels=channels,
+        physics=physics,
+        regions=tuple(regions),
+        save_events=save_events,
+        admixture=admixture,
+        showers=showers,
+        max_seconds=None if max_seconds is None else float(max_seconds),
+        optimise=optimise,
+        channel_settings=channel_settings,
+        registry=registry,
+    )
+    return cfg
+
+
+def _parse_optimise_settings(sec: Section, channels: tuple[str, ...]) -> OptimiseSettings:
+    d = OptimiseSettings()
+    bkg = tuple(c for c in channels if c != "analog") or channels
+    chans = sec.strings("channels", list(bkg))
+    for c in chans:
+        if c not in channels:
+            raise sec.fail("channels", list(chans), f"{c!r}: must be one of the card's channels (run.channels)")
+    if not chans:
+        raise sec.fail("channels", [], "needs at least one background channel")
+    budget = sec.number("budget", None, gt=0.0)
+    max_len = sec.number("max_length_m", None, gt=0.0)
+    mass = sec.number("signal_mass_MeV", d.signal_mass_MeV)
+    check_signal_mass(mass, lambda why: sec.fail("signal_mass_MeV", mass, why))
+    out = OptimiseSettings(
+        steps=sec.number("steps", d.steps, integer=True, ge=1, le=100000),
+        learning_rate=sec.number("learning_rate", d.learning_rate, gt=0.0, le=10.0),
+        batch=sec.number("batch", d.batch, integer=True, ge=16, le=2**22),
+        resample_every=sec.number("resample_every", d.resample_every, integer=True, ge=1),
+        temperature=sec.number("temperature", d.temperature, gt=0.0, le=1.0),
+        signal_mass_MeV=float(mass),
+        punzi_a=sec.number("punzi_a", d.punzi_a, gt=0.0, le=10.0),
+        budget=budget,
+        cost_weight=sec.number("cost_weight", d.cost_weight, ge=0.0),
+        max_length_m=max_len,
+        length_weight=sec.number("length_weight", d.length_weight, ge=0.0),
+        channels=tuple(chans),
+        eval_n_muons=sec.number("eval_n_muons", None, integer=True, ge=1, le=10**15),
+    )
+    sec.finish()
+    return out
+
+
+def _check_process_names(sec: Section, physics: PhysicsSettings) -> None:
+    for key in ("ionisation", "brems", "pair", "photonuclear"):
+        value = getattr(physics, key)
+        known = sorted(k for k in PROCESS_NAMES if k.split(".")[0] == value.split(".")[0])
+        if value not in PROCESS_NAMES:
+            raise sec.fail(key, value, f"unknown parametrisation (known: {', '.join(known) or 'none'})")
