@@ -226,3 +226,29 @@ def test_load_tables_reads_every_suite():
     assert len(tables["eloss"]) == 9 and len(tables["deflection"]) == 6
     g = tables["deflection"][0]
     assert set(g.hists) == {"theta_x", "theta_y", "theta_space", "disp_x"} and g.hists["theta_x"].scale > 0
+
+
+def test_validate_package_imports_only_lower_layers():
+    """fastmc/validate/ is layered: statistics < tables < simulate < suites, report (text and files)
+    beside them; no module imports one above it, statistics no other fastmc module, and JAX is
+    imported only inside functions (``import fastmc.validate`` stays light)."""
+    import ast
+
+    import fastmc.validate
+
+    allowed = {"statistics": set(), "tables": {"statistics"}, "report": {"statistics"},
+               "simulate": {"statistics", "tables"}, "suites": {"statistics", "tables", "simulate", "report"}}
+    pkg = Path(fastmc.validate.__file__).parent
+    assert {p.stem for p in pkg.glob("*.py")} == set(allowed) | {"__init__"}
+    for name, ok in allowed.items():
+        tree = ast.parse((pkg / f"{name}.py").read_text())
+        mods = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        mods |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+        inner = {m.rsplit(".", 1)[1] for m in mods if m.startswith("fastmc.validate.")}
+        assert inner <= ok, (name, inner - ok)
+        assert not any(m == "fastmc.validate" for m in mods), name
+        if name == "statistics":
+            assert not any(m.split(".")[0] == "fastmc" for m in mods)
+        top = {a.name for n in tree.body if isinstance(n, ast.Import) for a in n.names}
+        top |= {n.module for n in tree.body if isinstance(n, ast.ImportFrom) and n.module}
+        assert not any(m.split(".")[0] == "jax" for m in top), name
