@@ -717,10 +717,10 @@ def cmd_validate(args) -> int:
             print(f"fastmc: note: {written['note']}", file=sys.stderr)
         print(f"wrote {written['json']} and {len(written['png'])} PNG(s)", file=sys.stderr)
     if args.json:
-        from fastmc.validate import _jsonable
+        from fastmc.validate import jsonable
 
-        print(json.dumps({"passed": report["passed"], "checks": _jsonable(report["rows"]),
-                          "timing": _jsonable(report["timing"])}))
+        print(json.dumps({"passed": report["passed"], "checks": jsonable(report["rows"]),
+                          "timing": jsonable(report["timing"])}))
     return 0 if report["passed"] else 1
 
 

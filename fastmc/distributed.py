@@ -23,6 +23,9 @@ from typing import Any, Callable
 
 import numpy as np
 
+from fastmc.chain import prepare
+from fastmc.run import run
+
 __all__ = ["parse_scheduler", "task_ranges", "contiguous_ranges", "ChunkCollector", "run_task", "run_dask"]
 
 
@@ -64,7 +67,6 @@ def task_ranges(ids: np.ndarray, n_tasks: int) -> list[tuple[int, int]]:
 
 class ChunkCollector:
     """Results of disjoint chunk ranges, reduced exactly and idempotently."""
-
     def __init__(self) -> None:
         self.parts: dict[tuple[int, int], Any] = {}
 
@@ -103,8 +105,6 @@ def run_task(cfg: Any, start: int, stop: int, devices: int | None = None) -> Any
     """One task: chunks [start, stop) of ``cfg`` in this (worker) process."""
     import json
 
-    from fastmc.chain import prepare
-    from fastmc.run import run
 
     key = json.dumps(cfg.to_dict(), sort_keys=True, default=str)
     prep = _PREPARED.get(key)
@@ -129,7 +129,6 @@ def run_dask(
     log: Callable[[str], None] | None = None,
 ) -> Any:
     """Simulate ``chunk_ids`` of ``cfg`` on a Dask cluster; returns the merged RunResult.
-
     ``base`` (a partial result, e.g. from a checkpoint) is merged in; ``on_checkpoint`` receives
     the merged partial result after every ``checkpoint_every`` newly completed chunks.
     """

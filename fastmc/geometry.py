@@ -19,8 +19,10 @@ from collections.abc import Sequence
 import jax.numpy as jnp
 import numpy as np
 
+from fastmc import units as u
 from fastmc._pytree import pytree_dataclass, static_field
 from fastmc.config import ModelConfig
+from fastmc.materials import get_material, homogenise
 
 __all__ = ["Element", "Beam", "Spectrometer", "Setup", "build_setup", "setup_materials"]
 
@@ -63,7 +65,6 @@ class Beam:
 @pytree_dataclass
 class Spectrometer:
     """Names only: which trackers and magnets make a momentum measurement (static)."""
-
     name: str = static_field()
     output: str = static_field()
     plane: str = static_field()
@@ -109,7 +110,6 @@ class Setup:
 
 def pickup_probability(e, beam, rate_per_s: float | None = None) -> float:
     """P(at least one stray hit inside a tracker's search road) from beam pile-up.
-
     Pile-up muons arrive at ``rate`` (beam.rate_per_s) within the readout window τ:
     μ = rate·τ per event; each crosses the plane at a position drawn from the beam spot
     (Gaussian σ per projection), so the probability to land in the (2·road)² square around the
@@ -118,7 +118,6 @@ def pickup_probability(e, beam, rate_per_s: float | None = None) -> float:
     """
     import math
 
-    from fastmc import units as u
 
     rate = beam.rate_per_s if rate_per_s is None else rate_per_s
     mu = rate * e.time_window / u.s
@@ -129,8 +128,6 @@ def pickup_probability(e, beam, rate_per_s: float | None = None) -> float:
 
 def setup_materials(model: ModelConfig) -> tuple[list, dict[str, int]]:
     """Materials used by the model, in table order, and the name → index map."""
-    from fastmc.materials import get_material, homogenise
-
     mats: list = []
     index: dict[str, int] = {}
 

@@ -37,6 +37,8 @@ from typing import Any
 import numpy as np
 
 import fastmc
+from fastmc.projection import projection_from
+from fastmc.run import EVENT_KEYS, RunResult
 
 
 @functools.lru_cache(maxsize=1)
@@ -128,7 +130,6 @@ def write_result(
     extra_provenance: dict[str, Any] | None = None,
 ) -> Path:
     """Write a run to HDF5 atomically (temp file + rename).
-
     ``complete=False`` marks a checkpoint (root attribute ``complete``): the file holds the chunks
     done so far and ``fastmc project --resume`` continues it.  ``extra_provenance`` adds
     attributes to /provenance (e.g. the requested chunk range and the device count).
@@ -188,7 +189,6 @@ def _write_run_groups(f, result, projection: dict) -> None:
             rg.attrs["cuts"] = json.dumps([result.slots[s][2] for s in idx])
     f.attrs["projection_json"] = json.dumps(projection)
     if result.events is not None:
-        from fastmc.run import EVENT_KEYS
 
         eg = f.create_group("events")
         eg.attrs["regions"] = json.dumps(sorted({s[0] for s in result.slots}, key=[s[0] for s in result.slots].index))
@@ -208,8 +208,6 @@ def threefry_layout(provenance: dict[str, Any]) -> bool:
 def stored_result(data: dict[str, Any], with_events: bool = False):
     """The :class:`fastmc.run.RunResult` of a file read by :func:`read_result` (per-chunk tallies,
     which chunks each channel simulated, wall seconds; the events if ``with_events``)."""
-    from fastmc.run import RunResult
-
     c, ca = data["chunks"], data["chunk_attrs"]
     return RunResult(channels=tuple(ca["channels"]), slots=[tuple(s) for s in ca["slots"]], chunk_ids=c["ids"],
                      rows=c["rows"], n_gen=c["n_gen"], overflow=c["overflow"], active=c.get("active"),
@@ -230,7 +228,6 @@ def read_result(path: str | Path) -> dict[str, Any]:
                 raise ValueError(f"{path}: not a fastmc output file (no fastmc_version attribute)")
             if "events" in f:
                 ev = f["events"]
-                from fastmc.run import EVENT_KEYS
 
                 events = {k: np.asarray(ev[k]) for k in EVENT_KEYS if k in ev}
                 events["variables"] = {k: np.asarray(ev[k]) for k in ev if k not in events}
@@ -264,14 +261,12 @@ def _py(v: Any) -> Any:
 
 def merge_files(inputs: list[Path], output: Path, command_line: str = "") -> dict[str, Any]:
     """Merge fastmc outputs of disjoint chunk ranges of the same configuration, exactly.
-
     Refuses files whose run card, model, seed, chunk size, channels or selection differ, and
     overlapping chunk ranges (double counting).  Per-chunk rows are concatenated and reduced in
     chunk order, so the merge equals the single-job result bit for bit.  Returns the projection.
     """
     import h5py
 
-    from fastmc.projection import projection_from
 
     if len(inputs) < 2:
         raise ValueError("merge needs at least two input files")

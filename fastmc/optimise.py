@@ -51,9 +51,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from fastmc import units as u
-from fastmc.chain import SoftMode, simulate_events
-from fastmc.config import OPTIMISE_FIELDS, ConfigError, OptimiseParam, RunConfig
+from fastmc.chain import SoftMode, prepare, simulate_events
+from fastmc.config import OPTIMISE_FIELDS, ConfigError, OptimiseParam, RunConfig, load_model
+from fastmc.io import atomic_h5, provenance, write_header
+from fastmc.physics.darkbrem import build_emission_tables, invisible_branching
+from fastmc.projection import projection
+from fastmc.run import run
 from fastmc.selection import soft_pass
+from fastmc.sensitivity import signal_run_config, signal_yields, target_material
 
 HINGE_SHARPNESS = 20.0
 
@@ -61,7 +66,6 @@ HINGE_SHARPNESS = 20.0
 @dataclasses.dataclass(frozen=True)
 class Spec:
     """Static (hashable) description of the objective: changing it recompiles."""
-
     params: tuple[tuple[int, str, float], ...]  # (element index, Element attribute, scale) per parameter
     channels: tuple[Any, ...]  # fastmc.channels.base.Channel of each background channel
     opts_bkg: Any
@@ -74,7 +78,6 @@ class Spec:
 @dataclasses.dataclass
 class Problem:
     """Everything fixed during one optimisation."""
-
     cfg: RunConfig
     params: tuple[OptimiseParam, ...]
     spec: Spec
@@ -89,10 +92,6 @@ class Problem:
 
 def build_problem(cfg: RunConfig, batch: int | None = None) -> Problem:
     """Prepare the background channels and the signal channel of ``cfg`` for the soft objective."""
-    from fastmc.physics.darkbrem import build_emission_tables, invisible_branching
-    from fastmc.chain import prepare
-    from fastmc.sensitivity import signal_run_config, target_material
-
     params = cfg.model.optimise
     if not params:
         raise ConfigError(f"{cfg.model.path}: optimise: the model declares no optimisable number "
@@ -327,8 +326,6 @@ def file_values(params: tuple[OptimiseParam, ...], x) -> list[float | int]:
 
 def write_model(src: Path, dst: Path, params: tuple[OptimiseParam, ...], x, header: str) -> Path:
     """Copy model ``src`` to ``dst`` with the optimised values (comments kept), then validate it."""
-    from fastmc.config import load_model
-
     lines = Path(src).read_text().splitlines()
     values = file_values(params, x)
     # element blocks: [[elements]] ... up to the next [[ or [ table of another array
@@ -381,10 +378,6 @@ def write_card(card: Path, model: Path, dst: Path) -> Path:
 def hard_evaluation(cfg: RunConfig, seed: int, n_muons: int, progress: bool = False,
                     log: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
     """Hard-mode background (every channel of the optimisation), signal yield and FOM with errors."""
-    from fastmc.run import run
-    from fastmc.projection import projection
-    from fastmc.sensitivity import signal_yields
-
     st = cfg.optimise
     cfg_b = cfg.with_overrides(channels=st.channels, seed=seed, n_muons=n_muons, save_events=False,
                                chunk_size=min(cfg.chunk_size, n_muons))
@@ -392,7 +385,8 @@ def hard_evaluation(cfg: RunConfig, seed: int, n_muons: int, progress: bool = Fa
     proj = projection(cfg_b, res)
     bkg = sum(c["expected"] for c in proj["channels"].values())
     bkg_err = math.sqrt(sum(c["stat_err"] ** 2 for c in proj["channels"].values()))
-    rows, _, _ = signal_yields(cfg_b, [st.signal_mass_MeV * u.MeV], cfg.signal.model, n_muons=n_muons, log=log)
+    rows, _, _ = signal_yields(cfg_b, [st.signal_mass_MeV * u.MeV], cfg.channel_settings["signal"].model,
+                               n_muons=n_muons, log=log)
     y = cfg.mot * rows[0]["yield_per_mot_g1"]
     y_err = cfg.mot * rows[0]["yield_per_mot_g1_err"]
     den = 0.5 * st.punzi_a + math.sqrt(max(bkg, 0.0))
@@ -412,7 +406,6 @@ def write_history(path: Path, cfg: RunConfig, problem: Problem, hist: dict[str, 
     """HDF5: /optimise (per-step loss, components, gradient norm, parameters), /evaluation, provenance."""
     import json
 
-    from fastmc.io import atomic_h5, provenance, write_header
 
     with atomic_h5(Path(path)) as f:
         write_header(f, "optimise", command_line, None if result is None else provenance(cfg, result))

@@ -12,6 +12,9 @@ from typing import Any
 
 import numpy as np
 
+from fastmc import units as u
+from fastmc.limits import g2_band
+
 _LABELS = {
     "eloss": r"$\Delta E = E_\mathrm{kin,in} - E_\mathrm{kin,out}$",
     "theta_x": r"$\theta_x$",
@@ -141,7 +144,6 @@ def plot_exclusion(summary: dict[str, Any], path: Path) -> None:
     """Expected 90 % CL upper limit on the coupling vs mass (log–log) with the (g−2)_μ band."""
     import math
 
-    from fastmc import units as u
 
     plt = require_matplotlib()
     rows = summary["rows"]
@@ -151,7 +153,6 @@ def plot_exclusion(summary: dict[str, Any], path: Path) -> None:
     g = np.array([r["g_up"] for r in rows]) * scale
     ge = np.array([r["g_up_stat_err"] for r in rows]) * scale
     fig, ax = plt.subplots(figsize=(7.5, 5.5))
-    from fastmc.limits import g2_band
 
     mm = np.geomspace(m.min(), m.max(), 200) if len(m) > 1 else m
     band = {k: v * scale for k, v in g2_band(mm, model).items()}

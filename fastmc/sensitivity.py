@@ -20,13 +20,18 @@ from typing import Any, Callable
 import numpy as np
 
 from fastmc import units as u
-from fastmc.config import AdmixtureConfig, RunConfig
+from fastmc.chain import prepare
+from fastmc.config import AdmixtureConfig, ConfigError, RunConfig, check_signal_target
+from fastmc.geometry import setup_materials
+from fastmc.io import atomic_h5, provenance, write_header
+from fastmc.limits import coupling_upper_limit, expected_upper_limit, g2_band
+from fastmc.physics.darkbrem import build_emission_tables, invisible_branching, sigma_total
+from fastmc.run import run
 
 
 @dataclasses.dataclass(frozen=True)
 class Background:
     """The background estimate the limit is set with (events at the card's MOT)."""
-
     expected: float
     stat_err: float
     source: str
@@ -42,8 +47,6 @@ def signal_run_config(cfg: RunConfig, n_muons: int | None = None) -> RunConfig:
 
 def target_material(cfg: RunConfig, setup) -> Any:
     """The material of the card's signal target (the emission tables are built for it)."""
-    from fastmc.geometry import setup_materials
-
     mats, _ = setup_materials(cfg.model)
     return mats[int(setup.element(cfg.channel_settings["signal"].target).material)]
 
@@ -51,14 +54,9 @@ def target_material(cfg: RunConfig, setup) -> Any:
 def signal_yields(cfg: RunConfig, masses: list[float], model: str, *, n_muons: int | None = None,
                   progress: bool = False, log: Callable[[str], None] = lambda s: None) -> tuple[list[dict[str, Any]], Any, Any]:
     """Per mass: emission probability, efficiency and yield per MOT for g = 1 (with errors).
-
     Returns (rows, the prepared chain, the last mass's run result — for provenance).
     """
-    from fastmc.physics.darkbrem import build_emission_tables, invisible_branching, sigma_total
-    from fastmc.chain import prepare
-    from fastmc.run import run
 
-    from fastmc.config import ConfigError, check_signal_target
 
     target = cfg.channel_settings["signal"].target
     check_signal_target(cfg.model, target, lambda why: ConfigError(
@@ -115,8 +113,6 @@ def background_from_projection(proj: dict[str, Any], mot: float, source: str) ->
 
 def sensitivity(rows: list[dict[str, Any]], mot: float, bkg: Background, model: str) -> dict[str, Any]:
     """Expected limits on the coupling per mass (adds columns to ``rows``); the summary dict."""
-    from fastmc.limits import coupling_upper_limit, expected_upper_limit, g2_band
-
     lim = expected_upper_limit(bkg.expected, bkg.stat_err)
     masses = np.array([r["mass_MeV"] for r in rows])
     band = g2_band(masses, model)
@@ -160,7 +156,6 @@ def write_sensitivity(path, cfg: RunConfig, summary: dict[str, Any], prep, resul
     import json
     from pathlib import Path
 
-    from fastmc.io import atomic_h5, provenance, write_header
 
     with atomic_h5(Path(path)) as f:
         write_header(f, "sensitivity", command_line, provenance(cfg, result, prep))

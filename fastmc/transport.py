@@ -29,7 +29,6 @@ Every piece of randomness comes as one uniform array per element (DESIGN.md §4)
 
 from __future__ import annotations
 
-import functools
 from typing import Any, Protocol
 
 import jax

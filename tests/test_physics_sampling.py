@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import pytest
 
 from fastmc import units as u
 from fastmc.materials import get_material

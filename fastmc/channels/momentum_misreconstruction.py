@@ -501,7 +501,7 @@ class MomentumMisreconstruction(Channel):
         for n in planes:
             if n not in trackers:
                 raise sec.fail("planes", list(planes), f"{n!r} is not a tracker of the model")
-        if len(planes) < 2:
+        if len(planes) < 2 and (self.name in ctx.channels or "planes" in sec.data):
             raise sec.fail("planes", list(planes), "needs at least 2 planes (a faked slope needs two displaced hits)")
         out = MisrecoSettings(
             planes=tuple(planes),

@@ -15,7 +15,7 @@ from typing import Any
 
 from fastmc import units as u
 from fastmc.config.model import ModelConfig, load_model
-from fastmc.config.sections import ConfigError, Section, _read_toml, check_signal_mass, file_sha256
+from fastmc.config.sections import ConfigError, Section, read_toml, check_signal_mass, file_sha256
 
 # the top level of a run card (and the top-level parts of the channels' tables)
 RUN_CARD_KEYS = ("schema_version", "run", "physics", "admixture", "showers", "optimise", "selection")
@@ -230,7 +230,7 @@ def read_run(path: str | Path, background_channels: Sequence[str], channel_table
     ``channel_keys``) and returns each channel's settings.  ``run.channels`` may name any of
     ``background_channels``.  :func:`fastmc.runcard.load_run` is the entry point."""
     path = Path(path)
-    root = _read_toml(path, RUN_CARD_KEYS + tuple(k for k in channel_keys if k not in RUN_CARD_KEYS))
+    root = read_toml(path, RUN_CARD_KEYS + tuple(k for k in channel_keys if k not in RUN_CARD_KEYS))
     run = root.table("run")
     model_ref = run.string("model")
     model_path = (path.parent / model_ref) if not Path(model_ref).is_absolute() else Path(model_ref)

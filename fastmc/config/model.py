@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from fastmc import units as u
-from fastmc.config.sections import _MISSING, ConfigError, _read_toml, Section, file_sha256
+from fastmc.config.sections import MISSING, ConfigError, Section, file_sha256, read_toml
+from fastmc.materials import MATERIAL_NAMES
 
 # the top level of a model file
 MODEL_KEYS = ("schema_version", "name", "description", "gap_material", "gap_density_scale", "beam", "elements",
@@ -95,7 +96,6 @@ OPTIMISE_FIELDS = {
 @dataclasses.dataclass(frozen=True)
 class OptimiseParam:
     """One optimisable number of a model, in the unit of the file (``unit``)."""
-
     name: str  # "<element>.<field>"
     element: str
     field: str  # key of OPTIMISE_FIELDS
@@ -128,7 +128,6 @@ class ModelConfig:
 
 
 def _known_materials() -> tuple[str, ...]:
-    from fastmc.materials import MATERIAL_NAMES
 
     return tuple(MATERIAL_NAMES)
 
@@ -174,7 +173,7 @@ def _parse_element(sec: Section, materials: tuple[str, ...]) -> ElementConfig:
         kw["bend_plane"] = sec.string("bend_plane", choices=("x", "y"))
     else:
         if "layers" in sec.data:
-            raw = sec.raw("layers", _MISSING)
+            raw = sec.raw("layers", MISSING)
             ok = isinstance(raw, list) and raw and all(
                 isinstance(x, list) and len(x) == 2 and isinstance(x[0], str)
                 and isinstance(x[1], (int, float)) and not isinstance(x[1], bool) and x[1] > 0
@@ -255,7 +254,7 @@ def _parse_spectrometer(sec: Section, elements: dict[str, ElementConfig]) -> Spe
 def load_model(path: str | Path) -> ModelConfig:
     """Read and validate a setup model; raises :class:`ConfigError` with a one-line message."""
     path = Path(path)
-    root = _read_toml(path, MODEL_KEYS)
+    root = read_toml(path, MODEL_KEYS)
     materials = _known_materials()
     name = root.string("name")
     description = root.string("description", "")

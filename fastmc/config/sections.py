@@ -25,7 +25,7 @@ class ConfigError(ValueError):
     """A malformed configuration; ``str(err)`` is a single line naming file, key and value."""
 
 
-_MISSING = object()
+MISSING = object()
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 
 
@@ -56,13 +56,13 @@ class Section:
         name = name if _BARE_KEY.fullmatch(name) else f'"{name}"'
         return f"{self.prefix}{name}" if not self.prefix else f"{self.prefix}.{name}"
 
-    def show(self, name: str, value: Any = _MISSING, what: str = "key") -> str:
+    def show(self, name: str, value: Any = MISSING, what: str = "key") -> str:
         """``key = value``, or ``[key]`` / ``[[key]]`` for a table / an array of tables (never dumped)."""
         if what == "table" or _is_table(value):
             return f"[{self.key(name)}]"
         if what == "array of tables" or _is_array_of_tables(value):
             return f"[[{self.key(name)}]]"
-        return self.key(name) if value is _MISSING else f"{self.key(name)} = {value!r}"
+        return self.key(name) if value is MISSING else f"{self.key(name)} = {value!r}"
 
     def fail(self, name: str, value: Any, why: str) -> ConfigError:
         return ConfigError(f"{self.path}: {self.show(name, value)}: {why}")
@@ -90,7 +90,7 @@ class Section:
         self.used.add(name)
         if name in self.data:
             return self.data[name]
-        if default is _MISSING:
+        if default is MISSING:
             raise ConfigError(f"{self.path}: {self.show(name, what=what)}: required {what} is missing"
                               f"{self._typo_hint(name)}")
         return default
@@ -104,7 +104,7 @@ class Section:
     def number(
         self,
         name: str,
-        default: Any = _MISSING,
+        default: Any = MISSING,
         *,
         gt: float | None = None,
         ge: float | None = None,
@@ -134,7 +134,7 @@ class Section:
             raise self.fail(name, value, f"must be <= {le:g}")
         return value
 
-    def string(self, name: str, default: Any = _MISSING, choices: Sequence[str] | None = None) -> Any:
+    def string(self, name: str, default: Any = MISSING, choices: Sequence[str] | None = None) -> Any:
         value = self.raw(name, default)
         if value is None:
             return None
@@ -144,19 +144,19 @@ class Section:
             raise self.fail(name, value, f"must be one of {', '.join(choices)}")
         return value
 
-    def boolean(self, name: str, default: Any = _MISSING) -> bool:
+    def boolean(self, name: str, default: Any = MISSING) -> bool:
         value = self.raw(name, default)
         if not isinstance(value, bool):
             raise self.fail(name, value, "must be true or false")
         return value
 
-    def strings(self, name: str, default: Any = _MISSING) -> tuple[str, ...]:
+    def strings(self, name: str, default: Any = MISSING) -> tuple[str, ...]:
         value = self.raw(name, default)
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise self.fail(name, value, "must be a list of strings")
         return tuple(value)
 
-    def numbers(self, name: str, default: Any = _MISSING, *, gt: float | None = None,
+    def numbers(self, name: str, default: Any = MISSING, *, gt: float | None = None,
                 le: float | None = None) -> tuple[float, ...]:
         value = self.raw(name, default)
         if not isinstance(value, (list, tuple)) or not all(
@@ -167,13 +167,13 @@ class Section:
                 raise self.fail(name, list(value), f"every value must be in ({gt:g}, {le:g}]")
         return tuple(float(v) for v in value)
 
-    def table(self, name: str, default: Any = _MISSING) -> Section:
+    def table(self, name: str, default: Any = MISSING) -> Section:
         value = self.raw(name, default, "table")
         if not isinstance(value, dict):
             raise self.fail(name, value, "must be a table")
         return Section(self.path, self.key(name), value)
 
-    def tables(self, name: str, default: Any = _MISSING) -> list[Section]:
+    def tables(self, name: str, default: Any = MISSING) -> list[Section]:
         value = self.raw(name, default, "array of tables")
         if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
             raise self.fail(name, value, "must be an array of tables")
@@ -190,7 +190,7 @@ def file_sha256(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def _read_toml(path: Path, known: Sequence[str]) -> Section:
+def read_toml(path: Path, known: Sequence[str]) -> Section:
     """The top-level table of a file whose top-level keys are ``known`` (``schema_version`` among them).
 
     A wrong ``schema_version`` is reported first (another schema has other keys), then unknown

@@ -30,6 +30,7 @@ import numpy as np
 
 from fastmc import units
 from fastmc.materials import Material
+from fastmc.physics.common import gauss_legendre01
 
 _ME = units.electron_mass_c2
 _MMU = units.muon_mass_c2
@@ -114,7 +115,6 @@ class _Ionisation:
         # add ∫ T (factor − 1) dσ/dT dT over T ∈ [1 keV, T_max] (the factor − 1 ∝ T at small T)
         etot = np.asarray(etot, dtype=float)
         beta2, _, tmax = kinematics(etot)
-        from fastmc.physics.registry import gauss_legendre01
 
         x, w = gauss_legendre01(n_gl)
         lo = np.log(1e-3)
@@ -141,13 +141,11 @@ class _Ionisation:
 
 class IonisationBBK(_Ionisation):
     """Bethe–Bloch + knock-ons with the Kelner–Kokoulin–Petrukhin radiative correction."""
-
     name = "ionisation.bbk"
     radiative = True
 
 
 class IonisationBB(_Ionisation):
     """Bethe–Bloch + knock-ons, no radiative correction."""
-
     name = "ionisation.bb"
     radiative = False

@@ -23,7 +23,7 @@ import numpy as np
 
 from fastmc import units
 from fastmc.materials import Material
-from fastmc.physics.registry import CM2, atoms_per_gram, gauss_legendre01
+from fastmc.physics.common import CM2, atoms_per_gram, gauss_legendre01
 
 _ME = units.electron_mass_c2
 _MMU = units.muon_mass_c2

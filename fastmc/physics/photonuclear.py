@@ -36,7 +36,7 @@ import numpy as np
 
 from fastmc import units
 from fastmc.materials import Material
-from fastmc.physics.registry import CM2, atoms_per_gram
+from fastmc.physics.common import CM2, atoms_per_gram
 
 _MMU = units.muon_mass_c2
 _MP = units.proton_mass_c2

@@ -1,4 +1,4 @@
-"""Process registry and small shared helpers of the energy-loss processes.
+"""Process registry of the energy-loss processes (helpers they share: :mod:`.common`).
 
 Names follow PROPOSAL's ``<interaction>.<parametrisation>`` convention.  Every process object
 is stateless and exposes, in host float64 numpy (broadcasting over ``etot`` and ``v``):
@@ -12,30 +12,15 @@ Energies are total energies in MeV (CLHEP).  No import side effects beyond build
 
 from __future__ import annotations
 
-import numpy as np
+from fastmc.physics import bremsstrahlung, ionisation, pair, photonuclear
+from fastmc.physics.common import CM2, atoms_per_gram, gauss_legendre01
 
-from fastmc import units
+__all__ = ["CM2", "INTERACTIONS", "atoms_per_gram", "gauss_legendre01", "get_process", "processes"]
 
 INTERACTIONS: tuple[str, ...] = ("ionisation", "brems", "pair", "photonuclear")
 
 
-def atoms_per_gram(a_gmol: float) -> float:
-    """N_A / A [1/g]."""
-    return units.avogadro / a_gmol
-
-
-def gauss_legendre01(n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Gauss–Legendre nodes and weights on [0, 1]."""
-    x, w = np.polynomial.legendre.leggauss(n)
-    return 0.5 * (x + 1.0), 0.5 * w
-
-
-CM2 = units.cm * units.cm  # mm² per cm²: cross sections in mm² are converted to cm² by /CM2
-
-
 def _build() -> dict:
-    from fastmc.physics import bremsstrahlung, ionisation, pair, photonuclear
-
     procs = [
         ionisation.IonisationBBK(),
         ionisation.IonisationBB(),

@@ -150,7 +150,7 @@ _HBARC_MEV_MM = units.classic_electr_radius * units.electron_mass_c2 / units.fin
 _FM = 1e-12 * units.mm
 _R0_FM = 1.2
 _TINY_U = 1e-7
-# forcing of large single scatters (sample_scattering_info ``force``; the misreconstruction
+# forcing of large single scatters (sample_scattering_info ``force``; a channel's
 # deflection forcing, fastmc.transport.StepForcing): power of the Rutherford survival
 # fraction v.  θ ≈ θ_cut/√v, so P(θ > 16 θ_cut) goes from 1/256 to 1/16 — a 4 mrad scatter behind
 # a 45 mm step of the ECAL cell (θ_cut ≈ 0.25 mrad).  A proposal choice, not physics.

@@ -82,6 +82,7 @@ from typing import Any
 
 from fastmc import units as u
 from fastmc._pytree import pytree_dataclass, static_field
+from fastmc.physics.ionisation import bethe_dedx
 
 EC_SOLID_MEV = 610.0  # PDG RPP 2024 §34.4.4: E_c = 610 MeV/(Z + 1.24) for solids
 EC_Z_OFFSET = 1.24
@@ -108,7 +109,6 @@ PROC_BREMS, PROC_PAIR, PROC_PHOTONUCLEAR = 1, 2, 3  # order of fastmc.physics ta
 @pytree_dataclass
 class ShowerParams:
     """Device arrays for the shower response: per material, and the card's settings."""
-
     x0: Any  # (n_mat,) radiation length [mm]
     lam: Any  # (n_mat,) nuclear interaction length [mm]
     z_eff: Any  # (n_mat,) mass-weighted Z
@@ -136,7 +136,6 @@ def mip_dedx_mm(material) -> float:
     lies at βγ ≈ 3–3.5, PDG RPP 2024 §34.2.3)."""
     import math
 
-    from fastmc.physics.ionisation import bethe_dedx
 
     etot = u.muon_mass_c2 * math.sqrt(1.0 + MIP_BETA_GAMMA**2)  # any singly charged particle at that βγ
     return float(bethe_dedx(material, etot)) * material.density / 10.0  # MeV cm²/g → MeV/mm

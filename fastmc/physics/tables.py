@@ -61,7 +61,8 @@ import numpy as np
 from fastmc import units
 from fastmc._pytree import pytree_dataclass, static_field
 from fastmc.materials import Material, get_material
-from fastmc.physics.registry import INTERACTIONS, gauss_legendre01, get_process
+from fastmc.physics.common import gauss_legendre01
+from fastmc.physics.registry import INTERACTIONS, get_process
 
 if TYPE_CHECKING:
     from fastmc.config import PhysicsSettings

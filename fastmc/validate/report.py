@@ -1,7 +1,7 @@
 """Output of ``fastmc validate``: the summary and timing tables, ``summary.json`` and the plots.
 
-Also the text of a check's value and tolerance (:func:`_value_text`, :func:`_tol_text`) and the
-conversion of results to JSON (:func:`_jsonable`).  Works on plain report dicts; imports no other
+Also the text of a check's value and tolerance (:func:`value_text`, :func:`tol_text`) and the
+conversion of results to JSON (:func:`jsonable`).  Works on plain report dicts; imports no other
 module of :mod:`fastmc.validate` (matplotlib via :mod:`fastmc.plots`, lazily).
 """
 
@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 
-def _tol_text(check: str, par: dict) -> str:
+def tol_text(check: str, par: dict) -> str:
     if check == "chi2":
         return f"p > {par['p_min']:g}"
     if check == "tail_fraction":
@@ -25,7 +25,7 @@ def _tol_text(check: str, par: dict) -> str:
     return f"|r-1| <= {par['rel_tol']:.0%} or |z| <= {par['n_sigma']:g}"
 
 
-def _value_text(check: str, r: dict) -> str:
+def value_text(check: str, r: dict) -> str:
     if check == "chi2":
         return f"chi2/ndf = {r['chi2']:.1f}/{r['ndf']}, p = {r['p_value']:.2g}"
     if check == "tail_fraction":
@@ -39,13 +39,13 @@ def _value_text(check: str, r: dict) -> str:
     return f"r = {r['ratio']:.3f} ({r['mc']:.4g}/{r['ref']:.4g}), z = {r['z']:+.1f}"
 
 
-def _jsonable(obj: Any) -> Any:
+def jsonable(obj: Any) -> Any:
     if isinstance(obj, dict):
-        return {k: _jsonable(v) for k, v in obj.items()}
+        return {k: jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
+        return [jsonable(v) for v in obj]
     if isinstance(obj, np.ndarray):
-        return [_jsonable(v) for v in obj.tolist()]
+        return [jsonable(v) for v in obj.tolist()]
     if isinstance(obj, (np.floating, float)):
         v = float(obj)
         return v if math.isfinite(v) else None
@@ -129,15 +129,15 @@ def write_report(report: dict[str, Any], out_dir: Path, plots: bool = True) -> d
         "passed": report["passed"],
         "n_checks": len(report["rows"]), "n_failed": sum(r["passed"] is False for r in report["rows"]),
         "n_not_comparable": sum(r["passed"] is None for r in report["rows"]),
-        "checks": _jsonable(report["rows"]),
-        "observables": [_jsonable({"suite": o["suite"], "group": o["group"], "observable": o["observable"],
+        "checks": jsonable(report["rows"]),
+        "observables": [jsonable({"suite": o["suite"], "group": o["group"], "observable": o["observable"],
                                    "unit": o["ref"].unit, "n_ref": o["ref"].n_events, "n_mc": o["mc"].n_events,
                                    "chi2": o["compare"]["chi2"], "ndf": o["compare"]["ndf"],
                                    "p_value": o["compare"]["p_value"], "max_abs_pull": o["compare"]["max_abs_pull"],
                                    "ks": o["ks"], "n_stopped_ref": o["n_stopped_ref"],
                                    "n_stopped_mc": o["n_stopped_mc"], "note": o["note"], "png": o.get("png")})
                         for o in report["observables"]],
-        "timing": _jsonable(report["timing"]),
+        "timing": jsonable(report["timing"]),
     }
     tmp = out_dir / ".summary.json.tmp"
     tmp.write_text(json.dumps(summary, indent=1))

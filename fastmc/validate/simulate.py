@@ -55,7 +55,7 @@ def homogenise_layers(layers: list[tuple[str, float]]) -> tuple[list[tuple[str, 
     return out, changed
 
 
-def _config_seed(seed: int, *parts: Any) -> int:
+def config_seed(seed: int, *parts: Any) -> int:
     return (int(seed) * 1000003 + zlib.crc32(json.dumps(parts, sort_keys=True).encode())) % (2**31 - 1)
 
 

@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from fastmc.validate.report import _jsonable, _tol_text, _value_text
-from fastmc.validate.simulate import _config_seed, homogenise_layers, simulate_decay, simulate_transport
+from fastmc.validate.report import jsonable, tol_text, value_text
+from fastmc.validate.simulate import config_seed, homogenise_layers, simulate_decay, simulate_transport
 from fastmc.validate.statistics import (
     INFO_MIN_COUNT,
     Hist,
@@ -34,7 +34,7 @@ from fastmc.validate.tables import (
     SUITES,
     Group,
     TableError,
-    _group_mode,
+    group_mode,
     default_tables_dir,
     load_tables,
     load_tolerances,
@@ -42,9 +42,9 @@ from fastmc.validate.tables import (
 
 
 def _row(suite: str, group: Group, obs: str, check: str, par: dict, result: dict, info: dict) -> dict[str, Any]:
-    return {"suite": suite, "group": group.name, "observable": obs, "check": check, "tolerance": _tol_text(check, par),
+    return {"suite": suite, "group": group.name, "observable": obs, "check": check, "tolerance": tol_text(check, par),
             "reason": " ".join(str(par["reason"]).split()), "passed": bool(result["passed"]),
-            "value": _value_text(check, result), "result": _jsonable(result), "chi2_ndf": info.get("chi2_ndf"),
+            "value": value_text(check, result), "result": jsonable(result), "chi2_ndf": info.get("chi2_ndf"),
             "p_value": info.get("p_value")}
 
 
@@ -121,13 +121,13 @@ def run_validation(suite: str = "all", tables_dir: Path | None = None, tolerance
                                 f"({', '.join(m for m, _ in layers)}); Geant4: {len(a['layers'])} real layers")
                     log(f"[{s}] {group.name}: {n_mc} muons through {len(layers)} element(s) ...")
                     sim = simulate_transport(layers, float(a["ekin_GeV"]), n_mc,
-                                             _config_seed(seed, layers, a["ekin_GeV"]))
+                                             config_seed(seed, layers, a["ekin_GeV"]))
                     n_gen = n_mc
                 else:
-                    mode_name = _group_mode(group)
+                    mode_name = group_mode(group)
                     log(f"[{s}] {group.name}: {n_mc} {a['particle']} decays ({mode_name}) ...")
                     sim = simulate_decay(str(a["particle"]), float(a["momentum_GeV"]), n_mc,
-                                         _config_seed(seed, a["particle"], a["momentum_GeV"], mode_name),
+                                         config_seed(seed, a["particle"], a["momentum_GeV"], mode_name),
                                          None if mode_name == "all" else mode_name)
                     n_gen = n_mc
             except RuntimeError as err:
@@ -139,11 +139,11 @@ def run_validation(suite: str = "all", tables_dir: Path | None = None, tolerance
             timing.append({"suite": s, "group": group.name, **sim["timing"],
                            "g4_cpu_s": a.get("cpu_seconds"), "g4_n_events": group.n_events,
                            "g4_us_per_event": 1e6 * float(a.get("cpu_seconds", float("nan"))) / group.n_events})
-            mode_norm = s == "decay" and _group_mode(group) != "all"
+            mode_norm = s == "decay" and group_mode(group) != "all"
             for obs, ref in group.hists.items():
                 if obs not in sim:
                     continue
-                why_nc = _not_comparable(s, _group_mode(group) if s == "decay" else "", obs, sim)
+                why_nc = _not_comparable(s, group_mode(group) if s == "decay" else "", obs, sim)
                 ref_n = float(a.get("n_mode", group.n_events)) if mode_norm else float(group.n_events)
                 ref_h = dataclasses.replace(ref, n_events=ref_n)
                 mc_h = hist_from_samples(sim[obs], ref.edges, n_gen, unit=ref.unit, scale=ref.scale)

@@ -44,7 +44,7 @@ class Group:
         return int(self.attrs["n_events"])
 
 
-def _group_mode(group: Group) -> str:
+def group_mode(group: Group) -> str:
     """The decay mode of a table group: the name after '<parent>_<p>GeV_' ('all' for all modes)."""
     mode = str(group.attrs.get("decay_mode", "all"))
     if mode == "all":
