@@ -41,6 +41,16 @@ _LONG_FIRST = ("test_optimise.py", "test_channels.py", "test_scaling.py", "test_
                "test_chain.py", "test_signal.py")
 
 
+def pytest_addoption(parser):
+    parser.addoption("--gold", action="store_true", help="run the whole regression tier (tests/test_gold.py)")
+    parser.addoption("--regen-gold", action="store_true", help="rewrite the gold numbers (on purpose only)")
+
+
 def pytest_collection_modifyitems(config, items):
+    if not config.getoption("--gold"):
+        skip = pytest.mark.skip(reason="gold tier: run with --gold (tests/test_gold.py)")
+        for item in items:
+            if item.get_closest_marker("gold") is not None:
+                item.add_marker(skip)
     rank = {name: i for i, name in enumerate(_LONG_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: order within a file kept
