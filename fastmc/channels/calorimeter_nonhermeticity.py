@@ -126,7 +126,8 @@ def forced_photonuclear_step(physics: Physics, state: dict, mat, length, density
     kx, ky = kick_angles(proc, ekin, de, ue[:, 2:])
     st1["tx"] = st1["tx"] + jnp.where(alive, kx, 0.0)
     st1["ty"] = st1["ty"] + jnp.where(alive, ky, 0.0)
-    st1["log_w"] = state["log_w"] + jnp.where(alive, jnp.log(jnp.maximum(prob, 1e-37)), -jnp.inf)
+    # on top of the first half-step's own weight (its count reweighting in soft mode; 0 in hard mode)
+    st1["log_w"] = st1["log_w"] + jnp.where(alive, jnp.log(jnp.maximum(prob, 1e-37)), -jnp.inf)
     st2, r2 = material_step(physics, st1, mat, length - d, density_scale, k,
                             uniforms(jax.random.fold_in(key, 19), (bsz, n_step_uniforms(k)), dtype), ref2)
     return st2, combine_split_records(r1, r2, ue[:, 0], {"de": de, "proc": PROC_PHOTONUCLEAR})
