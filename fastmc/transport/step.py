@@ -1,10 +1,6 @@
-"""Batch-major muon transport through the ordered elements of a :class:`~fastmc.geometry.Setup`.
+"""One element of material: the per-step kernel of the transport (:func:`material_step`, :func:`drift`).
 
-All arrays are (B,) over muons.  :func:`transport` is a ``lax.scan`` over element slots (gap
-drift → material → magnet kick), so the program compiles once whatever the number of elements
-(an unrolled loop over the 24 elements of the 2022 setup took minutes to compile).  Inside one
-piece of material of length L (:func:`material_step`):
-
+Inside one piece of material of length L (:func:`material_step`):
 1. the number N of stochastic interactions (v > v_c, all processes) is drawn from a Poisson
    law of mean Σ(E_in)·L by inverse CDF of one uniform, capped at the element's static
    ``max_interactions`` K.  Draws beyond the cap are *counted* (``overflow``), never silent;
@@ -24,7 +20,10 @@ piece of material of length L (:func:`material_step`):
 above v_c change by < 1 % across one element (they are nearly flat in E), and the bias of that
 approximation is far below the statistical precision of the validation tables.
 
-Every piece of randomness comes as one uniform array per element (DESIGN.md §4).
+Every piece of randomness comes as one uniform array per step (DESIGN.md §4).  Also here: the
+device-side :class:`Physics` bundle, the two protocols a channel's transport forcing satisfies
+(:class:`StepForcing`, :class:`ForcedVertex`) and the helpers a forced vertex builds on
+(:func:`split_reference_lengths`, :func:`combine_split_records`).
 """
 
 from __future__ import annotations
@@ -36,21 +35,27 @@ import jax.numpy as jnp
 import numpy as np
 
 from fastmc import units as u
-from fastmc.geometry import Setup
-from fastmc.physics import continuous_dedx, continuous_ekin_after, continuous_straggling_var, sample_v_from_u, stochastic_xs
-from fastmc.physics.decay import MODES, N_DECAY_UNIFORMS, sample_decay_from_u
+from fastmc.physics import (
+    continuous_dedx,
+    continuous_ekin_after,
+    continuous_straggling_var,
+    sample_v_from_u,
+    stochastic_xs,
+)
 from fastmc.physics.deflection import N_KICK_UNIFORMS, PROC_PHOTONUCLEAR, muon_kick_pt
 from fastmc.physics.scattering import N_UNIFORMS as N_SCAT_UNIFORMS
 from fastmc.physics.scattering import half_circle_azimuth, sample_scattering, sample_scattering_info
-from fastmc.physics.straggling import N_RAD_UNIFORMS
+from fastmc.physics.straggling import (
+    N_RAD_UNIFORMS,
+    fluctuation_variance,
+    sample_fluctuation,
+    sample_radiative_fluctuation,
+)
 from fastmc.physics.straggling import N_UNIFORMS as N_ION_UNIFORMS
-from fastmc.physics.straggling import fluctuation_variance, sample_fluctuation, sample_radiative_fluctuation
-from fastmc.rng import STREAM_TRANSPORT, normal_from_uniform, stream_key, uniforms
+from fastmc.rng import normal_from_uniform
 from fastmc.species import SPECIES_K, SPECIES_MU, SPECIES_PI, species_masses
 
 N_STRAGGLE_UNIFORMS = N_ION_UNIFORMS + N_RAD_UNIFORMS
-
-__all__ = ["Physics", "material_step", "drift", "transport", "element_arrays", "n_step_uniforms", "kinematics"]
 
 N_PROC = 4
 
@@ -412,16 +417,6 @@ def material_step(
     return new, rec
 
 
-def _kick_angle(ekin: jnp.ndarray, field_integral: jnp.ndarray, charge: int, mass: Any = u.muon_mass_c2) -> jnp.ndarray:
-    """Thin-lens dipole kick: Δθ = q·0.2998·∫B dl[T·m] / p[GeV/c].
-
-    Applied at the magnet centre; exact in the small-angle limit for a uniform field (the exit
-    position of a thin lens at the centre equals that of the uniform-field arc to O(θ²)).
-    """
-    pmag, _ = kinematics(ekin, mass)
-    return charge * u.GEV_PER_TESLA_METRE * field_integral * u.GeV / jnp.maximum(pmag, 1.0)
-
-
 def drift(physics: Physics, state: dict, mat, length, density_scale, uu: jnp.ndarray) -> dict:
     """Straight drift through a gap medium (air): sub-cut continuous loss + Gaussian scattering.
 
@@ -446,214 +441,6 @@ def drift(physics: Physics, state: dict, mat, length, density_scale, uu: jnp.nda
     new["ekin"] = jnp.where(alive, ekin, 0.0)
     new["alive"] = alive
     return new
-
-
-def element_arrays(setup: Setup) -> dict[str, jnp.ndarray]:
-    """Per-element-slot arrays for the scan, computed from the setup's leaves (differentiable).
-
-    Slot i: drift ``pre`` mm through the gap medium, then ``length`` mm of material ``mat`` (0 for
-    magnets), then a kick ``kick_x``/``kick_y`` (T·m; magnets only, at their centre).  A magnet's
-    slot ends at its centre, so its second half is part of the next slot's drift.
-    """
-    z_prev = setup.beam.z_start
-    pre, length, mats, dscale, kx, ky, z0, is_slab = [], [], [], [], [], [], [], []
-    for el in setup.elements:
-        z0.append(z_prev)
-        is_slab.append(el.kind == "slab")
-        if el.kind == "magnet":
-            centre = el.z + 0.5 * el.thickness
-            pre.append(centre - z_prev)
-            length.append(jnp.zeros_like(el.thickness))
-            kx.append(el.field_integral if el.bend_plane == "x" else jnp.zeros_like(el.field_integral))
-            ky.append(el.field_integral if el.bend_plane == "y" else jnp.zeros_like(el.field_integral))
-            z_prev = centre
-        else:
-            pre.append(el.z - z_prev)
-            length.append(el.thickness)
-            kx.append(jnp.zeros_like(el.field_integral))
-            ky.append(jnp.zeros_like(el.field_integral))
-            z_prev = el.z + el.thickness
-        mats.append(el.material)
-        dscale.append(el.density_scale)
-    return {
-        "pre": jnp.maximum(jnp.stack(pre), 0.0),
-        "length": jnp.stack(length),
-        "mat": jnp.stack(mats).astype(jnp.int32),
-        "dscale": jnp.stack(dscale),
-        "kick_x": jnp.stack(kx),
-        "kick_y": jnp.stack(ky),
-        "z0": jnp.stack(z0),
-        "is_slab": jnp.asarray(is_slab),
-    }
-
-
-BRANCH_NONE, BRANCH_THIN, BRANCH_THICK, BRANCH_FORCED = 0, 1, 2, 3
-THIN_LAMBDA = 0.02  # slots expecting fewer interactions than this get one slot: P(N>1) ≈ λ²/2 ≤ 2e-4
-
-
-def transport(
-    setup: Setup,
-    physics: Physics,
-    state: dict[str, jnp.ndarray],
-    key_chunk: jax.Array,
-    max_interactions: int = 8,
-    branches: tuple[int, ...] | None = None,
-    forced_decay: bool = False,
-    forced_vertex: ForcedVertex | None = None,
-    setup_ref: Setup | None = None,
-    forcing: StepForcing | None = None,
-    hadrons: bool = False,
-) -> tuple[dict[str, jnp.ndarray], dict[str, Any]]:
-    """Transport a batch from ``setup.beam.z_start`` through every element (``lax.scan``).
-
-    The scan body (one element slot: gap drift, material step, kick) is compiled once whatever
-    the number of elements; its per-slot numbers are arrays (:func:`element_arrays`).  Inside,
-    ``lax.switch`` picks one of three kernels per slot: no material (magnets), *thin* (one
-    interaction slot: trackers, counters — mean count < THIN_LAMBDA) and *thick* (the run's
-    ``max_interactions`` slots).  ``branches`` (static, from :func:`slot_branches`) says which;
-    by default every material slot is thick.
-
-    Returns the final state and the truth record: ``hits[name] = (x, y, reached)`` at each
-    tracker's exit face, ``slabs[name]`` = the material-step record of every slab, and
-    ``n_overflow`` (B,), the number of slots in which an interaction cap was exceeded.
-
-    Hadrons (``hadrons``, static; the state then carries ``species``, ``z_decay``, ``log_w``,
-    ``e_pending``): beam K⁺/π⁺ are transported too (:func:`hadron_slot_before_material`): they decay at ``z_decay``
-    (sampled by the caller), are absorbed in material with probability 1 − exp(−L/λ_I), and the
-    energy of decay photons and absorbed hadrons is deposited in the next slab.
-    ``forced_decay`` (static) forces the muonic K⁺ modes (μν, π⁰μν) with weight Σ BR.
-
-    Forced vertex: with ``forced_vertex`` (a :class:`ForcedVertex`, e.g. one dark-boson emission or
-    one hard photonuclear interaction at a uniform depth) the slots marked ``BRANCH_FORCED`` in
-    ``branches`` (the target) run it instead of the plain material step; the state must carry
-    ``log_w``, to which the forced interaction's probability is added.
-
-    Soft mode (``setup_ref``, :mod:`fastmc.optimise`): discrete draws whose law depends on a
-    material length — interaction counts and hadron absorption — are drawn with the lengths of
-    ``setup_ref`` (a frozen proposal, no gradient) and reweighted to ``setup``'s lengths in
-    ``state["log_w"]`` (the state must carry it): the chain is then smooth in the slab
-    thicknesses for fixed keys, and unbiased.
-
-    Deflection forcing (``forcing``, a :class:`StepForcing`; the state must carry ``tilt_c``,
-    ``tilt_x``, ``tilt_v``, ``kick_force``, ``kick_sign``, ``kick_lr``): the material steps of the
-    slots in ``forcing.slots`` shift the Gaussian scattering core and push the hard deflections in
-    projection ``forcing.axis`` (:func:`material_step`).
-    """
-    key_t = stream_key(key_chunk, STREAM_TRANSPORT)
-    bsz = state["ekin"].shape[0]
-    dtype = state["ekin"].dtype
-    arrays = element_arrays(setup)
-    if setup_ref is not None:
-        arrays["length_ref"] = jax.lax.stop_gradient(element_arrays(setup_ref)["length"])
-    if forcing is not None:
-        arrays["tilt"] = jnp.asarray(forcing.slots, dtype)
-    n_el = len(setup.elements)
-    if branches is None:
-        branches = tuple(BRANCH_NONE if el.kind == "magnet" else BRANCH_THICK for el in setup.elements)
-    charge = setup.beam.charge
-    gap_mat = setup.gap_material
-    gap_scale = setup.gap_density_scale
-    zero = jnp.zeros((bsz,), dtype)
-    empty_rec = {
-        "e_other": zero,
-        "e_cont": zero,
-        "e_proc": jnp.zeros((bsz, N_PROC), dtype),
-        "hardest": zero,
-        "hardest_proc": jnp.full((bsz,), -1, jnp.int32),
-        "hardest_depth": zero,
-        "overflow": jnp.zeros((bsz,), bool),
-    }
-
-    def make_material(k: int):
-        def step(st, a, key):
-            uu = uniforms(key, (bsz, n_step_uniforms(k)), dtype)
-            st, rec = material_step(physics, st, a["mat"], a["length"], a["dscale"], k, uu, a.get("length_ref"),
-                                    forcing, a.get("tilt"))
-            rec["e_other"] = zero
-            return st, {key_: rec[key_] for key_ in empty_rec}
-
-        return step
-
-    kernels = [lambda st, a, key: (st, empty_rec), make_material(1), make_material(max_interactions)]
-    if forced_vertex is not None:  # the BRANCH_FORCED kernel: a forced interaction in the target slot
-
-        def force_kernel(st, a, key):
-            st, rec = forced_vertex(physics, st, a["mat"], a["length"], a["dscale"], max_interactions, key,
-                                    length_ref=a.get("length_ref"))
-            rec["e_other"] = zero
-            return st, {key_: rec[key_] for key_ in empty_rec}
-
-        kernels.append(force_kernel)
-
-    def body(carry, xs):
-        st, n_over = carry
-        i, br, a = xs
-        key_i = jax.random.fold_in(key_t, i)
-        uu = uniforms(jax.random.fold_in(key_i, 0), (bsz, 4), dtype)
-        if hadrons:
-            st = hadron_slot_before_material(
-                physics, st, a, gap_mat, gap_scale, uu, jax.random.fold_in(key_i, 2), forced_decay
-            )
-        else:
-            st = drift(physics, st, gap_mat, a["pre"], gap_scale, uu)
-        st, rec = jax.lax.switch(br, kernels, st, a, jax.random.fold_in(key_i, 1))
-        if hadrons:
-            # energy of decay photons / absorbed hadrons lands in the first slab reached
-            dep = jnp.where(a["is_slab"] & (a["length"] > 0), st["e_pending"], 0.0)
-            rec = dict(rec)
-            rec["e_other"] = rec["e_other"] + dep
-            st = dict(st)
-            st["e_pending"] = st["e_pending"] - dep
-        alive = st["alive"]
-        st = dict(st)
-        mass = state_mass(st)
-        st["tx"] = st["tx"] + jnp.where(alive, _kick_angle(st["ekin"], a["kick_x"], charge, mass), 0.0)
-        st["ty"] = st["ty"] + jnp.where(alive, _kick_angle(st["ekin"], a["kick_y"], charge, mass), 0.0)
-        out = {"x": st["x"], "y": st["y"], "alive": alive, **{key: rec[key] for key in REC_KEYS}}
-        return (st, n_over + rec["overflow"].astype(jnp.int32)), out
-
-    (final, n_overflow), outs = jax.lax.scan(
-        body,
-        (state, jnp.zeros((bsz,), jnp.int32)),
-        (jnp.arange(n_el), jnp.asarray(branches, jnp.int32), arrays),
-    )
-    hits: dict[str, tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]] = {}
-    slabs: dict[str, dict[str, jnp.ndarray]] = {}
-    for i, el in enumerate(setup.elements):
-        if el.kind == "tracker":
-            hits[el.name] = (outs["x"][i], outs["y"][i], outs["alive"][i])
-        elif el.kind == "slab":
-            slabs[el.name] = {key: outs[key][i] for key in REC_KEYS}
-    return final, {"hits": hits, "slabs": slabs, "n_overflow": n_overflow}
-
-
-def slot_branches(setup: Setup, physics: Physics, e_max: float, e_min: float = 1.0 * u.GeV) -> tuple[int, ...]:
-    """Static kernel choice per slot from the expected number of stochastic interactions.
-
-    λ_max = max over kinetic energies in [e_min, e_max] of Σ·L; a slot with λ_max < THIN_LAMBDA
-    is thin (one interaction slot), otherwise thick.  Magnets hold no material.
-    """
-    grid = jnp.geomspace(e_min, e_max, 24)
-    out = []
-    for el in setup.elements:
-        if el.kind == "magnet":
-            out.append(BRANCH_NONE)
-            continue
-        xs = np.asarray(jnp.sum(stochastic_xs(physics.tables, el.material, grid), axis=-1))
-        lam = float(xs.max() * float(el.thickness) * float(el.density_scale))
-        out.append(BRANCH_THIN if lam < THIN_LAMBDA else BRANCH_THICK)
-    return tuple(out)
-
-
-def expected_counts(setup: Setup, physics: Physics, ekin: float) -> dict[str, float]:
-    """Mean number of stochastic interactions per element at kinetic energy ``ekin`` (MeV)."""
-    out = {}
-    for el in setup.elements:
-        if el.kind == "magnet":
-            continue
-        xs = float(jnp.sum(stochastic_xs(physics.tables, el.material, jnp.asarray([ekin]))))
-        out[el.name] = xs * float(el.thickness) * float(el.density_scale)
-    return out
 
 
 REC_KEYS = ("e_cont", "e_proc", "hardest", "hardest_proc", "hardest_depth", "e_other")
@@ -690,97 +477,3 @@ def combine_split_records(r1: dict, r2: dict, f, forced: dict | None = None) -> 
     }
 
 
-N_HADRON_UNIFORMS = 4 + 2  # 4 drift (second part) + absorption + decay-mode choice
-
-
-def hadron_slot_before_material(physics, st, a, gap_mat, gap_scale, uu_drift, key, forced_decay: bool):
-    """Gap drift with an in-flight decay at ``z_decay``, then hadron absorption in the slot's material.
-
-    Order: drift to the decay point (if it lies in this gap), decay, drift the rest; then a hadron
-    entering the material is absorbed with probability 1 − exp(−ℓ/λ_I), ℓ = the path it would
-    travel in the material before decaying (all of it if it decays later); an absorbed hadron's
-    kinetic energy is deposited in this slab.  A hadron decaying inside the material decays at
-    the material's front face (its daughter crosses the full slab): this approximation only
-    concerns decays within a slab (≈ 2 % of the decays before the 2022 ECAL).
-    """
-    dtype = st["ekin"].dtype
-    bsz = st["ekin"].shape[0]
-    uu = uniforms(key, (bsz, N_HADRON_UNIFORMS + N_DECAY_UNIFORMS), dtype)
-    z0, pre = a["z0"], a["pre"]
-    z1 = z0 + pre
-    z2 = z1 + a["length"]
-    zd = st["z_decay"]
-    had = st["alive"] & (st["species"] != SPECIES_MU)
-    in_gap = had & (zd >= z0) & (zd < z1)
-    d1 = jnp.where(in_gap, jnp.clip(zd - z0, 0.0, pre), pre)
-    st = drift(physics, st, gap_mat, d1, gap_scale, uu_drift)
-    st = decay_in_flight(physics, st, in_gap & st["alive"], uu[:, 6:], uu[:, 5], forced_decay)
-    st = drift(physics, st, gap_mat, pre - d1, gap_scale, uu[:, :4])
-    # absorption of hadrons in the material of this slot
-    had = st["alive"] & (st["species"] != SPECIES_MU)
-    zd = st["z_decay"]
-    ell = jnp.clip(zd - z1, 0.0, a["length"]) * a["dscale"]
-    p_survive = jnp.exp(-ell / physics.lambda_i[a["mat"]])
-    st = dict(st)
-    if "length_ref" in a:  # soft mode: draw with the reference length, reweight (see transport)
-        ell_ref = jnp.clip(zd - z1, 0.0, a["length_ref"]) * a["dscale"]
-        p_ref = jnp.exp(-ell_ref / physics.lambda_i[a["mat"]])
-        absorbed = had & (uu[:, 4] > p_ref)
-        lw = jnp.where(absorbed, jnp.log(jnp.maximum(1.0 - p_survive, 1e-300)) - jnp.log(jnp.maximum(1.0 - p_ref, 1e-300)),
-                       (ell_ref - ell) / physics.lambda_i[a["mat"]])
-        st["log_w"] = st["log_w"] + jnp.where(had, lw, 0.0)
-    else:
-        absorbed = had & (uu[:, 4] > p_survive)
-    st["e_pending"] = st["e_pending"] + jnp.where(absorbed, st["ekin"], 0.0)
-    st["alive"] = st["alive"] & ~absorbed
-    in_mat = st["alive"] & had & (zd >= z1) & (zd < z2)
-    return decay_in_flight(physics, st, in_mat, uu[:, 6:], uu[:, 5], forced_decay)
-
-
-def decay_in_flight(physics, st, mask, u_dec, u_mode, forced_decay: bool):
-    """Replace the parent hadron by its decay product where ``mask``; weights go into ``log_w``.
-
-    The one charged track that matters downstream continues (μ⁺ → muon; π⁺ → pion; e⁺ is absorbed
-    at once); the energies of π⁰ photons and of other charged pions are deposited in the next
-    slab (they hit the calorimeter).  With ``forced_decay`` a K⁺ decays only to μ⁺ν or π⁰μ⁺ν,
-    chosen with probability ∝ BR, and the weight carries log(BR_μν + BR_π⁰μν).
-    """
-    tables = physics.decay
-    masses = species_masses()
-    mass = state_mass(st)
-    pmag, _ = kinematics(st["ekin"], mass)
-    pmag = jnp.maximum(pmag, 1.0)
-    sp = st["species"]
-    dk = sample_decay_from_u(tables, "pi+", pmag, u_dec)
-    if forced_decay:
-        i_mn, i_pmn = MODES["K+"].index("mu_nu"), MODES["K+"].index("pi0_mu_nu")
-        a = sample_decay_from_u(tables, "K+", pmag, u_dec, mode=i_mn)
-        b = sample_decay_from_u(tables, "K+", pmag, u_dec, mode=i_pmn)
-        log_sum = jnp.logaddexp(a["log_br"], b["log_br"])
-        take_a = u_mode < jnp.exp(a["log_br"] - log_sum)
-        kk = {key: jnp.where(take_a, a[key], b[key]) for key in a}
-        kk["log_w_force"] = log_sum
-    else:
-        kk = sample_decay_from_u(tables, "K+", pmag, u_dec)
-        kk["log_w_force"] = jnp.zeros_like(pmag)
-    is_k = sp == SPECIES_K
-    d = {key: jnp.where(is_k, kk[key], dk[key]) for key in dk}
-    log_w = jnp.where(is_k, kk["log_w_force"], 0.0)
-    pdg = d["charged_pdg"]
-    new_sp = jnp.where(pdg == -13, SPECIES_MU, jnp.where(pdg == 211, SPECIES_PI, SPECIES_MU))
-    new_m = jnp.where(new_sp == SPECIES_PI, masses[2], masses[0]).astype(st["ekin"].dtype)
-    p = d["p"]
-    ekin_d = jnp.sqrt(p * p + new_m * new_m) - new_m
-    is_e = pdg == -11
-    out = dict(st)
-    out["species"] = jnp.where(mask, new_sp, sp)
-    out["ekin"] = jnp.where(mask, ekin_d, st["ekin"])
-    out["tx"] = jnp.where(mask, st["tx"] + d["theta"] * jnp.cos(d["phi"]), st["tx"])
-    out["ty"] = jnp.where(mask, st["ty"] + d["theta"] * jnp.sin(d["phi"]), st["ty"])
-    dep = d["e_visible_neutral"] + d["e_other_charged"] + jnp.where(is_e, jnp.sqrt(p * p + 0.511**2), 0.0)
-    out["e_pending"] = st["e_pending"] + jnp.where(mask, dep, 0.0)
-    out["alive"] = st["alive"] & ~(mask & is_e)
-    out["z_decay"] = jnp.where(mask, jnp.inf, st["z_decay"])
-    out["log_w"] = st["log_w"] + jnp.where(mask, log_w, 0.0)
-    out["decayed"] = st["decayed"] | mask
-    return out
