@@ -136,16 +136,14 @@ def simulate_events(setup: Setup, physics: Physics, key_c: jax.Array, opts: Chai
     else:
         state = sample_beam(setup.beam, stream_key(key_c, STREAM_BEAM), chunk_size)
         state = {k: v.astype(dtype) for k, v in state.items()}
+        state["log_w"] = jnp.zeros((chunk_size,), dtype)  # every biased choice adds its log p − log q here
+    zero = jnp.zeros((chunk_size,), dtype)
     state["alive"] = jnp.ones((chunk_size,), bool)
     forced_decay = bool(mix is not None and mix.forced)
     branches = opts.branches
     vertex = channel.forced_vertex(params)
-    zero = jnp.zeros((chunk_size,), dtype)
     if vertex is not None:  # a forced interaction in the channel's slot; its weight goes into log_w
         branches = tuple(BRANCH_FORCED if i == params.forced_slot else b for i, b in enumerate(branches))
-        state.setdefault("log_w", zero)
-    if soft is not None:
-        state.setdefault("log_w", zero)
     state, hits_pre = channel.before_transport(setup, params, state, key_c)
     final, truth = transport(setup, physics, state, key_c, opts.max_interactions, branches, forced_decay, vertex,
                              None if soft is None else soft.setup_ref, channel.step_forcing(params), opts.hadrons)
@@ -153,7 +151,7 @@ def simulate_events(setup: Setup, physics: Physics, key_c: jax.Array, opts: Chai
                                  channel.hadron_proposal(params), None if soft is None else soft.temperature, hits_pre)
     variables = reconstruct(setup, measured)
     # weights of the biased choices made in transport (species, forced decays/interactions) and response
-    log_w = (final["log_w"] if "log_w" in final else zero) + measured["log_w"]
+    log_w = final["log_w"] + measured["log_w"]
     log_w, integrated = channel.after_response(setup, params, final, measured, variables, log_w)
     variables["truth_hadron"] = state["hadron"].astype(dtype) if opts.hadrons else zero
     channel.truth_variables(params, final, variables)
