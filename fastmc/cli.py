@@ -566,15 +566,9 @@ def _peak_rss_mb() -> float:
 
 
 def _load_numpy_baseline():
-    import importlib.util
+    from fastmc import numpy_baseline
 
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / "numpy_baseline.py"
-    if not path.is_file():
-        raise UsageError(f"--numpy/--geant4 need the source tree ({path} not found)")
-    spec = importlib.util.spec_from_file_location("fastmc_numpy_baseline", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return numpy_baseline
 
 
 def cmd_bench(args) -> int:

@@ -269,16 +269,14 @@ def test_bench_json_devices_and_numpy(tmp_path):
 
 
 def test_numpy_baseline_is_the_same_algorithm():
-    """The benchmark's NumPy port (benchmarks/numpy_baseline.py) transports a muon exactly as
+    """The benchmark's NumPy port (fastmc/numpy_baseline.py) transports a muon exactly as
     fastmc's material_step does: from the same uniforms, every thick and thin element of the 2022
     setup gives the same exit state to float32 rounding (a ported line that differed, e.g. a
     missing kick or straggling term, would move ekin by ≳ 1 MeV or the angle by ≳ 1e-6 rad)."""
     import jax
     import jax.numpy as jnp
 
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    import numpy_baseline as nb
-
+    from fastmc import numpy_baseline as nb
     from fastmc.rng import chunk_key, uniforms
     from fastmc.transport import Physics, material_step, n_step_uniforms
 
