@@ -20,8 +20,24 @@ class UsageError(Exception):
 
 
 class Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose errors are one line naming the help to read."""
+
+    commands: argparse._SubParsersAction | None = None
+
+    def add_subparsers(self, **kwargs):
+        self.commands = super().add_subparsers(**kwargs)
+        return self.commands
+
+    def parse_args(self, args=None, namespace=None):
+        ns, extra = self.parse_known_args(args, namespace)
+        if extra:
+            # flags no parser knows: reported by the command's own parser, whose --help lists its flags
+            command = self.commands.choices.get(getattr(ns, "command", None)) if self.commands else None
+            (command or self).error(f"unrecognized arguments: {' '.join(extra)}")
+        return ns
+
     def error(self, message: str) -> None:  # one line instead of usage + message
-        self.exit(EXIT_USAGE, f"fastmc: error: {message} (see 'fastmc {self.prog.split()[-1]} --help')\n")
+        self.exit(EXIT_USAGE, f"fastmc: error: {message} (see '{self.prog} --help')\n")
 
 
 def positive_float(flag: str, allow_zero: bool = False):
