@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from fastmc.chain import Prepared, prepare, simulate_chunk
+from fastmc.chain import ChainOptions, Prepared, prepare, simulate_chunk
 from fastmc.config import RunConfig
 from fastmc.rng import chunk_key
 from fastmc.selection import final_slots
@@ -151,6 +151,53 @@ def chunk_groups(ids: np.ndarray, n_dev: int) -> list[np.ndarray]:
     return [ids[i : i + n_dev] for i in range(0, len(ids), n_dev)]
 
 
+def simulate_group(
+    prep: Prepared,
+    channel: str,
+    seed: int,
+    chunk_ids: np.ndarray,
+    n_valid: np.ndarray,
+    devices: list,
+    placed: dict,
+    with_events: bool = False,
+    opts: ChainOptions | None = None,
+) -> tuple[np.ndarray, np.ndarray, dict | None]:
+    """Chunks ``chunk_ids`` of ``channel``, chunk ``j`` (``n_valid[j]`` valid muons) on ``devices[j]``.
+
+    One device: the chunk runs where JAX puts it.  Several: the same compiled program on each device
+    (inputs placed there and kept in ``placed`` per (device, channel), dispatched asynchronously):
+    identical bits whatever the device count — a shard_map program is compiled differently and is
+    not bitwise reproducible.  ``opts`` replaces ``prep.options`` (``fastmc bench``: other chunk
+    sizes).  Returns, on the host and stacked over the chunks: tally rows (n, n_slots, N_FIELDS)
+    float64, overflow counts (n,), and the events (None unless ``with_events``).
+    """
+    opts = prep.options if opts is None else opts
+    ch, params = prep.channels[channel], prep.params[channel]
+    if len(devices) == 1:
+        r, nov, ev = simulate_chunk(
+            prep.setup, prep.physics, prep.selection, chunk_key(seed, int(chunk_ids[0])),
+            jnp.int32(n_valid[0]), opts, ch, with_events, params, prep.showers,
+        )
+        r, nov = np.asarray(r, dtype=np.float64)[None], np.asarray(nov)[None]
+        ev = None if ev is None else jax.tree_util.tree_map(lambda a: np.asarray(a)[None], ev)
+        return r, nov, ev
+    outs = []
+    for j, c in enumerate(chunk_ids):
+        d = devices[j]
+        if (d, channel) not in placed:
+            placed[(d, channel)] = jax.device_put((prep.setup, prep.physics, prep.selection, params, prep.showers), d)
+        st, ph, sl, pa, sh = placed[(d, channel)]
+        key = jax.device_put(chunk_key(seed, int(c)), d)
+        nv = jax.device_put(jnp.int32(n_valid[j]), d)
+        outs.append(simulate_chunk(st, ph, sl, key, nv, opts, ch, with_events, pa, sh))
+    r = np.stack([np.asarray(o[0], dtype=np.float64) for o in outs])
+    nov = np.stack([np.asarray(o[1]) for o in outs])
+    ev = None
+    if with_events:
+        ev = jax.tree_util.tree_map(lambda *a: np.stack([np.asarray(x) for x in a]), *[o[2] for o in outs])
+    return r, nov, ev
+
+
 def run(
     cfg: RunConfig,
     prepared: Prepared | None = None,
@@ -229,37 +276,12 @@ def run(
                 if not on[ci]:
                     continue
                 active[done : done + n_grp, ci] = True
-                channel, params = prep.channels[ch], prep.params[ch]
-                if n_dev == 1:
-                    tc = time.perf_counter()
-                    r, nov, ev = simulate_chunk(
-                        prep.setup, prep.physics, prep.selection, chunk_key(cfg.seed, int(group[0])),
-                        jnp.int32(n_gen[done]), prep.options, channel, cfg.save_events, params, prep.showers,
-                    )
-                    r, nov = np.asarray(r, dtype=np.float64)[None], np.asarray(nov)[None]
-                    if done > 0:
-                        ch_seconds[ci] += time.perf_counter() - tc
-                        timed[ci] += int(n_gen[done])
-                    ev = None if ev is None else jax.tree_util.tree_map(lambda a: np.asarray(a)[None], ev)
-                else:
-                    # the same compiled program on each device (inputs placed there, dispatched
-                    # asynchronously): identical bits whatever the device count — a shard_map
-                    # program is compiled differently and is not bitwise reproducible
-                    outs = []
-                    for j, c in enumerate(group):
-                        d = devs[j]
-                        if (d, ch) not in placed:
-                            placed[(d, ch)] = jax.device_put((prep.setup, prep.physics, prep.selection, params,
-                                                              prep.showers), d)
-                        st, ph, sl, pa, sh = placed[(d, ch)]
-                        key = jax.device_put(chunk_key(cfg.seed, int(c)), d)
-                        nv = jax.device_put(jnp.int32(n_gen[done + j]), d)
-                        outs.append(simulate_chunk(st, ph, sl, key, nv, prep.options, channel, cfg.save_events, pa, sh))
-                    r = np.stack([np.asarray(o[0], dtype=np.float64) for o in outs])
-                    nov = np.stack([np.asarray(o[1]) for o in outs])
-                    ev = None
-                    if cfg.save_events:
-                        ev = jax.tree_util.tree_map(lambda *a: np.stack([np.asarray(x) for x in a]), *[o[2] for o in outs])
+                tc = time.perf_counter()
+                r, nov, ev = simulate_group(prep, ch, cfg.seed, group, n_gen[done : done + n_grp], devs[:n_dev], placed,
+                                            cfg.save_events)
+                if n_dev == 1 and done > 0:
+                    ch_seconds[ci] += time.perf_counter() - tc
+                    timed[ci] += int(n_gen[done])
                 for j, c in enumerate(group):
                     i = done + j
                     rows[i, ci] = r[j]
@@ -343,4 +365,4 @@ def _stack_events(events: dict[str, list]) -> dict[str, Any]:
 
 
 __all__ = ["EVENT_KEYS", "Prepared", "RunResult", "chunk_groups", "merge_events", "n_chunks", "prepare", "run",
-           "select_devices"]
+           "select_devices", "simulate_group"]

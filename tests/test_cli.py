@@ -121,6 +121,31 @@ def test_cli_subprocess_exit_code_for_missing_card():
     assert r.stderr.strip().count("\n") == 0 and "file not found" in r.stderr
 
 
+@pytest.mark.parametrize("argv,help_cmd", [
+    (["project", str(ROOT / "runs" / "quickstart.toml"), "--bogus"], "fastmc project --help"),
+    (["inspect", "x.h5", "--bogus", "--also"], "fastmc inspect --help"),
+    (["project"], "fastmc project --help"),  # a missing argument, reported by the command's parser
+    (["--bogus"], "fastmc --help"),
+])
+def test_cli_usage_error_names_the_right_help(argv, help_cmd, capsys):
+    """An unknown flag after a command points to that command's --help (it once said 'fastmc fastmc --help')."""
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.rstrip().endswith(f"(see '{help_cmd}')"), err
+
+
+def test_cli_runs_as_python_m_fastmc_cli():
+    """``python -m fastmc.cli`` is the same entry point as ``fastmc`` (help, and a command's dispatch)."""
+    r = subprocess.run([sys.executable, "-m", "fastmc.cli", "--help"], capture_output=True, text=True, timeout=60,
+                       check=False)
+    assert r.returncode == 0 and r.stdout.startswith("usage: fastmc"), r.stderr
+    r = subprocess.run([sys.executable, "-m", "fastmc.cli", "optimize", "does/not/exist.toml"],
+                       capture_output=True, text=True, timeout=60, check=False)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "file not found" in r.stderr, r.stderr
+
+
 def test_readme_commands_match_ci():
     """The README's two set-up commands are exactly what .ci/run executes."""
     readme = (ROOT / "README.md").read_text()

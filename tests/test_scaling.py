@@ -231,11 +231,11 @@ def test_cli_scheduler_bad_spec_one_line(capsys):
 def _peak_rss_kib(tmp_path: Path, n_chunks: int) -> int:
     script = (
         "import sys\n"
-        "from fastmc.cli import _peak_rss_mb, main\n"
+        "from fastmc.cli import peak_rss_mb, main\n"
         f"rc = main(['project', {str(CARD)!r}, '--n-muons', '{CHUNK * n_chunks}', '--chunk-size', '{CHUNK}', "
         "'--no-progress', '--json'])\n"
         # this process's own peak (VmHWM): ru_maxrss would include the parent test runner's size
-        "print('RSS', int(_peak_rss_mb() * 1024), file=sys.stderr)\n"
+        "print('RSS', int(peak_rss_mb() * 1024), file=sys.stderr)\n"
         "sys.exit(rc)\n"
     )
     r = subprocess.run([sys.executable, "-c", script], env=_env(tmp_path), capture_output=True, text=True, timeout=300)
@@ -271,16 +271,14 @@ def test_bench_json_devices_and_numpy(tmp_path):
 
 
 def test_numpy_baseline_is_the_same_algorithm():
-    """The benchmark's NumPy port (benchmarks/numpy_baseline.py) transports a muon exactly as
+    """The benchmark's NumPy port (fastmc/numpy_baseline.py) transports a muon exactly as
     fastmc's material_step does: from the same uniforms, every thick and thin element of the 2022
     setup gives the same exit state to float32 rounding (a ported line that differed, e.g. a
     missing kick or straggling term, would move ekin by ≳ 1 MeV or the angle by ≳ 1e-6 rad)."""
     import jax
     import jax.numpy as jnp
 
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    import numpy_baseline as nb
-
+    from fastmc import numpy_baseline as nb
     from fastmc.rng import chunk_key, uniforms
     from fastmc.transport import Physics, material_step, n_step_uniforms
 

@@ -1,0 +1,336 @@
+"""``fastmc project``, ``inspect`` and ``merge``: the background projection, its tables and files."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from fastmc.cli.common import UsageError, check_output, command_line, int_in, load_card, positive_float
+
+
+def _chunk_range(text: str) -> tuple[int, int | None]:
+    try:
+        a, b = text.split(":")
+        start = int(a) if a else 0
+        stop = int(b) if b else None
+        if start < 0 or (stop is not None and stop <= start):
+            raise ValueError
+        return start, stop
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--chunks = {text!r}: must be START:STOP with 0 <= START < STOP") from None
+
+
+def add_project(sub) -> None:
+    pr = sub.add_parser("project", help="simulate a run card and print the background table")
+    pr.add_argument("card", help="run card (runs/*.toml)")
+    pr.add_argument("--mot", type=positive_float("--mot"), help="muons on target to project to (default: the card's)")
+    pr.add_argument("--n-muons", type=int_in("--n-muons", 1, 10**15),
+                    help="primaries to generate (default: the card's)")
+    pr.add_argument("--seed", type=int_in("--seed", 0, 2**32 - 1), help="random seed (default: the card's)")
+    pr.add_argument("--chunk-size", type=int_in("--chunk-size", 1, 2**24), help="muons per chunk (default: the card's)")
+    pr.add_argument("--chunks", type=_chunk_range, metavar="START:STOP", help="simulate only this chunk range")
+    pr.add_argument("-o", "--output", type=Path, help="write the HDF5 output here")
+    pr.add_argument("--json", action="store_true", help="print one JSON object to stdout (table goes to stderr)")
+    pr.add_argument("--no-progress", action="store_true", help="no progress bar")
+    pr.add_argument("--save-events", action="store_true", help="store the selected events in the output")
+    pr.add_argument("--target-rel-err", type=positive_float("--target-rel-err"), metavar="F",
+                    help="stop each channel once its signal estimate reaches this relative error with "
+                         "no diagnostic warning; the run ends when all have (n_muons, --max-seconds: the budget)")
+    pr.add_argument("--max-seconds", type=positive_float("--max-seconds"), help="wall-time budget of the simulation")
+    pr.add_argument("--devices", type=int_in("--devices", 1, 4096), metavar="N",
+                    help="use the first N local devices (default: all; results do not depend on it)")
+    pr.add_argument("--scheduler", metavar="SPEC",
+                    help="run chunk ranges as Dask tasks: local:N (LocalCluster of N worker processes) or "
+                         "tcp://HOST:PORT (running scheduler); needs the 'dist' extra")
+    pr.add_argument("--checkpoint-every", type=int_in("--checkpoint-every", 1, 10**9), default=0, metavar="N",
+                    help="write the chunks done so far to -o every N chunks (file marked complete=False)")
+    pr.add_argument("--resume", action="store_true",
+                    help="continue the unfinished run in -o (same card, model, seed, chunk size)")
+
+
+def add_inspect(sub) -> None:
+    ins = sub.add_parser("inspect", help="summarise a fastmc HDF5 output file")
+    ins.add_argument("file", type=Path)
+    ins.add_argument("--json", action="store_true", help="print the stored projection as JSON")
+
+
+def add_merge(sub) -> None:
+    mg = sub.add_parser("merge", help="merge outputs of disjoint chunk ranges of one run card, exactly")
+    mg.add_argument("inputs", type=Path, nargs="+", help="fastmc HDF5 files (same card, seed, chunk size)")
+    mg.add_argument("-o", "--output", type=Path, required=True, help="merged HDF5 file")
+    mg.add_argument("--json", action="store_true", help="print the merged projection as JSON")
+
+
+def format_table(proj: dict[str, Any]) -> str:
+    lines = [
+        f"fastmc background projection — region '{proj['region']}', MOT = {proj['mot']:.3g}",
+        (f"{'channel':<28}{'expected':>12}{'stat err':>11}{'rel err':>9}{'n sel':>9}{'n gen':>12}{'ESS':>10}"
+         f"{'max w share':>13}"),
+    ]
+    for name, c in proj["channels"].items():
+        if c["n_selected"] == 0:
+            lines.append(
+                f"{name:<28}{'< ' + format(c['upper_limit_90'], '.3g'):>12}{'(90% CL)':>11}{'-':>9}{0:>9}"
+                f"{c['n_generated']:>12}{'-':>10}{'-':>13}"
+            )
+        else:
+            lines.append(
+                f"{name:<28}{c['expected']:>12.4g}{c['stat_err']:>11.3g}{c['rel_err']:>9.1%}{c['n_selected']:>9}"
+                f"{c['n_generated']:>12}{c['ess']:>10.4g}{c['max_weight_share']:>13.3g}"
+            )
+    t = proj["total"]
+    if all(c["n_selected"] == 0 for c in proj["channels"].values()):
+        lines.append(f"{'total':<28}{'-':>12}{'(no event selected in any channel)':>36}")
+    else:
+        lines.append(f"{'total':<28}{t['expected']:>12.4g}{t['stat_err']:>11.3g}")
+    foms = [(name, c) for name, c in proj["channels"].items() if c.get("fom_gain_vs_analog")]
+    if foms:
+        lines.append("figure of merit 1/(R²·T), T wall seconds after compilation; gain over analog simulation of the"
+                     " same probability:")
+        for name, c in foms:
+            lines.append(f"  {name:<28} µs/primary {c['seconds_per_primary'] * 1e6:8.3g}   FOM {c['fom']:10.3g}/s"
+                         f"   gain vs analog {c['fom_gain_vs_analog']:10.3g}")
+    for name, c in proj["channels"].items():
+        pu = c.get("per_unit_fraction")
+        if pu:
+            val = f"{pu['expected']:.4g} ± {pu['stat_err']:.3g}" if c["n_selected"] else f"< {pu['upper_limit_90']:.3g}"
+            lines.append(f"  {name}: per unit {pu['species']} fraction (fraction = {pu['fraction']:.3g}): {val}")
+    return "\n".join(lines)
+
+
+def format_cutflow(proj: dict[str, Any]) -> str:
+    lines = []
+    for ch, regions in proj["cutflow"].items():
+        for region, steps in regions.items():
+            lines.append(f"cut flow [{ch}] region '{region}':")
+            for s in steps:
+                frac = s["n_selected"] / s["n_generated"] if s["n_generated"] else 0.0
+                lines.append(f"  {s['step']:>2}  {s['cut']:<40}{s['n_selected']:>10}  ({frac:.3g} of generated)")
+    return "\n".join(lines)
+
+
+def _warnings(proj: dict[str, Any], result, cfg) -> list[str]:
+    out = []
+    act = result.channel_active()
+    for ci, ch in enumerate(result.channels):
+        n_total = int(result.n_gen[act[:, ci]].sum())
+        over = int(result.overflow[:, ci].sum())
+        if over and over / n_total > cfg.physics.overflow_tolerance:
+            out.append(
+                f"channel {ch}: {over} interaction-slot overflows in {n_total} muons exceed "
+                f"physics.overflow_tolerance = {cfg.physics.overflow_tolerance:g}; raise physics.max_interactions"
+            )
+        elif over:
+            out.append(f"channel {ch}: {over} interaction-slot overflow(s) in {n_total} muons (cap reached; counted)")
+    from fastmc.tally import diagnose
+
+    for name, c in proj["channels"].items():
+        out += diagnose(f"channel {name}", c)
+    return out
+
+
+RESUME_KEYS = ("n_muons", "seed", "chunk_size", "mot", "save_events")
+
+
+def _resume_config(args, cfg):
+    """The configuration and the partial result of the checkpoint in ``-o`` (``--resume``).
+
+    Settings not given on the command line are taken from the checkpoint; any that differ
+    (card, model, seed, chunk size, ...) refuse the resume.
+    """
+    from fastmc.io import read_result, stored_result
+    from fastmc.run import n_chunks
+
+    path = args.output
+    try:
+        data = read_result(path)
+    except FileNotFoundError:
+        raise UsageError(f"--resume: {str(path)!r} does not exist: nothing to resume") from None
+    except ValueError as err:
+        raise UsageError(f"--resume: {err}") from None
+    if data["complete"]:
+        raise UsageError(f"--resume: {str(path)!r} is a complete run: nothing to resume")
+    stored = data["config"]
+    changes = {}
+    for key in RESUME_KEYS:
+        flag = "save_events" if key == "save_events" else key
+        given = getattr(args, flag, None)
+        if not given and key in stored:  # not given (None/False): take the checkpoint's
+            changes[key] = stored[key]
+    cfg = cfg.with_overrides(**changes)
+    mine = cfg.to_dict()
+    names = {"sha256": "run card", "model": "model", "seed": "seed", "chunk_size": "chunk size",
+             "n_muons": "number of muons", "mot": "MOT"}
+    for key in ("sha256", "model", "seed", "chunk_size", "n_muons", "mot", "channels", "physics", "regions",
+                "save_events", "admixture", "channel_settings"):
+        a, b = mine.get(key), stored.get(key)
+        if key == "model":
+            a, b = (a or {}).get("sha256"), (b or {}).get("sha256")
+        if json.dumps(a, sort_keys=True, default=str) != json.dumps(b, sort_keys=True, default=str):
+            raise UsageError(f"--resume: {names.get(key, key)} differs from the checkpoint {str(path)!r}: "
+                             "refusing to resume")
+    from fastmc.io import threefry_layout
+    from fastmc.rng import THREEFRY_PARTITIONABLE
+
+    if threefry_layout(data["provenance"]) != THREEFRY_PARTITIONABLE:
+        raise UsageError(f"--resume: {str(path)!r} was drawn with another random-bit layout (provenance "
+                         f"threefry_partitionable = {threefry_layout(data['provenance'])}; this fastmc: "
+                         f"{THREEFRY_PARTITIONABLE}): refusing to resume")
+    req = json.loads(data["provenance"].get("requested_chunks", "null") or "null")
+    if req is None:
+        raise UsageError(f"--resume: {str(path)!r} records no requested chunk range")
+    if args.chunks is not None:
+        a, b = args.chunks
+        if a != req[0] or (b is not None and min(b, n_chunks(cfg)) != req[1]):
+            raise UsageError(f"--resume: --chunks = {a}:{b if b is not None else ''} differs from the checkpoint's "
+                             f"{req[0]}:{req[1]}")
+    return cfg, stored_result(data, with_events=True), (int(req[0]), int(req[1]))
+
+
+def cmd_project(args) -> int:
+    cfg = load_card(args)
+    check_output(args.output)
+    if args.checkpoint_every and args.output is None:
+        raise UsageError("--checkpoint-every needs -o OUT.h5 (the checkpoint is written there)")
+    if args.resume and args.output is None:
+        raise UsageError("--resume needs -o OUT.h5 (the checkpoint to continue)")
+    if args.checkpoint_every and not args.resume and args.output.exists():
+        raise UsageError(f"-o = {str(args.output)!r} exists: a checkpointed run will not replace it "
+                         "(continue it with --resume, or choose another path)")
+    if args.scheduler is not None and (args.target_rel_err is not None or args.max_seconds is not None):
+        raise UsageError("--target-rel-err/--max-seconds are not available with --scheduler (tasks are fixed ranges)")
+    if args.scheduler is not None:
+        from fastmc.distributed import parse_scheduler
+
+        try:
+            parse_scheduler(args.scheduler)
+        except ValueError as err:
+            raise UsageError(str(err)) from None
+        import importlib.util
+
+        if importlib.util.find_spec("distributed") is None:
+            raise UsageError("--scheduler needs Dask: pip install 'fastmc[dist]'")
+    done = None
+    if args.resume:
+        cfg, done, (start, stop) = _resume_config(args, cfg)
+    import numpy as np
+
+    from fastmc.io import write_result
+    from fastmc.chain import prepare
+    from fastmc.projection import projection
+    from fastmc.run import n_chunks, run, select_devices
+
+    if not args.resume:
+        start, stop = args.chunks if args.chunks else (0, None)
+        if start >= n_chunks(cfg):
+            raise UsageError(f"--chunks = {start}:{stop}: the run has only {n_chunks(cfg)} chunks")
+        stop = n_chunks(cfg) if stop is None else min(stop, n_chunks(cfg))
+    try:
+        devs = select_devices(args.devices)
+    except ValueError as err:
+        raise UsageError(f"--devices = {args.devices}: {err}") from None
+    wanted = np.arange(start, stop)
+    todo = wanted if done is None else np.setdiff1d(wanted, done.chunk_ids)
+    command = command_line()
+    extra = {"requested_chunks": json.dumps([int(start), int(stop)]),
+             "n_devices": len(devs) if args.scheduler is None else 0,
+             "scheduler": args.scheduler or ""}
+    prep = prepare(cfg) if args.scheduler is None or args.output is not None else None
+
+    def checkpoint(merged) -> None:
+        write_result(args.output, cfg, merged, projection(cfg, merged), prep, command, complete=False,
+                     extra_provenance=extra)
+        print(f"checkpoint: {len(merged.chunk_ids)}/{len(wanted)} chunks in {args.output}", file=sys.stderr)
+
+    every = args.checkpoint_every
+    if len(todo) == 0:
+        result = done
+    elif args.scheduler is not None:
+        from fastmc.distributed import run_dask
+
+        result = run_dask(cfg, args.scheduler, todo, devices=args.devices, checkpoint_every=every,
+                          on_checkpoint=checkpoint if every else None, base=done,
+                          log=lambda m: print(m, file=sys.stderr))
+    else:
+        result = run(cfg, prep, progress=not args.no_progress, target_rel_err=args.target_rel_err,
+                     max_seconds=args.max_seconds if args.max_seconds is not None else cfg.max_seconds,
+                     chunk_ids=todo, devices=args.devices,
+                     checkpoint_every=every,
+                     on_checkpoint=(lambda part: checkpoint(part if done is None else done.merge(part)))
+                     if every else None)
+        if done is not None:
+            result = done.merge(result)
+    proj = projection(cfg, result)
+    proj["stop_reason"] = result.stop_reason
+    out_path = None
+    if args.output is not None:
+        out_path = str(write_result(args.output, cfg, result, proj, prep, command, complete=True,
+                                    extra_provenance=extra))
+    proj_out = {k: v for k, v in proj.items() if k != "cutflow"}
+    proj_out["output"] = out_path
+    table = format_table(proj)
+    for w in _warnings(proj, result, cfg):
+        print(f"fastmc: warning: {w}", file=sys.stderr)
+    rate = int(result.n_gen.sum()) / max(result.seconds, 1e-9)
+    log = f"{int(result.n_gen.sum())} primaries in {result.seconds:.1f} s ({rate:.3g}/s); stopped: {result.stop_reason}"
+    if args.target_rel_err is not None and not result.stop_reason.startswith("target"):
+        print(f"fastmc: warning: {result.stop_reason}", file=sys.stderr)
+    if args.json:
+        print(table, file=sys.stderr)
+        print(log, file=sys.stderr)
+        print(json.dumps(proj_out))
+    else:
+        print(table)
+        print(format_cutflow(proj))
+        print(log, file=sys.stderr)
+        if out_path:
+            print(f"wrote {out_path}", file=sys.stderr)
+    return 0
+
+
+def cmd_inspect(args) -> int:
+    from fastmc.io import read_result
+
+    try:
+        data = read_result(args.file)
+    except (FileNotFoundError, ValueError) as err:
+        raise UsageError(str(err)) from None
+    if args.json:
+        print(json.dumps(data["projection"]))
+        return 0
+    a, p = data["attrs"], data["provenance"]
+    print(f"{args.file}: fastmc {a['fastmc_version']} (schema {a['schema_version']}), created {a['created']}")
+    print(f"  command: {a.get('command_line', '')}")
+    print(f"  config: {p['config_path']} (sha256 {str(p['config_sha256'])[:12]}…), model {p['model_path']}")
+    print(f"  seed {p['seed']}, chunk size {p['chunk_size']}, chunks {p['chunk_range']}, backend {p['backend']}, "
+          f"jax {p['jax']}, git {p['git_describe'] or '-'}")
+    if not data["complete"]:
+        req = p.get("requested_chunks") or "?"
+        print(f"  UNFINISHED checkpoint (complete=False): {len(data['chunks']['ids'])} chunks of {req} done; "
+              "continue with 'fastmc project CARD -o FILE --resume'")
+    if data["has_events"]:
+        print(f"  events stored: {data['n_events']}")
+    print(format_table(data["projection"]))
+    return 0
+
+
+def cmd_merge(args) -> int:
+    from fastmc.io import merge_files
+
+    check_output(args.output)
+    if args.output.resolve() in [p.resolve() for p in args.inputs]:
+        raise UsageError(f"-o = {str(args.output)!r}: must not be one of the inputs")
+    try:
+        proj = merge_files(list(args.inputs), args.output, command_line())
+    except (FileNotFoundError, ValueError) as err:
+        raise UsageError(str(err)) from None
+    if args.json:
+        print(json.dumps({**{k: v for k, v in proj.items() if k != "cutflow"}, "output": str(args.output)}))
+    else:
+        print(format_table(proj))
+        print(f"wrote {args.output}", file=sys.stderr)
+    return 0
+
