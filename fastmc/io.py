@@ -93,7 +93,7 @@ def write_header(f, kind: str, command_line: str, prov: dict[str, Any] | None) -
     """File attributes (version, schema, creation time, command line, kind) and /provenance."""
     f.attrs["fastmc_version"] = fastmc.__version__
     f.attrs["schema_version"] = fastmc.SCHEMA_VERSION
-    f.attrs["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat()
+    f.attrs["created"] = _dt.datetime.now(_dt.UTC).isoformat()
     f.attrs["command_line"] = command_line
     f.attrs["kind"] = kind
     g = f.create_group("provenance")
@@ -139,7 +139,7 @@ def write_result(
     with atomic_h5(path) as f:
         f.attrs["fastmc_version"] = fastmc.__version__
         f.attrs["schema_version"] = fastmc.SCHEMA_VERSION
-        f.attrs["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat()
+        f.attrs["created"] = _dt.datetime.now(_dt.UTC).isoformat()
         f.attrs["command_line"] = command_line or " ".join(sys.argv)
         f.attrs["complete"] = bool(complete)
         prov = f.create_group("provenance")
@@ -299,7 +299,7 @@ def merge_files(inputs: list[Path], output: Path, command_line: str = "") -> dic
     with h5py.File(inputs[0], "r") as src, atomic_h5(output) as f:
         for k, v in src.attrs.items():
             f.attrs[k] = v
-        f.attrs["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat()
+        f.attrs["created"] = _dt.datetime.now(_dt.UTC).isoformat()
         f.attrs["command_line"] = command_line or " ".join(sys.argv)
         f.attrs["complete"] = True
         src.copy("provenance", f)

@@ -458,8 +458,8 @@ if __name__ == "__main__":  # pragma: no cover
     import sys
     from pathlib import Path
 
-    from fastmc.runcard import load_run
     from fastmc.chain import prepare
+    from fastmc.runcard import load_run
 
     root = Path(__file__).resolve().parent.parent
     card = sys.argv[1] if len(sys.argv) > 1 else str(root / "runs" / "quickstart.toml")

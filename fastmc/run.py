@@ -21,7 +21,8 @@ import dataclasses
 import math
 import sys
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -33,7 +34,6 @@ from fastmc.config import RunConfig
 from fastmc.rng import chunk_key
 from fastmc.selection import final_slots
 from fastmc.tally import N_FIELDS, Tally, diagnose, reduce_chunks
-
 
 # per stored event: chunk and index in the chunk (replayable), channel index, bit mask of the
 # regions that selected it (bit r = region r of the card), log-weight

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 
 from fastmc import units as u
-from fastmc.runcard import load_run
+from fastmc.api import propagate_slab
+from fastmc.chain import chunk_variables, prepare
 from fastmc.materials import get_material
 from fastmc.physics.scattering import highland_theta0
-from fastmc.chain import chunk_variables, prepare
-from fastmc.api import propagate_slab
+from fastmc.runcard import load_run
 
 from .conftest import ROOT
 

@@ -22,16 +22,22 @@ import jax.numpy as jnp
 
 from fastmc import units as u
 from fastmc._pytree import pytree_dataclass
-from fastmc.channels import CHANNELS, BuildContext, Channel, ChannelParams
 from fastmc.chain import prepare
+from fastmc.channels import CHANNELS, BuildContext, Channel, ChannelParams
 from fastmc.physics import sample_v_from_u, stochastic_xs
 from fastmc.physics.deflection import N_KICK_UNIFORMS
 from fastmc.projection import projection
 from fastmc.rng import uniforms
 from fastmc.run import run
 from fastmc.runcard import load_run
-from fastmc.transport import N_PROC, combine_split_records, kick_angles, material_step, n_step_uniforms, \
-    split_reference_lengths
+from fastmc.transport import (
+    N_PROC,
+    combine_split_records,
+    kick_angles,
+    material_step,
+    n_step_uniforms,
+    split_reference_lengths,
+)
 
 MODEL = """schema_version = 1
 name = "toy_target"

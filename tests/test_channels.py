@@ -7,10 +7,10 @@ import math
 import numpy as np
 import pytest
 
-from fastmc.runcard import load_run
 from fastmc.chain import chunk_variables, prepare
-from fastmc.run import run
 from fastmc.projection import projection, projection_from
+from fastmc.run import run
+from fastmc.runcard import load_run
 
 from .conftest import ROOT
 
@@ -51,8 +51,9 @@ def test_channels_hadron_decay_kinematics(closure):
     assert (p < 7.33 * 0.9).mean() < 0.05 and np.median(p) < 160 and np.percentile(p, 99) < 160 * 1.15
     # weight = f_K / f_gen · P(decay in the region) · (BR_μν + BR_π0μν): the same for all events
     # up to the momentum dependence of P(decay) (λ = βγcτ ∝ p, spread 3.5 %)
-    from fastmc.physics.decay import ctau_mm
     from particle import Particle
+
+    from fastmc.physics.decay import ctau_mm
 
     m_k = Particle.from_pdgid(321).mass
     lam = 160e3 / m_k * ctau_mm("K+")  # mm
@@ -213,10 +214,10 @@ def test_channels_deflection_forcing_weights_are_exact(tilt):
     import jax
     import jax.numpy as jnp
 
-    from fastmc.config import PhysicsSettings
-    from fastmc.channels.momentum_misreconstruction import DeflectBias, deflect_components, deflect_log_weight
-    from fastmc.rng import uniforms
     from fastmc.api import layers_physics
+    from fastmc.channels.momentum_misreconstruction import DeflectBias, deflect_components, deflect_log_weight
+    from fastmc.config import PhysicsSettings
+    from fastmc.rng import uniforms
     from fastmc.transport import material_step, n_step_uniforms
 
     physics = layers_physics(("lead1.5mm+scintillator1.5mm",), PhysicsSettings())
@@ -272,9 +273,9 @@ def test_channels_integrated_kink_cut_equals_resampled_core():
     import jax.numpy as jnp
     from scipy.stats import norm
 
-    from fastmc.runcard import load_run as _load
-    from fastmc.geometry import build_setup, setup_materials
     from fastmc.channels.momentum_misreconstruction import integrated_kink_cuts
+    from fastmc.geometry import build_setup, setup_materials
+    from fastmc.runcard import load_run as _load
 
     cfg = _load(ROOT / "runs" / "ls3_2e13.toml")
     _, index = setup_materials(cfg.model)

@@ -56,9 +56,9 @@ def _check(case: str, numbers: dict[str, object], regen: bool) -> None:
 
 
 def _run_card(card: str, channel: str) -> dict[str, object]:
-    from fastmc.runcard import load_run
     from fastmc.chain import prepare
     from fastmc.run import run
+    from fastmc.runcard import load_run
 
     cfg = load_run(ROOT / "runs" / card).with_overrides(n_muons=2 * CHUNK, chunk_size=CHUNK, channels=(channel,))
     res = run(cfg, prepare(cfg), progress=False)

@@ -11,9 +11,9 @@ import math
 import numpy as np
 
 from fastmc import units as u
+from fastmc.api import propagate_slab
 from fastmc.materials import get_material
 from fastmc.physics import PROCESSES, build_tables, continuous_ekin_after, continuous_straggling_var, dsigma_dv
-from fastmc.api import propagate_slab
 
 E_KIN = 160e3  # MeV
 ETOT = E_KIN + u.muon_mass_c2

@@ -63,7 +63,7 @@ def _integral(proc, mat, etot, a, b, power=0, n=20001):
     return float(np.trapezoid(g, lnv))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _upper_cdf(proc_name, mat_name, ekin, n=40001):
     """(ln v, 1 − F(v)) on a dense grid, accumulated from the top (accurate in the tail)."""
     proc, mat, etot, lo, hi = _support_cached(proc_name, mat_name, ekin)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from fastmc.runcard import load_run
 from fastmc.chain import prepare
+from fastmc.projection import TIMING_KEYS, projection
 from fastmc.run import run
-from fastmc.projection import projection, TIMING_KEYS
+from fastmc.runcard import load_run
 
 from .conftest import ROOT
 

@@ -16,9 +16,9 @@ import h5py
 import numpy as np
 import pytest
 
-from fastmc.runcard import load_run
 from fastmc.chain import prepare
-from fastmc.run import run, RunResult
+from fastmc.run import RunResult, run
+from fastmc.runcard import load_run
 
 from .conftest import ROOT
 

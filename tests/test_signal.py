@@ -146,8 +146,8 @@ def test_darkbrem_total_cross_section_scales_and_branching():
 def test_signal_channel_emission_weight_equals_n_sigma_l(quickstart_card):
     """The chain's forced-emission weight: Σw(all)/N = ∫ Σ_X(E(z)) dz over the ECAL, which for a
     160 GeV muon losing ≈ 1 GeV there is Σ_X(E_beam) · L within 0.5 % (σ changes slowly with E)."""
-    from fastmc.runcard import load_run
     from fastmc.geometry import setup_materials
+    from fastmc.runcard import load_run
     from fastmc.sensitivity import signal_yields
 
     cfg = load_run(quickstart_card).with_overrides(chunk_size=4096)

@@ -16,7 +16,6 @@ import json
 from collections import Counter
 
 import numpy as np
-
 import tablelib as T
 
 PARENTS = {  # config prefix -> (particle, momentum, default decays)

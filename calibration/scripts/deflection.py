@@ -14,7 +14,6 @@ import json
 import math
 
 import numpy as np
-
 import tablelib as T
 
 CONFIGS = {

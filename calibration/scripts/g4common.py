@@ -52,8 +52,8 @@ if "geant4_pybind" in sys.modules:  # pragma: no cover - defensive
     raise RuntimeError("g4common must be imported before geant4_pybind")
 G4DATA_ROOT = setup_offline_env()
 
-import numpy as np  # noqa: E402
 import geant4_pybind as g4  # noqa: E402
+import numpy as np  # noqa: E402
 
 MeV = g4.MeV
 GeV = g4.GeV

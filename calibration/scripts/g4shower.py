@@ -11,10 +11,9 @@ import json
 import sys
 import time
 
-import numpy as np
-
 import g4common as C
-from g4common import g4, GeV, MeV, mm
+import numpy as np
+from g4common import GeV, g4, mm
 
 EM = {
     "standard": lambda: g4.G4EmStandardPhysics(),

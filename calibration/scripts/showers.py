@@ -20,7 +20,6 @@ import sys
 import tempfile
 
 import numpy as np
-
 import tablelib as T
 
 G4SHOWER = os.path.join(T.HERE, "g4shower.py")

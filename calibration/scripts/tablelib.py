@@ -44,7 +44,7 @@ X0_PB_MM = 5.612  # PDG
 
 
 def now_iso() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
+    return _dt.datetime.now(_dt.UTC).replace(microsecond=0).isoformat()
 
 
 def command_line() -> str:

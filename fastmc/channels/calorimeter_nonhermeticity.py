@@ -27,7 +27,14 @@ from fastmc.physics import sample_v_from_u, stochastic_xs
 from fastmc.physics.deflection import N_KICK_UNIFORMS
 from fastmc.physics.showers import PROC_PHOTONUCLEAR
 from fastmc.rng import uniforms
-from fastmc.transport import Physics, combine_split_records, kick_angles, material_step, n_step_uniforms, split_reference_lengths
+from fastmc.transport import (
+    Physics,
+    combine_split_records,
+    kick_angles,
+    material_step,
+    n_step_uniforms,
+    split_reference_lengths,
+)
 
 
 @dataclasses.dataclass(frozen=True)

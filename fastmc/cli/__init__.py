@@ -17,7 +17,7 @@ import sys
 
 from fastmc import __version__
 from fastmc.cli import bench, env, optimize, plot, project, sensitivity, validate
-from fastmc.cli.bench import peak_rss_mb, cmd_bench
+from fastmc.cli.bench import cmd_bench, peak_rss_mb
 from fastmc.cli.common import EXIT_USAGE, Parser, UsageError
 from fastmc.cli.env import cmd_env
 from fastmc.cli.optimize import cmd_optimize

@@ -52,9 +52,9 @@ def cmd_bench(args) -> int:
     import jax
     import numpy as np
 
-    from fastmc.runcard import load_run
     from fastmc.chain import prepare
     from fastmc.run import simulate_group
+    from fastmc.runcard import load_run
 
     # the first call's time is the compile time: no programs from the on-disk cache here
     jax.config.update("jax_enable_compilation_cache", False)

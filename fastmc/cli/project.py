@@ -218,8 +218,8 @@ def cmd_project(args) -> int:
         cfg, done, (start, stop) = _resume_config(args, cfg)
     import numpy as np
 
-    from fastmc.io import write_result
     from fastmc.chain import prepare
+    from fastmc.io import write_result
     from fastmc.projection import projection
     from fastmc.run import n_chunks, run, select_devices
 

@@ -28,14 +28,15 @@ The package is a data layer: it imports no kernel (physics, transport, response,
 from __future__ import annotations
 
 from fastmc.config.card import (
-    RUN_CARD_KEYS,
     FORM_FACTORS,
     PROCESS_NAMES,
+    RUN_CARD_KEYS,
     SCATTERING_MODELS,
     SCREENINGS,
     SHOWER_MODELS,
     VARIABLE_HELP,
     AdmixtureConfig,
+    CardContext,
     CutConfig,
     OptimiseSettings,
     PhysicsSettings,
@@ -43,7 +44,6 @@ from fastmc.config.card import (
     ShowerSettings,
     read_run,
     selection_variables,
-    CardContext,
 )
 from fastmc.config.model import (
     ELEMENT_KINDS,

@@ -15,7 +15,7 @@ from typing import Any
 
 from fastmc import units as u
 from fastmc.config.model import ModelConfig, load_model
-from fastmc.config.sections import ConfigError, Section, read_toml, check_signal_mass, file_sha256
+from fastmc.config.sections import ConfigError, Section, check_signal_mass, file_sha256, read_toml
 
 # the top level of a run card (and the top-level parts of the channels' tables)
 RUN_CARD_KEYS = ("schema_version", "run", "physics", "admixture", "showers", "optimise", "selection")

@@ -109,7 +109,8 @@ draws (count, thinning) are piecewise constant, so gradients are those of the co
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
@@ -187,7 +188,7 @@ class ScatteringParams:
     def ff_power(self) -> int:
         return FORM_FACTORS[self.form_factor]
 
-    def device(self, dtype: Any = jnp.float32) -> "ScatteringParams":
+    def device(self, dtype: Any = jnp.float32) -> ScatteringParams:
         import dataclasses
 
         return dataclasses.replace(

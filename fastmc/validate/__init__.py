@@ -31,10 +31,11 @@ Modules, each importing only those above it:
 
 from __future__ import annotations
 
+from fastmc.validate.report import format_summary, format_timing, write_report
+
 # `name as name`: importable from here as before the split, and outside __all__ as before
 # (cli.py imports jsonable; calibration/README.md cites gaussian_core_width).
 from fastmc.validate.report import jsonable as jsonable
-from fastmc.validate.report import format_summary, format_timing, write_report
 from fastmc.validate.simulate import homogenise_layers
 from fastmc.validate.simulate import simulate_decay as simulate_decay
 from fastmc.validate.simulate import simulate_transport as simulate_transport

@@ -34,8 +34,8 @@ from fastmc.validate.tables import (
     SUITES,
     Group,
     TableError,
-    group_mode,
     default_tables_dir,
+    group_mode,
     load_tables,
     load_tolerances,
 )

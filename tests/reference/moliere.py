@@ -39,8 +39,8 @@ power of the form factor is an argument (fastmc's default law is (1 + q^2 <r^2>/
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 from scipy import integrate, special
