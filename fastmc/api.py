@@ -112,9 +112,11 @@ def propagate_layers(
     lengths = jnp.asarray([float(t) for _, t in layers], dtype)
     ks = []
     for m, t in layers:
-        xs = float(jnp.max(jnp.sum(stochastic_xs(physics.tables, uniq.index(m), jnp.geomspace(1e3, ekin_GeV * u.GeV, 16)), -1)))
+        grid = jnp.geomspace(1e3, ekin_GeV * u.GeV, 16)
+        xs = float(jnp.max(jnp.sum(stochastic_xs(physics.tables, uniq.index(m), grid), -1)))
         lam = xs * float(t)
-        ks.append(max_interactions if max_interactions is not None else int(max(1, np.ceil(lam + 8.0 * np.sqrt(lam) + 4))))
+        k_auto = int(max(1, np.ceil(lam + 8.0 * np.sqrt(lam) + 4)))
+        ks.append(max_interactions if max_interactions is not None else k_auto)
     outs: list[dict] = []
     n_chunks = -(-n // chunk_size)
     for c in range(n_chunks):

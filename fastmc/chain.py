@@ -198,7 +198,8 @@ def simulate_chunk(
     return rows, n_over, events
 
 
-def chunk_variables(prep: Prepared, chunk_index: int, channel: str = "analog") -> tuple[dict[str, np.ndarray], np.ndarray]:
+def chunk_variables(prep: Prepared, chunk_index: int,
+                    channel: str = "analog") -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Event-level reconstructed variables and log-weights of one chunk (numpy), for studies and tests."""
     ch = prep.channels.get(channel) or prep.cfg.registry[channel]
     params = prep.params.get(channel, ChannelParams())

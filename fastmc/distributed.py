@@ -164,7 +164,8 @@ def run_dask(
             collector.add(span, fut.result())
             fut.release()
             done = collector.n_chunks
-            if checkpoint_every > 0 and on_checkpoint is not None and done - last >= checkpoint_every and done < len(chunk_ids):
+            due = checkpoint_every > 0 and done - last >= checkpoint_every and done < len(chunk_ids)
+            if due and on_checkpoint is not None:
                 last = done
                 on_checkpoint(collector.merged(base))
         result = collector.merged(base)

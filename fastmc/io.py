@@ -76,7 +76,8 @@ def provenance(cfg, result, prepared=None) -> dict[str, Any]:
         "threefry_partitionable": bool(jax.config.jax_threefry_partitionable),  # fastmc.rng: which bits a key gives
         "seed": cfg.seed,
         "chunk_size": cfg.chunk_size,
-        "chunk_range": [int(result.chunk_ids.min()), int(result.chunk_ids.max()) + 1] if len(result.chunk_ids) else [0, 0],
+        "chunk_range": ([int(result.chunk_ids.min()), int(result.chunk_ids.max()) + 1]
+                        if len(result.chunk_ids) else [0, 0]),
         "n_chunks": int(len(result.chunk_ids)),
         "config_path": str(cfg.path),
         "config_sha256": cfg.sha256,
@@ -164,7 +165,8 @@ def _write_run_groups(f, result, projection: dict) -> None:
         ch.create_dataset("active", data=np.asarray(result.active, bool))
     ch.attrs["channels"] = json.dumps(list(result.channels))
     ch.attrs["slots"] = json.dumps([list(s) for s in result.slots])
-    ch.attrs["fields"] = json.dumps(["log_sw", "log_sw2", "n", "log_wmax"] + [f"top_log_w_{i}" for i in range(result.rows.shape[-1] - 4)])
+    top = [f"top_log_w_{i}" for i in range(result.rows.shape[-1] - 4)]
+    ch.attrs["fields"] = json.dumps(["log_sw", "log_sw2", "n", "log_wmax"] + top)
     tg = f.create_group("tallies")
     tallies = result.tallies()
     w_ul = result.ul_weights(tallies)
@@ -275,9 +277,11 @@ def merge_files(inputs: list[Path], output: Path, command_line: str = "") -> dic
     for p in inputs:
         d = read_result(p)
         if not d["complete"]:
-            raise ValueError(f"{p}: an unfinished checkpoint (complete=False): finish it with 'fastmc project --resume'")
+            raise ValueError(f"{p}: an unfinished checkpoint (complete=False): "
+                             "finish it with 'fastmc project --resume'")
         key = (d["provenance"]["config_sha256"], d["provenance"]["model_sha256"], d["provenance"]["seed"],
-               d["provenance"]["chunk_size"], json.dumps(d["chunk_attrs"]["channels"]), json.dumps(d["chunk_attrs"]["slots"]),
+               d["provenance"]["chunk_size"], json.dumps(d["chunk_attrs"]["channels"]),
+               json.dumps(d["chunk_attrs"]["slots"]),
                d["projection"]["mot"], threefry_layout(d["provenance"]))
         if ref is None:
             ref = key

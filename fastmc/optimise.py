@@ -290,7 +290,8 @@ def optimise(problem: Problem, steps: int | None = None, seed: int | None = None
         for k, val in comps.items():
             hist.setdefault(k, []).append(val)
         if not np.all(np.isfinite(gz)):
-            raise FloatingPointError(f"non-finite gradient at step {step}: {dict(zip([p.name for p in problem.params], gx))}")
+            named = dict(zip([p.name for p in problem.params], gx))
+            raise FloatingPointError(f"non-finite gradient at step {step}: {named}")
         bad = int(comps["n_nonfinite_tangents"])
         log(f"step {step:3d}: loss {loss:.4f}  FOM {comps['fom']:.4g}  B {comps['background']:.4g}  "
             + "  ".join(f"{p.name}={xi:.4g}" for p, xi in zip(problem.params, x))
@@ -455,8 +456,10 @@ def format_evaluation(names: list[str], x0, x1, evaluation: dict[str, Any]) -> s
         lines.append("hard mode, fresh keys             baseline                 optimised")
         for ch in base["channels"]:
             a, b = base["channels"][ch], opt["channels"][ch]
-            lines.append(f"  B {ch:29s} {a['expected']:10.4g} ± {a['stat_err']:<9.3g}  {b['expected']:10.4g} ± {b['stat_err']:.3g}")
-        for key, label in (("background", "B total"), ("signal_events_g1", "signal events, g = 1"), ("fom", "FOM (Punzi)")):
+            lines.append(f"  B {ch:29s} {a['expected']:10.4g} ± {a['stat_err']:<9.3g}  "
+                         f"{b['expected']:10.4g} ± {b['stat_err']:.3g}")
+        rows = (("background", "B total"), ("signal_events_g1", "signal events, g = 1"), ("fom", "FOM (Punzi)"))
+        for key, label in rows:
             err = {"background": "background_err", "signal_events_g1": "signal_events_g1_err", "fom": "fom_err"}[key]
             lines.append(f"  {label:31s} {base[key]:10.4g} ± {base[err]:<9.3g}  {opt[key]:10.4g} ± {opt[err]:.3g}")
         ratio = opt["fom"] / base["fom"]

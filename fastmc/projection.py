@@ -42,7 +42,7 @@ def projection_from(mot: float, region0: str, result: RunResult) -> dict[str, An
             var += est["stat_err"] ** 2
     figures_of_merit(channels, result)
     regions: dict[str, Any] = {}
-    for ci, ch in enumerate(result.channels):
+    for ch in result.channels:
         for s, (region, step, label) in enumerate(result.slots):
             est = tallies[ch][s].estimate(mot, w_ul[ch][s])
             regions.setdefault(ch, {}).setdefault(region, []).append({"step": step, "cut": label, **est})

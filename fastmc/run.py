@@ -319,7 +319,8 @@ def run(
             if max_seconds is not None and time.perf_counter() - t0 > max_seconds:
                 stop_reason = f"time budget of {max_seconds:g} s spent"
                 break
-            if checkpoint_every > 0 and on_checkpoint is not None and done - last_ckpt >= checkpoint_every and done < len(ids):
+            due = checkpoint_every > 0 and done - last_ckpt >= checkpoint_every and done < len(ids)
+            if due and on_checkpoint is not None:
                 last_ckpt = done
                 on_checkpoint(RunResult(
                     channels=cfg.channels, slots=slots, chunk_ids=ids[:done].copy(), rows=rows[:done].copy(),

@@ -53,7 +53,8 @@ def target_material(cfg: RunConfig, setup) -> Any:
 
 
 def signal_yields(cfg: RunConfig, masses: list[float], model: str, *, n_muons: int | None = None,
-                  progress: bool = False, log: Callable[[str], None] = lambda s: None) -> tuple[list[dict[str, Any]], Any, Any]:
+                  progress: bool = False,
+                  log: Callable[[str], None] = lambda s: None) -> tuple[list[dict[str, Any]], Any, Any]:
     """Per mass: emission probability, efficiency and yield per MOT for g = 1 (with errors).
     Returns (rows, the prepared chain, the last mass's run result — for provenance).
     """

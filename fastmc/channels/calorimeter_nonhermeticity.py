@@ -88,7 +88,8 @@ class CaloBias:
         w_z = (1.0 / (1.0 - z_min)) / (0.5 / (1.0 - z_min) + 0.5 * (z_b >= z_lo) / (1.0 - z_lo))
         tau_b = jnp.where(uu[..., 6] >= self.beta, tau_rem + 1.0, tau)
         escaped = tau_b >= tau_rem
-        w_esc = jnp.where(escaped, jnp.exp(-tau_rem) / (self.beta * jnp.exp(-tau_rem) + 1.0 - self.beta), 1.0 / self.beta)
+        w_esc = jnp.where(escaped, jnp.exp(-tau_rem) / (self.beta * jnp.exp(-tau_rem) + 1.0 - self.beta),
+                          1.0 / self.beta)
         lw = jnp.log(w_ln) + jnp.where(ln_b, jnp.log(w_z) + jnp.log(w_esc) + jnp.log(w_pt), 0.0)
         return ln_b, tau_b, lw
 

@@ -27,7 +27,8 @@ turn hide, and the window puts them where the sum of two offsets just fakes the 
 from a half-normal three times wider than the wide component (the far wide hits that fake a slope
 are 2–4 σ_tail out).  Relative to the natural law the density is 2[(1 − λ)(a+1)t^a + λ·1[t ≥ t_lo]/(1 − t_lo)] resp.
 (2/3)·exp(o²(1 − 1/9)/2σ_tail²) times higher on that side and zero on the other.  Scenarios whose
-largest slope change is below a quarter of the nominal bend are dropped (:func:`misreco_scenarios`).  Categories and offsets of every biased plane are evaluated under
+largest slope change is below a quarter of the nominal bend are dropped (:func:`misreco_scenarios`).
+Categories and offsets of every biased plane are evaluated under
 every component, so the weight
 
     w = P(x)/Q(x) = 1 / (β + (1 − β)/K · Σ_k Π_i q_k,i(x_i)/p_i(x_i)) ≤ 1/β
@@ -516,7 +517,8 @@ class MomentumMisreconstruction(Channel):
         )
         if out.integrate_kink and out.deflect_follow:
             raise sec.fail("deflect_follow", list(out.deflect_follow),
-                           "a tilted scattering core has no effect with integrate_kink = true (set it to false to tilt)")
+                           "a tilted scattering core has no effect with integrate_kink = true "
+                           "(set it to false to tilt)")
         return out
 
     def build(self, ctx: BuildContext) -> MisrecoParams:
@@ -532,7 +534,8 @@ class MomentumMisreconstruction(Channel):
                               "no arm of a spectrometer can fake a slope of a quarter of its bend with these planes")
         hits = HitBias(beta=jnp.asarray(m.beta, dtype), push_power=jnp.asarray(m.push_power, dtype),
                        planes=planes, axis=axis, roles=roles, spectrometer=spec,
-                       window_lo=jnp.asarray(m.push_window, dtype), window_share=jnp.asarray(m.push_window_share, dtype))
+                       window_lo=jnp.asarray(m.push_window, dtype),
+                       window_share=jnp.asarray(m.push_window_share, dtype))
         deflect = deflect_bias(setup, [mat.X0_mm for mat in ctx.materials], m.deflect_follow, m.deflect_beta,
                                m.deflect_kicks, dtype, m.integrate_kink)
         return MisrecoParams(admixture=self.admixture(ctx), hits=hits, deflect=deflect)

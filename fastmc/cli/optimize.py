@@ -53,7 +53,8 @@ def cmd_optimize(args) -> int:
     if not names:
         O.build_problem(cfg)  # raises the one-line error
     log(f"optimising {', '.join(names)} of {cfg.model.path} for channels {', '.join(st.channels)} + signal "
-        f"({st.signal_mass_MeV:g} MeV {cfg.channel_settings['signal'].model}); the first step compiles the gradient (minutes)")
+        f"({st.signal_mass_MeV:g} MeV {cfg.channel_settings['signal'].model}); "
+        "the first step compiles the gradient (minutes)")
     t0 = time.perf_counter()
     problem = O.build_problem(cfg)
     hist = O.optimise(problem, steps=args.steps, progress=not args.no_progress, log=log)

@@ -247,7 +247,8 @@ def build_emission_tables(model: str, mass: float, material, *, dtype=None, n_e:
         # fine v grid per ζ: Gauss–Legendre nodes are not a CDF grid; use 257 uniform points
         vv = vm[:, None] * np.linspace(0.0, 1.0, 257)[None, :]
         f = sum(n * d2sigma_dx_dv(model, e, xz[:, None], vv, mass, z, a) for z, a, n in comps)
-        c = np.concatenate([np.zeros((N_ZETA, 1)), np.cumsum(0.5 * (f[:, 1:] + f[:, :-1]) * np.diff(vv, axis=1), axis=1)],
+        trapezia = 0.5 * (f[:, 1:] + f[:, :-1]) * np.diff(vv, axis=1)
+        c = np.concatenate([np.zeros((N_ZETA, 1)), np.cumsum(trapezia, axis=1)],
                            axis=1)
         for j in range(N_ZETA):
             if c[j, -1] > 0:

@@ -290,7 +290,8 @@ def moliere_core_theta0(chi_c2: Any, chi_a2: Any, b: Any, ff_power: int = 2, rul
     (chi_a of the compound: ln chi_a^2 = sum chi_ci^2 ln chi_ai^2 / chi_c^2), i.e. theta_t^2 =
     chi_c^2 / (2.334 (1 - F)) independent of chi_a, and set
     theta0^2 = (1 + nu)/(nu (1 + F^2)) * sum_i chi_ci^2 I_i,
-    I_i = int_0^{theta_t^2} t dt / (t + chi_ai^2)^2 |F_i|^2 = int_{-inf}^{ln(theta_t^2/chi_ai^2)} sigmoid(x)^2 |F_i|^2 dx
+    I_i = int_0^{theta_t^2} t dt / (t + chi_ai^2)^2 |F_i|^2
+        = int_{-inf}^{ln(theta_t^2/chi_ai^2)} sigmoid(x)^2 |F_i|^2 dx
     (x = ln(t/chi_ai^2)); with |F|^2 = 1, I = ln(1 + nu) - nu/(1 + nu) gives their eq. 7 exactly.
     For ``ff_power`` = 2 (the default, Geant4's form factor) the integral is in closed form (below);
     otherwise (or with ``rule=True``, for the tests) a fixed Gauss-Legendre rule in x (jit-safe,
@@ -495,7 +496,8 @@ def sample_scattering_info(params: ScatteringParams, mat: Any, pmag: Any, beta: 
                 lr = -math.log(FORCE_ANGLE_POWER) + (1.0 / FORCE_ANGLE_POWER - 1.0) * jnp.log(v) + lr_phi
                 if params.nuclear_size:
                     lr = lr + jnp.where(keep, jnp.log(f2q) - jnp.log(jnp.maximum(f2, 1e-37)),
-                                        jnp.log1p(-jnp.minimum(f2q, 1.0 - 1e-7)) - jnp.log1p(-jnp.minimum(f2, 1.0 - 1e-7)))
+                                        jnp.log1p(-jnp.minimum(f2q, 1.0 - 1e-7))
+                                        - jnp.log1p(-jnp.minimum(f2, 1.0 - 1e-7)))
                 force_lr = force_lr + jnp.where(cand, lr, 0.0)
             kf = keep.astype(dtype)
             tx = kf * th * jnp.cos(phi)
@@ -549,5 +551,6 @@ def sample_scattering(params: ScatteringParams, mat: Any, pmag: Any, beta: Any, 
 
 __all__ = [
     "N_UNIFORMS", "N_SINGLE_MAX", "K_CUT", "K_WIN", "ScatteringParams", "build_scattering_params",
-    "highland_theta0", "moliere_core_theta0", "CORES", "sample_scattering", "sample_scattering_info", "overflow_probability",
+    "highland_theta0", "moliere_core_theta0", "CORES", "sample_scattering", "sample_scattering_info",
+    "overflow_probability",
 ]

@@ -137,7 +137,8 @@ class PhysicsTables:
     """Energy-loss tables for a tuple of materials (indices = positions in ``materials``).
 
     Leaves (numpy float64 from :func:`build_tables`; ``device()`` gives jnp arrays):
-    ``density`` (M,) g/cm³; ``xi_per_mm`` (M,) Landau's ξ per mm at β = 1 [MeV/mm]; ``dedx_cont`` (M, N) continuous dE/dx [MeV/mm]; ``range_mm`` (M, N)
+    ``density`` (M,) g/cm³; ``xi_per_mm`` (M,) Landau's ξ per mm at β = 1 [MeV/mm]; ``dedx_cont`` (M, N)
+    continuous dE/dx [MeV/mm]; ``range_mm`` (M, N)
     CSDA range of the continuous loss [mm]; ``inv_ln_ekin`` (M, NR) ln T on a grid uniform in
     ln R from ``inv_ln_r0`` (M,) with step ``inv_dln_r`` (M,); ``xs`` (M, N, 4) macroscopic
     cross sections above the cut [1/mm]; ``straggle`` (M, N) sub-cut variance rate [MeV²/mm];

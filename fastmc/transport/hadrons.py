@@ -50,7 +50,8 @@ def hadron_slot_before_material(physics, st, a, gap_mat, gap_scale, uu_drift, ke
         ell_ref = jnp.clip(zd - z1, 0.0, a["length_ref"]) * a["dscale"]
         p_ref = jnp.exp(-ell_ref / physics.lambda_i[a["mat"]])
         absorbed = had & (uu[:, 4] > p_ref)
-        lw = jnp.where(absorbed, jnp.log(jnp.maximum(1.0 - p_survive, 1e-300)) - jnp.log(jnp.maximum(1.0 - p_ref, 1e-300)),
+        lw = jnp.where(absorbed,
+                       jnp.log(jnp.maximum(1.0 - p_survive, 1e-300)) - jnp.log(jnp.maximum(1.0 - p_ref, 1e-300)),
                        (ell_ref - ell) / physics.lambda_i[a["mat"]])
         st["log_w"] = st["log_w"] + jnp.where(had, lw, 0.0)
     else:

@@ -76,7 +76,7 @@ def moliere_params(elements: Sequence[tuple[int, float, float]], density_g_cm3: 
     omega = chi_c2 / (1.167 * chi_a2)
     b = math.log(omega)
     if b < 1.5:
-        raise ValueError("Molière theory needs Omega >~ 20 (b > 3); got b=%g" % b)
+        raise ValueError(f"Molière theory needs Omega >~ 20 (b > 3); got b={b:g}")
     # B - ln B = b, Newton from B = b + ln b
     B = b + math.log(b)
     for _ in range(50):
