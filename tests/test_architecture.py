@@ -123,7 +123,7 @@ def cycles(edges) -> list[list[str]]:
 def violations(root: Path) -> list[str]:
     edges = import_edges(root)
     mods = module_files(root)
-    bad = [f"import cycle: {' -> '.join(c)}" for c in cycles(edges)]
+    bad = [f"import cycle among {', '.join(c)}" for c in cycles(edges)]
     for src, es in edges.items():
         top = _under(src, ("fastmc.cli", "fastmc.__main__"))
         for dst, line in sorted({(d, ln) for d, ln, _ in es}):
