@@ -204,7 +204,7 @@ def numpy_material_step(t: NumpyTables, st: dict, m: int, length: float, dscale:
                         uu: np.ndarray | None = None) -> dict:
     """One element, as :func:`fastmc.transport.material_step` (hard mode, muons, no forcing):
     the same uniforms column by column (``uu``, or drawn from ``rng`` on the same 24-bit grid)."""
-    from fastmc.transport import N_KICK_UNIFORMS, N_SCAT_UNIFORMS, N_STRAGGLE_UNIFORMS, n_step_uniforms
+    from fastmc.transport.step import N_KICK_UNIFORMS, N_SCAT_UNIFORMS, N_STRAGGLE_UNIFORMS, n_step_uniforms
 
     strag, defl, scat = ph["straggling"], ph["deflection"], ph["scattering"]
     dt = t.dtype

@@ -43,6 +43,7 @@ def _reference_mean_loss(material: str, ekin_gev: float, thickness_mm: float) ->
     [("lead", 40 * 5.612), ("iron", 1000.0)],
     ids=["lead_40X0", "iron_1m"],
 )
+@pytest.mark.slow
 def test_chain_mean_energy_loss_matches_pumas(material, thickness_mm):
     n = 400_000
     ekin = 160.0
@@ -60,6 +61,7 @@ def test_chain_mean_energy_loss_matches_pumas(material, thickness_mm):
     [("lead", 5.612), ("lead", 40 * 5.612), ("iron", 1500.0)],
     ids=["lead_1X0", "lead_40X0", "iron_1.5m"],
 )
+@pytest.mark.slow
 def test_chain_projected_scattering_width_matches_highland(material, thickness_mm):
     n = 200_000
     out, rec = propagate_slab(material, thickness_mm, 160.0, n, seed=3, return_record=True)
@@ -94,6 +96,7 @@ def test_chain_projected_scattering_width_matches_highland(material, thickness_m
     assert abs(width / t_core - 1.0) < 0.05, f"{material}: width {width:.4g} rad vs Molière core {t_core:.4g} rad"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("material,thickness_mm", [("lead", 5.612), ("iron", 1500.0)], ids=["lead_1X0", "iron_1.5m"])
 def test_chain_highland_model_width_within_5_percent_of_highland(material, thickness_mm):
     """Issue #2's criterion, literally: with the run card's ``scattering = "highland"`` (Gaussian
@@ -118,6 +121,7 @@ def test_chain_highland_model_width_within_5_percent_of_highland(material, thick
     assert abs(width / theta0 - 1.0) < 0.05, f"{material}: width {width:.4g} rad vs Highland {theta0:.4g} rad"
 
 
+@pytest.mark.slow
 def test_chain_pout_resolution_matches_analytic():
     cfg = load_run(ROOT / "tests" / "data" / "spectrometer_card.toml")
     prep = prepare(cfg)

@@ -19,6 +19,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import pytest
 
 from fastmc import units as u
 from fastmc._pytree import pytree_dataclass
@@ -149,6 +150,7 @@ class ForcedHardLoss(Channel):
         return functools.partial(forced_hard_loss, v_min=params.v_min)
 
 
+@pytest.mark.slow
 def test_channel_plugin_defined_in_a_test_closes_against_analog(tmp_path):
     (tmp_path / "model.toml").write_text(MODEL)
     (tmp_path / "card.toml").write_text(CARD)

@@ -23,6 +23,7 @@ def closure():
     return cfg, prep, projection(cfg, result)
 
 
+@pytest.mark.slow
 def test_channels_hadron_decay_closure_with_analog(closure):
     cfg, _, proj = closure
     a, b = proj["channels"]["analog"], proj["channels"]["hadron_decay"]
@@ -39,6 +40,7 @@ def test_channels_hadron_decay_closure_with_analog(closure):
     assert pu["species"] == "K+" and pu["expected"] == pytest.approx(b["expected"] / 0.2)
 
 
+@pytest.mark.slow
 def test_channels_hadron_decay_kinematics(closure):
     """Selected decay muons have p_out in the K→μν/Kμ3 range and weights equal to the forced probabilities."""
     cfg, prep, _ = closure
@@ -133,6 +135,7 @@ def _norm_sf(z):
     return 0.5 * math.erfc(z / math.sqrt(2))
 
 
+@pytest.mark.slow
 def test_channels_misreconstruction_closure_with_analog():
     cfg = load_run(ROOT / "tests" / "data" / "closure_misreco.toml").with_overrides(save_events=True)
     prep = prepare(cfg)
@@ -203,6 +206,7 @@ def test_channels_figure_of_merit_gain_is_one_for_analog_bernoulli():
     assert chans["empty"]["seconds_per_primary"] == pytest.approx(4e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("tilt", [True, False], ids=["tilt_and_kicks", "kicks_only"])
 def test_channels_deflection_forcing_weights_are_exact(tilt):
     """The misreconstruction channel's deflection forcing (fastmc.channels.momentum_misreconstruction.DeflectBias: tilted
@@ -263,6 +267,7 @@ def test_channels_deflection_forcing_weights_are_exact(tilt):
     assert np.sum((tx_b > 4e-3) & (kick == 1)) > 10 * np.sum(tx_a > 4e-3)
 
 
+@pytest.mark.slow
 def test_channels_integrated_kink_cut_equals_resampled_core():
     """The misreconstruction channel's target-kink cuts with the Gaussian core integrated out
     (fastmc.channels.momentum_misreconstruction.integrated_kink_cuts) against the cut applied to the kink recomputed with the
@@ -320,6 +325,7 @@ def test_channels_integrated_kink_cut_equals_resampled_core():
     assert np.all(np.isneginf(lp[a == 0.0]))  # |k_y| alone fails the cut
 
 
+@pytest.mark.slow
 def test_calo_forced_photonuclear_soft_mode_is_unbiased_and_its_gradient_matches_finite_differences():
     """Soft mode (fastmc.optimise): the forced photonuclear step of calorimeter_nonhermeticity draws
     the interaction counts of its two half-steps with a reference length and reweights them.  The
@@ -338,7 +344,7 @@ def test_calo_forced_photonuclear_soft_mode_is_unbiased_and_its_gradient_matches
     from fastmc.config import PhysicsSettings
 
     physics = layers_physics(("lead",), PhysicsSettings())
-    n, k = 262_144, 8
+    n, k = 131_072, 8
     v_min = jnp.asarray(0.3)
 
     def estimate(length, length_ref, key):

@@ -38,6 +38,7 @@ def test_cli_version_is_fast_and_lazy():
     assert time.perf_counter() - t0 < 30
 
 
+@pytest.mark.slow
 def test_cli_project_json_has_all_fields(tmp_path, capsys):
     out_h5 = tmp_path / "q.h5"
     code, out, err = run_cli(["project", str(ROOT / "runs" / "quickstart.toml"), "--json", "-o", str(out_h5), *SMALL], capsys)
@@ -185,6 +186,7 @@ def test_cli_chunk_ranges_merge_to_the_single_job(tmp_path, capsys):
     assert "random-bit layout" in capsys.readouterr().err and not bad.exists()
 
 
+@pytest.mark.slow
 def test_cli_target_rel_err_stops_each_channel_on_its_own(tmp_path, capsys):
     """With --target-rel-err a channel that has reached the target stops and the budget goes to
     the others: on the kaon closure card hadron_decay reaches 10 % after its first chunk (1.6 %), analog (11.6 % after 4)

@@ -268,6 +268,7 @@ def test_decay_three_pion_rest_frame_spectra_match_phase_space(tables):
 # ------------------------------------------------------------------ lab frame, precision, gradients
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("pmag", [0.0, 2e3, 160e3])
 def test_decay_lab_energy_conservation_float64(tables, pmag):
     for parent in D.PARENTS:
@@ -279,6 +280,7 @@ def test_decay_lab_energy_conservation_float64(tables, pmag):
             assert np.all(out["theta"] >= 0) and np.all(out["theta"] <= math.pi)
 
 
+@pytest.mark.slow
 def test_decay_float32_matches_float64(tables):
     n = 20_000
     u = np.random.default_rng(17).random((n, D.N_DECAY_UNIFORMS)).astype(np.float32)  # exact in both
@@ -294,6 +296,7 @@ def test_decay_float32_matches_float64(tables):
             np.testing.assert_allclose(o32[key][same], o64[key][same], rtol=2e-5, atol=0.05)  # MeV
 
 
+@pytest.mark.slow
 def test_decay_gradient_of_p_wrt_pmag_finite_and_matches_fd(tables):
     with jax.enable_x64(True):
         t64 = tables.device(jnp.float64)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
+import pytest
 
 from fastmc.api import propagate_slab
 
@@ -41,6 +42,7 @@ def _in_other_precision(argv: list[str]) -> subprocess.CompletedProcess:
                           cwd=ROOT)
 
 
+@pytest.mark.slow
 def test_float64_slab_agrees_with_float32():
     r = _in_other_precision(["-c", SLAB_SCRIPT])
     assert r.returncode == 0, r.stderr[-2000:]
@@ -106,6 +108,7 @@ def _load(out_dir: Path) -> tuple[dict, dict[str, np.ndarray]]:
     return json.loads((out_dir / "meta.json").read_text()), ev
 
 
+@pytest.mark.slow
 def test_float64_chain_agrees_with_float32(tmp_path):
     """The full chain (beam → transport → response → reconstruction → selection → tallies) of the
     quick-start card in float32 and in float64.  fastmc.rng.uniforms gives both precisions the same

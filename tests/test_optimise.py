@@ -95,6 +95,7 @@ def problem64():
         yield O, pb, key, first
 
 
+@pytest.mark.slow
 def test_soft_gradient_equals_finite_differences(problem64):
     O, pb, key, (loss0, comps, g) = problem64
     assert math.isfinite(loss0) and comps["background"] > 0 and comps["signal"] > 0
@@ -110,6 +111,7 @@ def test_soft_gradient_equals_finite_differences(problem64):
             assert abs(fd) > 1e-7, f"{p.name}: the objective does not depend on it (a vacuous check)"
 
 
+@pytest.mark.slow
 def test_gradient_finite_at_the_bounds_and_no_recompilation(problem64):
     O, pb, _, _ = problem64
     n_compiled = O.value_and_grad._cache_size()
@@ -122,6 +124,7 @@ def test_gradient_finite_at_the_bounds_and_no_recompilation(problem64):
     assert O.value_and_grad._cache_size() == n_compiled
 
 
+@pytest.mark.slow
 def test_frozen_proposal_reweighting_is_unbiased(problem64):
     """Soft background with the interaction counts/absorptions drawn at a thinner reference
     geometry and reweighted must equal, in expectation, the one drawn at the geometry itself."""
@@ -146,6 +149,7 @@ def test_frozen_proposal_reweighting_is_unbiased(problem64):
 
 # ------------------------------------------------------------------------------ the command
 
+@pytest.mark.slow
 def test_cli_optimize_end_to_end(problem64, tmp_path, capsys):
     """Two Adam steps, the optimised model and card, the hard-mode re-evaluation (fresh keys),
     HDF5 history with provenance, the plot; hard mode does not depend on the temperature."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 
 from fastmc import units as u
 from fastmc.api import propagate_slab
@@ -81,6 +82,7 @@ def _compound_poisson_tail(material: str, thickness_mm: float, fractions):
     return out, lam
 
 
+@pytest.mark.slow
 def test_sampling_loss_fractions_in_40X0_lead_match_cross_sections():
     fractions = (0.05, 0.20, 0.50)
     thickness = 40 * get_material("lead").X0_mm

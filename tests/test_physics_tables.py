@@ -88,6 +88,7 @@ def _support_cached(proc_name, mat_name, ekin):
 U = np.array([1e-4, 0.01, 0.1, 0.3, 0.5, 0.7, 0.9, 0.99, 0.999, 0.9999])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("mat_name, ekin", [("lead", 160e3), ("iron", 1e6), ("scintillator", 5e3)])
 def test_sample_v_from_u_round_trip(tables, dtype, mat_name, ekin):
@@ -174,6 +175,7 @@ def test_tables_straggling_matches_integral(tables):
     [("lead", 160e3, 450.0), ("iron", 160e3, 1000.0), ("iron", 5e3, 2000.0), ("lead", 2e3, 300.0),
      ("lead", 160e3, 1.5), ("scintillator", 500.0, 1500.0)],
 )
+@pytest.mark.slow
 def test_continuous_ekin_after_matches_ode(tables, mat_name, ekin, length):
     m = tables.material_index(mat_name)
     d64 = tables.device(jnp.float64)
@@ -194,6 +196,7 @@ def test_continuous_ekin_after_matches_ode(tables, mat_name, ekin, length):
     assert ekin - got32 == pytest.approx(loss, rel=5e-3, abs=0.05 + 2e-7 * ekin)
 
 
+@pytest.mark.slow
 def test_continuous_ekin_after_ranges_out_and_grad(tables):
     d = tables.device(jnp.float32)
     m = tables.material_index("iron")

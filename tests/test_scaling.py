@@ -66,6 +66,7 @@ def _cli(*args) -> list[str]:
             "--no-progress", *args]
 
 
+@pytest.mark.slow
 def test_devices_bitwise_identical_to_one_device(tmp_path, reference):
     cfg, ref = reference
     np.save(tmp_path / "ref_rows.npy", ref.rows[:7])
@@ -90,6 +91,7 @@ print("OK", four.rows.shape)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--devices = 8" in r.stderr, r.stderr
 
 
+@pytest.mark.slow
 def test_checkpoint_resume_after_sigkill_bitwise(tmp_path, reference):
     cfg, ref = reference
     out = tmp_path / "run.h5"
@@ -148,6 +150,7 @@ def test_checkpoint_resume_after_sigkill_bitwise(tmp_path, reference):
     assert r.returncode == 2 and "nothing to resume" in r.stderr
 
 
+@pytest.mark.slow
 def test_collector_idempotent_and_refuses_double_counting(reference):
     from fastmc.distributed import ChunkCollector, contiguous_ranges, task_ranges
 
@@ -199,6 +202,7 @@ def _dask():
     return pytest.importorskip("distributed")
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore")  # dask's own start-up/shut-down warnings
 def test_dask_localcluster_bitwise_with_retries(_dask, tmp_path, reference, monkeypatch):
     from fastmc.distributed import run_dask
@@ -243,6 +247,7 @@ def _peak_rss_kib(tmp_path: Path, n_chunks: int) -> int:
     return int(r.stderr.strip().splitlines()[-1].split()[1])
 
 
+@pytest.mark.slow
 def test_memory_flat_in_number_of_muons(tmp_path):
     _peak_rss_kib(tmp_path, 1)  # fills the compilation cache if needed: both runs below load the same program
     small = _peak_rss_kib(tmp_path, 2)
@@ -250,6 +255,7 @@ def test_memory_flat_in_number_of_muons(tmp_path):
     assert large < 1.10 * small, (small, large)
 
 
+@pytest.mark.slow
 def test_bench_json_devices_and_numpy(tmp_path):
     env = _env(tmp_path)
     r = subprocess.run([sys.executable, "-m", "fastmc", "bench", "--devices", "2"], env=env, capture_output=True,
@@ -270,6 +276,7 @@ def test_bench_json_devices_and_numpy(tmp_path):
     assert "peak RSS" in r.stderr and "JAX/NumPy" in r.stderr
 
 
+@pytest.mark.slow
 def test_numpy_baseline_is_the_same_algorithm():
     """The benchmark's NumPy port (fastmc/numpy_baseline.py) transports a muon exactly as
     fastmc's material_step does: from the same uniforms, every thick and thin element of the 2022

@@ -149,6 +149,7 @@ def _gauss_fit_width(theta, t0, window=2.0):
     return abs(s), math.sqrt(cov[1, 1])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("slab", SLABS, ids=[s[0] for s in SLABS])
 def test_scattering_core_width_matches_highland(params_highland, slab):
     """Issue #3 ("core width within 5 % of Highland") on the ``core="highland"`` option.  The
@@ -194,6 +195,7 @@ def _ld_reference(mat, length, ff_on, power=S.FORM_FACTORS["geant4"]):
     return math.sqrt((1 + nu) / (nu * (1 + 0.98**2)) * tot)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("slab", SLABS, ids=[s[0] for s in SLABS])
 def test_scattering_moliere_core_matches_lynch_dahl(params, params_point, slab):
     """``core="moliere"``: point nuclei → Lynch & Dahl eq. 7 in closed form; with the form factor
@@ -283,6 +285,7 @@ def test_scattering_default_tail_thin_plane_matches_moliere(params):
 
 
 # --- nuclear size ----------------------------------------------------------------------------
+@pytest.mark.slow
 def test_scattering_nuclear_size_cuts_off_tail(params, params_point):
     """(a) In a thin slab (0.1 X0 of lead: theta0 = 0.025 mrad, theta_nuc = 0.17 mrad) the
     space-angle fraction beyond theta ≫ theta0 equals the expected number of single scatters above
@@ -318,6 +321,7 @@ def test_scattering_nuclear_size_cuts_off_tail(params, params_point):
 
 
 # --- exact zero, overflow, precision, gradients --------------------------------------------
+@pytest.mark.slow
 def test_scattering_zero_length_is_exactly_zero(params):
     n = N_MU
     u = jax.random.uniform(jax.random.key(4), (n, S.N_UNIFORMS))
@@ -352,6 +356,7 @@ def test_scattering_overflow_is_rare_and_reported(params):
     assert bool(out["overflow"].all())
 
 
+@pytest.mark.slow
 def test_scattering_float32_matches_float64():
     p_np = S.build_scattering_params(MATS)
     n = 20_000
@@ -379,6 +384,7 @@ def test_scattering_float32_matches_float64():
         assert np.all(np.abs(a - b) < 2e-4 * scale + 1e-4 * np.abs(b)), (k, np.max(np.abs(a - b) / scale))
 
 
+@pytest.mark.slow
 def test_scattering_gradients_finite_and_match_finite_differences(params):
     n = 256
     u = jax.random.uniform(jax.random.key(7), (n, S.N_UNIFORMS))

@@ -108,6 +108,7 @@ def _deposits(setup, truth, sh, key, bias=None, counts=False):
     return out if counts else out[:2]
 
 
+@pytest.mark.slow
 def test_shower_deposits_conserve_energy_and_neutral_survival_is_exponential():
     n = 100_000
     # EM shower at the front of 107 X0 + 27 X0: everything is deposited
@@ -135,6 +136,7 @@ def test_shower_deposits_conserve_energy_and_neutral_survival_is_exponential():
     assert p_esc == pytest.approx(math.exp(-tau_t), abs=4 * math.sqrt(math.exp(-tau_t) / n) + 0.002)
 
 
+@pytest.mark.slow
 def test_calo_bias_weights_average_to_one():
     """The biased hadronic system (leading neutral, z, escape) is a proposal with exact weights:
     E_q[w] = 1 (defensive mixtures, module response)."""
@@ -149,6 +151,7 @@ def test_calo_bias_weights_average_to_one():
     assert w.mean() == pytest.approx(1.0, abs=4 * w.std() / math.sqrt(n))
 
 
+@pytest.mark.slow
 def test_calorimeter_channel_closure_with_analog():
     """Biased (forced hard photonuclear interaction, leading neutral forced to escape) ≡ analog
     within 3 combined standard errors on a setup where punch-through is frequent (card
@@ -386,6 +389,7 @@ def test_shower_deposits_lateral_leakage_matches_the_radial_profile():
     assert 0.5 * ref < lost < 1.3 * ref, (lost, ref)
 
 
+@pytest.mark.slow
 def test_extra_tracks_reach_the_selection_variables():
     """detector_response passes the punch-through count on (``counts``) and reconstruct() exposes it
     as ``extra_tracks_p_out``; without showers it is 0."""
@@ -407,6 +411,7 @@ def test_extra_tracks_reach_the_selection_variables():
     assert np.all(np.asarray(reconstruct(setup, plain)["extra_tracks_p_out"]) == 0.0)
 
 
+@pytest.mark.slow
 def test_calo_bias_reproduces_lateral_escapes_of_high_z_neutrals():
     """The biased hadronic system (z focused near 1, wide p_T, forced escape) reproduces the
     analog probability that a leading neutral with z ≥ 0.9 leaves the calorimeters unseen past a

@@ -27,6 +27,7 @@ E160 = 160.0 * u.GeV
 PB, A_PB = 82.0, 207.2
 
 
+@pytest.mark.slow
 def test_darkbrem_photon_flux_closed_form_equals_quadrature():
     t_max = 10.0**2 + u.muon_mass_c2**2
     t_min = np.geomspace(1e-14, 0.9 * t_max, 40)
@@ -143,6 +144,7 @@ def test_darkbrem_total_cross_section_scales_and_branching():
     assert db.invisible_branching("scalar", 3000.0) == 1.0
 
 
+@pytest.mark.slow
 def test_signal_channel_emission_weight_equals_n_sigma_l(quickstart_card):
     """The chain's forced-emission weight: Σw(all)/N = ∫ Σ_X(E(z)) dz over the ECAL, which for a
     160 GeV muon losing ≈ 1 GeV there is Σ_X(E_beam) · L within 0.5 % (σ changes slowly with E)."""
@@ -205,6 +207,7 @@ def test_g2_contributions_have_the_analytic_limits():
 # ------------------------------------------------------------------------------------------- command line
 
 
+@pytest.mark.slow
 def test_sensitivity_and_plot_commands_end_to_end(tmp_path, capsys):
     pytest.importorskip("matplotlib")
     card = RUNS / "quickstart.toml"

@@ -366,6 +366,7 @@ def test_straggling_tail_slots_rarely_full():
 
 
 # --- radiative sub-cut fluctuation (sample_radiative_fluctuation) -----------------------------
+@pytest.mark.slow
 @pytest.mark.parametrize("a", [0.007, 0.3, 40.0])
 def test_radiative_fluctuation_matches_brute_force_compound_poisson(a):
     """δ of the 1/ε model vs a brute-force numpy Monte Carlo of every emission of dN/dε = A/ε on

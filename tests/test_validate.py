@@ -116,6 +116,7 @@ def test_tolerances_each_have_a_reason(tmp_path):
 # ----------------------------------------------------------------------------- real tables
 
 
+@pytest.mark.slow
 @pytest.mark.validation
 def test_validate_reduced_statistics_passes(tmp_path):
     """Configurations where fastmc and Geant4 agree (thick iron energy loss; K⁺ → μ⁺ν; π⁺ → μ⁺ν
