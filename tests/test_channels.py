@@ -64,6 +64,7 @@ def test_channels_hadron_decay_kinematics(closure):
     assert np.median(log_w) == pytest.approx(expected, abs=0.05)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("card", ["na64mu_2022.toml", "ls3_2e13.toml"])
 def test_channels_hit_bias_weights_are_exact(card):
     """E_q[w · 1{c_i = c, offset in a window}] = p_i(c, window) for every plane: the scenario

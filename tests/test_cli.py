@@ -115,6 +115,7 @@ def test_cli_inspect_not_a_file(tmp_path, capsys):
     assert code == 2 and err.count("\n") == 1
 
 
+@pytest.mark.slow
 def test_cli_subprocess_exit_code_for_missing_card():
     r = subprocess.run([sys.executable, "-m", "fastmc", "project", "does/not/exist.toml"],
                        capture_output=True, text=True, timeout=120)
@@ -137,6 +138,7 @@ def test_cli_usage_error_names_the_right_help(argv, help_cmd, capsys):
     assert err.count("\n") == 1 and err.rstrip().endswith(f"(see '{help_cmd}')"), err
 
 
+@pytest.mark.slow
 def test_cli_runs_as_python_m_fastmc_cli():
     """``python -m fastmc.cli`` is the same entry point as ``fastmc`` (help, and a command's dispatch)."""
     r = subprocess.run([sys.executable, "-m", "fastmc.cli", "--help"], capture_output=True, text=True, timeout=60,

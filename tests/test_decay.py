@@ -121,6 +121,7 @@ def test_decay_two_body_mu_nu_lab_energy_uniform(tables, parent, lo_GeV, th_max_
     np.testing.assert_allclose(out["log_br"], math.log(float(tables.br[D.PARENTS.index(parent), 0])), rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_decay_branching_fractions_sampled(tables):
     for parent, n in (("K+", 200_000), ("pi+", 200_000)):
         out = _sample(tables, parent, 160e3, n, seed=12)
@@ -224,6 +225,7 @@ def _check_mean(sample, dal, g):
     return ref
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", ["geant4", "pdg"])
 @pytest.mark.parametrize("mode_name,lepton", [("pi0_mu_nu", "mu+"), ("pi0_e_nu", "e+")])
 def test_decay_kl3_rest_frame_spectra_match_dalitz_integration(mode_name, lepton, model):
@@ -241,6 +243,7 @@ def test_decay_kl3_rest_frame_spectra_match_dalitz_integration(mode_name, lepton
     _check_mean(out["e_invisible"], dal, lambda a, b: M["K+"] - a - b)
 
 
+@pytest.mark.slow
 def test_decay_three_pion_rest_frame_spectra_match_phase_space(tables):
     n = 100_000
     mpi, mpi0, mk = M["pi+"], M["pi0"], M["K+"]

@@ -44,6 +44,7 @@ def test_knock_on_pt_is_two_body_kinematics():
     np.testing.assert_allclose(got, ref, rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_brems_photon_angle_follows_modified_mephi_law():
     """γ·θ_γ = r has CDF r²/(1 + r²) normalised at r_max = γπ/2·min(1, E/k − 1) (Tsai 1974 eq. 3.83
     small-angle form, Geant4 G4ModifiedMephi): KS test of 2e5 kicks at two photon energies."""
@@ -60,6 +61,7 @@ def test_brems_photon_angle_follows_modified_mephi_law():
         assert ks < 1.63 / math.sqrt(n), f"v={v}: KS {ks:.4g}"  # 1 % critical value
 
 
+@pytest.mark.slow
 def test_pair_kick_is_difference_of_lepton_pts():
     """Pair: |p₋ sin θ₁ − p₊ sin θ₂| with both angles from the same law — its mean equals the
     numerically integrated expectation over the asymmetry and the two angles (independent
@@ -122,6 +124,7 @@ def test_photonuclear_t_matches_exact_inverse_cdf(nu):
         assert abs(got - ref) < 5 * se + 0.02, f"nu={nu} q={q}: {got:.4f} vs {ref:.4f} (σ {se:.3g})"
 
 
+@pytest.mark.slow
 def test_zero_transfer_gives_no_kick_and_gradients_are_finite():
     uu = jnp.full((4, D.N_KICK_UNIFORMS - 1), 0.37)
     procs = jnp.arange(4, dtype=jnp.int32)
@@ -135,6 +138,7 @@ def test_zero_transfer_gives_no_kick_and_gradients_are_finite():
         assert np.isfinite(float(g))
 
 
+@pytest.mark.slow
 def test_kick_float32_is_finite_and_close_to_float64():
     n = 20_000
     uu = _u(n, D.N_KICK_UNIFORMS - 1, seed=2)

@@ -214,6 +214,7 @@ def test_continuous_ekin_after_ranges_out_and_grad(tables):
     assert bool(jnp.all(jnp.isfinite(g))) and bool(jnp.all((g > 0.9) & (g <= 1.01)))
 
 
+@pytest.mark.slow
 def test_build_tables_cache_and_hash(tmp_path):
     cfg = PhysicsConfig()
     t0 = time.perf_counter()

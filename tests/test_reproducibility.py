@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from fastmc.chain import prepare
 from fastmc.projection import TIMING_KEYS, projection
@@ -53,6 +54,7 @@ def test_reproducibility_split_jobs_merge_identically():
         raise AssertionError("overlapping merge accepted")
 
 
+@pytest.mark.slow
 def test_random_bits_are_jax_random_bits():
     """fastmc.rng.random_bits (Threefry's rounds unrolled, for speed) gives exactly the bits of
     jax.random.bits — eager, jitted and vmapped over keys, for odd and even sizes — so that every

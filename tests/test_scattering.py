@@ -216,6 +216,7 @@ def test_scattering_moliere_core_matches_lynch_dahl(params, params_point, slab):
         assert gl == pytest.approx(want, rel=2e-4), power
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("slab", SLABS, ids=[s[0] for s in SLABS])
 def test_scattering_default_core_width_matches_moliere_core(params, slab):
     """The sampled core (Gaussian + single scatters inside the window) has the width theta_core of
@@ -252,6 +253,7 @@ def _tail_with_error(r, t0, k=3.0):
 TAIL_TOL = 0.20  # brief: within 20 % of Molière beyond 3 theta0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("slab", SLABS, ids=[s[0] for s in SLABS])
 def test_scattering_tail_beyond_3theta0_matches_moliere(params_point, slab):
     """Point nuclei (Molière's assumption) → compare with Molière/Bethe f0+f1/B+f2/B²."""

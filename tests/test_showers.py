@@ -25,6 +25,7 @@ from .conftest import ROOT
 DATA = ROOT / "tests" / "data"
 
 
+@pytest.mark.slow
 def test_showers_hadronic_leakage_behind_iron_matches_physics_md():
     """PHYSICS.md §6: ≈ 1 % of a 160 GeV hadron shower behind 7 λ_I of iron, ≈ 2e-4 behind 13 λ_I
     (mean profile).  Tolerance: a factor 2 — the quoted values are approximate, and the published
@@ -333,6 +334,7 @@ def test_showers_depth_averaged_containment_matches_simpson():
         assert 0.85 < (1 - approx) / (1 - exact) < 1.2, (z, e, approx, exact)
 
 
+@pytest.mark.slow
 def test_shower_deposits_charged_hadron_punch_through_is_exponential():
     """A leading charged hadron (z → 1) from the front of the target reaches the downstream
     spectrometer with probability e^{−L/λ_I}, L = the target (the only slab before it): binomial
@@ -363,6 +365,7 @@ def test_shower_deposits_charged_hadron_punch_through_is_exponential():
     assert through_all.mean() == pytest.approx(p_h, abs=5 * math.sqrt(p_h * (1 - p_h) / surv.sum()))
 
 
+@pytest.mark.slow
 def test_shower_deposits_lateral_leakage_matches_the_radial_profile():
     """An EM shower (50 GeV) at the front of the closure target narrowed to ±40 mm loses the share
     of the GFLASH radial profile outside the aperture: reference = 1 − the exact depth average

@@ -117,6 +117,7 @@ def exact_pb():
     return qr, dens
 
 
+@pytest.mark.slow
 def test_straggling_references_agree(exact_pb):
     """The exact inversion, the brute-force Monte Carlo and Landau's law agree (checks the refs)."""
     qr, dens = exact_pb
@@ -143,6 +144,7 @@ def test_straggling_references_agree(exact_pb):
     assert abs((right - left) / kappa - 4.018) < 0.01
 
 
+@pytest.mark.slow
 def test_straggling_landau_limit_quantiles(exact_pb):
     """160 GeV μ, 5.6 mm Pb (ξ = 0.39 MeV, T_c = 160 MeV): sampler vs brute force and exact law."""
     qr, dens = exact_pb
@@ -160,6 +162,7 @@ def test_straggling_landau_limit_quantiles(exact_pb):
     assert abs(np.median(d) / XI_PB + 4.263) < 0.05
 
 
+@pytest.mark.slow
 def test_straggling_landau_mode_and_fwhm():
     """κ = 1e-5 (ξ = 1.6 keV, T_c = 160 MeV): Landau's mode and FWHM, and its quantiles (scipy)."""
     xi, tc, n = 1.6e-3, 160.0, 1_000_000
@@ -289,6 +292,7 @@ def _tangent(x, t, u, b, v, dx, dt):
     return jax.jvp(lambda x, t: st.sample_fluctuation(x, t, u, b, v), (x, t), (dx, dt))
 
 
+@pytest.mark.slow
 def test_straggling_float32_extremes_are_finite():
     """Values and derivatives finite for ξ, T_c from 0 to huge and u at its ends (0 and 1 too)."""
     xi = np.array([0.0, 1e-30, 1e-12, 1e-6, 1.6e-3, 0.39, 56.0, 1e3, 1e8], np.float32)
@@ -309,6 +313,7 @@ def test_straggling_float32_extremes_are_finite():
     assert np.all(np.isfinite(np.asarray(d))) and np.all(np.isfinite(np.asarray(dd)))
 
 
+@pytest.mark.slow
 def test_straggling_gradients_finite_and_match_finite_differences():
     """float64: ∂δ/∂ξ, ∂δ/∂T_c (Newton path included) against central differences; finite at ξ = 0."""
     with jax.enable_x64(True):
