@@ -160,6 +160,7 @@ def test_readme_commands_match_ci():
         assert cmd.strip() in ci, cmd
 
 
+@pytest.mark.slow
 def test_cli_chunk_ranges_merge_to_the_single_job(tmp_path, capsys):
     card = str(ROOT / "runs" / "quickstart.toml")
     small = ["--n-muons", "12288", "--chunk-size", "4096", "--no-progress", "--json"]
@@ -224,6 +225,7 @@ def test_cli_target_rel_err_stops_each_channel_on_its_own(tmp_path, capsys):
             assert back[ch][key] == d["channels"][ch][key], (ch, key)
 
 
+@pytest.mark.slow
 def test_cli_target_rel_err_stops_early(capsys):
     card = str(ROOT / "tests" / "data" / "closure_hadron.toml")
     code, out, err = run_cli(["project", card, "--json", "--no-progress", "--target-rel-err", "0.5"], capsys)

@@ -132,6 +132,7 @@ def test_validate_reduced_statistics_passes(tmp_path):
     assert summary["passed"] and summary["n_checks"] == 4
 
 
+@pytest.mark.slow
 @pytest.mark.validation
 def test_validate_perturbed_table_fails(tmp_path):
     """Scaling the tail (ΔE > 5 GeV) of a real table by 1.3 must make the tail check fail."""
