@@ -3,28 +3,9 @@
 All arrays are (B,) over muons.  :func:`transport` is a ``lax.scan`` over element slots (gap
 drift → material → magnet kick), so the program compiles once whatever the number of elements
 (an unrolled loop over the 24 elements of the 2022 setup took minutes to compile).  The
-per-element kernel is :mod:`fastmc.transport.step`; beam hadrons' decays and absorption are
-:mod:`fastmc.transport.hadrons`.  Inside one piece of material of length L
-(:func:`~fastmc.transport.step.material_step`):
-
-1. the number N of stochastic interactions (v > v_c, all processes) is drawn from a Poisson
-   law of mean Σ(E_in)·L by inverse CDF of one uniform, capped at the element's static
-   ``max_interactions`` K.  Draws beyond the cap are *counted* (``overflow``), never silent;
-2. their depths are N ordered uniforms in [0, L] (K uniforms, the unused slots parked at L,
-   sorted);
-3. between interactions the muon loses energy continuously along the CSDA range table of the
-   sub-cut loss; at each interaction the process is chosen with probability σ_p/Σ and
-   v = ΔE/E from its inverse-CDF table (``fastmc.physics``);
-4. the straggling of the sub-cut loss is added once (``fastmc.physics.straggling``: Landau–Vavilov
-   knock-ons and a compound-Poisson radiative part; one Gaussian in the soft optimisation mode);
-5. multiple scattering (``fastmc.physics.scattering``) changes the slopes and shifts the
-   position at the exit, at the momentum p_eff of the segments between the interactions
-   (1/p_eff² = Σ f_s/p_s²); each interaction adds its own deflection of the muon
-   (``fastmc.physics.deflection``: the p_T taken by the δ-ray, photon, pair or virtual photon).
-
-Σ is evaluated at the entry energy: at the energies and thicknesses of NA64μ the cross sections
-above v_c change by < 1 % across one element (they are nearly flat in E), and the bias of that
-approximation is far below the statistical precision of the validation tables.
+per-element kernel — interaction counts, losses, straggling, scattering, kicks — is
+:func:`fastmc.transport.step.material_step` (its module docstring has the algorithm); beam hadrons'
+decays and absorption are :mod:`fastmc.transport.hadrons`.
 
 Every piece of randomness comes as one uniform array per element (DESIGN.md §4).
 """
