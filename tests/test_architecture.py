@@ -21,7 +21,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 DATA = ("fastmc.config", "fastmc.geometry", "fastmc.materials", "fastmc.beam", "fastmc.units", "fastmc.species",
         "fastmc._pytree", "fastmc.rng")
-KERNELS = ("fastmc.physics", "fastmc.transport", "fastmc.response", "fastmc.reconstruct", "fastmc.selection")
+KERNELS = ("fastmc.physics", "fastmc.transport", "fastmc.response", "fastmc.reconstruct", "fastmc.trackfit",
+           "fastmc.selection")
 DRIVERS = ("fastmc.chain", "fastmc.run", "fastmc.projection", "fastmc.runcard", "fastmc.api", "fastmc.io",
            "fastmc.distributed", "fastmc.sensitivity", "fastmc.optimise", "fastmc.validate", "fastmc.plots",
            "fastmc.numpy_baseline")
@@ -34,7 +35,8 @@ CHANNEL_MODULES = ("fastmc.channels.analog", "fastmc.channels.hadron_decay", "fa
 FORBIDDEN: list[tuple[tuple[str, ...], tuple[str, ...], str]] = [
     (DATA, KERNELS + ("fastmc.channels",) + DRIVERS + ("fastmc.cli",),
      "data modules (cards, models, geometry, beam, materials, units) import no kernel: they are read by them"),
-    (("fastmc.physics",), ("fastmc.transport", "fastmc.response", "fastmc.reconstruct", "fastmc.selection"),
+    (("fastmc.physics",), ("fastmc.transport", "fastmc.response", "fastmc.reconstruct", "fastmc.trackfit",
+                           "fastmc.selection"),
      "physics/ holds the processes and their samplers; the transport and the response drive them"),
     (KERNELS, ("fastmc.channels",),
      "kernels know no channel: they declare the protocols a channel's proposals satisfy (DESIGN.md §8)"),
