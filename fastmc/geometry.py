@@ -24,6 +24,10 @@ from fastmc._pytree import pytree_dataclass, static_field
 from fastmc.config import ModelConfig
 from fastmc.materials import get_material, homogenise
 
+# radiation length standing in for an evacuated gap (density scale 0): finite, so that Highland's
+# log(x/X0) stays finite; its θ0 (≈ 3e-8·13.6 MeV/p per metre) is nil
+VACUUM_X0_MM = 1e15
+
 __all__ = ["Element", "Beam", "Spectrometer", "Setup", "build_setup", "setup_materials"]
 
 
@@ -45,6 +49,7 @@ class Element:
     noise: jnp.ndarray  # MeV
     response_scale: jnp.ndarray
     half_width: jnp.ndarray  # mm (slabs): transverse half-size, square aperture
+    x_over_X0: jnp.ndarray  # thickness in radiation lengths (trackers: the track fit's scattering covariance)
     name: str = static_field()
     kind: str = static_field()  # tracker | slab | magnet
     bend_plane: str = static_field(default="x")
@@ -80,6 +85,7 @@ class Setup:
     beam: Beam
     gap_material: jnp.ndarray
     gap_density_scale: jnp.ndarray
+    gap_X0: jnp.ndarray  # mm, radiation length of the gap medium (density scale included; VACUUM_X0_MM for vacuum)
     spectrometers: tuple[Spectrometer, ...] = static_field()
     # (no model name here: a static field would recompile the chain for a renamed copy of a model)
 
@@ -148,6 +154,14 @@ def setup_materials(model: ModelConfig) -> tuple[list, dict[str, int]]:
     return mats, index
 
 
+def _x_over_X0(e) -> float:
+    """Thickness of an element in radiation lengths (0 for magnets: their gap medium is the gap's)."""
+    if e.kind == "magnet":
+        return 0.0
+    mat = homogenise(e.material, list(e.layers)) if e.layers else get_material(e.material)
+    return e.thickness / mat.X0_mm
+
+
 def build_setup(model: ModelConfig, material_index: dict[str, int]) -> Setup:
     """Arrays (float32 on device unless x64 is enabled) from a validated model."""
     f = lambda v: jnp.asarray(v, dtype=jnp.result_type(float))  # noqa: E731
@@ -173,6 +187,7 @@ def build_setup(model: ModelConfig, material_index: dict[str, int]) -> Setup:
                 noise=f(e.noise),
                 response_scale=f(e.response_scale),
                 half_width=f(e.half_width),
+                x_over_X0=f(_x_over_X0(e)),
                 name=e.name,
                 kind=e.kind,
                 bend_plane=e.bend_plane,
@@ -206,6 +221,8 @@ def build_setup(model: ModelConfig, material_index: dict[str, int]) -> Setup:
         beam=beam,
         gap_material=jnp.asarray(gap, dtype=jnp.int32),
         gap_density_scale=f(model.gap_density_scale),
+        gap_X0=f(get_material(model.gap_material).X0_mm / model.gap_density_scale
+                 if model.gap_density_scale > 0 else VACUUM_X0_MM),
         spectrometers=spectrometers,
     )
 

@@ -1,17 +1,28 @@
-"""Momentum reconstruction from tracker hits (no truth used).
+"""Reconstruction: selection variables from measured hits and energies (no truth used).
 
-For each spectrometer, straight lines are fitted in the bend plane to the hits of the upstream
-and of the downstream arm (weighted least squares, weights 1/σ² for present hits); the bend
-angle Δθ = slope_down − slope_up gives p = q · 0.2998 GeV/(T·m) · Σ∫B dl / Δθ.  An arm with
-fewer than two hits gives no track (``ok = 0``, p = −1).  Also: the χ²/ndf of the two fits
-(``p_out_chi2ndf``), the number of hits of each arm (``p_out_hits_up``, ``p_out_hits_down`` and,
-with ``incoming`` trackers, ``p_out_hits_in``: a track-quality requirement against faked slopes),
-and, when the spectrometer names ``incoming`` trackers, the kink angle between the incoming track
-and its upstream arm (``kink_p_out_mrad``).  When the model has a ``p_in`` spectrometer and
-incoming trackers, ``kink_beam_mrad`` is the angle between the beam track behind the momentum
-station (its downstream arm) and the incoming track, both projections, with no field between
-them: a beam kaon or pion that decays there shows up as a kink of p*/p ≈ mrad (the 2022 analysis
-matches the BMS and Micromegas tracks, PRL 132 (2024) 211803).
+Momenta.  Each spectrometer's momentum comes from one global least-squares fit of all the hits of
+its two arms, the magnets as kinks of known ∫B dl, with multiple scattering in the tracker planes
+and in the gap medium in the covariance (:func:`fastmc.trackfit.fit_spectrometer`; DESIGN.md §9).
+Per spectrometer (``<out>`` = ``p_in`` / ``p_out``):
+
+* ``<out>_GeV``: the fitted p (q/p of the bend-plane fit), −1 when no track: an arm with fewer than two
+  hits, a singular fit, or a bend of the wrong sign; ``in_ok`` / ``out_ok`` say which;
+* ``<out>_chi2ndf``: χ²/ndf of the whole track in both projections (ndf = 2n − 5), +inf without a track;
+* ``<out>_match_mm`` and ``<out>_match_pull``: the residual between the straight lines of the two
+  arms at the magnets' kick point (both projections, in quadrature) and the same in units of its
+  standard deviation (√(pull_bend² + pull_nonbend²), each pull ~ N(0, 1) for a clean track): a
+  faked slope of one arm misses the other arm's segment there by the slope error × the lever arm;
+* ``<out>_hits_up``, ``<out>_hits_down`` and (with ``incoming`` trackers) ``<out>_hits_in``.
+
+Kinks.  When the spectrometer names ``incoming`` trackers, ``kink_<out>_mrad`` is the angle
+between the incoming track and the upstream arm (straight-line fits of each, both projections, no
+field between them) and ``kink_<out>_pt_MeV`` that angle × |p|, the transverse kick at the target.
+When the model has a ``p_in`` spectrometer and incoming trackers, ``kink_beam_mrad`` is the angle
+between the beam track behind the momentum station (its downstream arm) and the incoming track: a
+beam kaon or pion that decays there shows up as a kink of p*/p ≈ mrad (the 2022 analysis matches the
+BMS and Micromegas tracks, PRL 132 (2024) 211803).  These straight-line arm fits (:func:`fit_arm`)
+weight hits by their resolutions only; the momentum channel's integrated kink cut relies on them
+being linear in the hits.
 """
 
 from __future__ import annotations
@@ -19,7 +30,8 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 from fastmc import units as u
-from fastmc.geometry import Setup
+from fastmc.geometry import Setup, Spectrometer
+from fastmc.trackfit import fit_spectrometer
 
 
 def fit_line(z, m, w):
@@ -63,22 +75,29 @@ def kink_parts(setup: Setup, s, hits):
     return b_up - bi_p, bu_o - bi_o, ok_up & oki_p & oki_o & oku_o
 
 
+def global_fit(setup: Setup, s: Spectrometer, hits: dict) -> dict[str, jnp.ndarray]:
+    """:func:`fastmc.trackfit.fit_spectrometer` of ``s`` with the scattering of the model: each
+    tracker plane's thickness in radiation lengths and the gap medium (two thin scatterers per gap);
+    θ0 at the beam momentum, then once more at the fitted one."""
+    names = tuple(s.upstream) + tuple(s.downstream) + tuple(s.incoming)
+    return fit_spectrometer(setup, s, hits, x_over_X0={n: setup.element(n).x_over_X0 for n in names},
+                            gap_X0_mm=setup.gap_X0, p_scatter_GeV=setup.beam.momentum / u.GeV, ms_iterations=1)
+
+
 def reconstruct(setup: Setup, measured: dict) -> dict[str, jnp.ndarray]:
-    """Selection variables from measured hits and energies (units in the names)."""
+    """Selection variables from measured hits and energies (units in the names; module docstring)."""
     out: dict[str, jnp.ndarray] = {}
     hits = measured["hits"]
     for s in setup.spectrometers:
-        b_up, ok_up, c_up, n_up = fit_arm(setup, s.upstream, hits, s.plane)
-        b_dn, ok_dn, c_dn, n_dn = fit_arm(setup, s.downstream, hits, s.plane)
-        ndf = n_up + n_dn - 4
-        chi2ndf = jnp.where(ndf > 0, (c_up + c_dn) / jnp.maximum(ndf, 1), 0.0)
-        bl = sum(setup.element(m).field_integral for m in s.magnets)
-        dtheta = b_dn - b_up
-        ok = ok_up & ok_dn & (dtheta * setup.beam.charge * jnp.sign(bl) > 0)
-        safe = jnp.where(ok, dtheta, 1.0)
-        p = setup.beam.charge * u.GEV_PER_TESLA_METRE * bl / safe  # GeV/c
+        g = global_fit(setup, s, hits)
+        p = g["p_GeV"]
+        ok = g["ok"] & g["match_ok"] & (p > 0)  # p > 0: the track bends as the beam's charge does
         out[f"{s.output}_GeV"] = jnp.where(ok, p, -1.0)
-        out[f"{s.output}_chi2ndf"] = jnp.where(ok, chi2ndf, jnp.inf).astype(p.dtype)
+        out[f"{s.output}_chi2ndf"] = jnp.where(ok, g["chi2ndf"], jnp.inf).astype(p.dtype)
+        match = jnp.sqrt(g["match_bend_mm"] ** 2 + g["match_nonbend_mm"] ** 2)
+        pull = jnp.sqrt(g["match_bend_pull"] ** 2 + g["match_nonbend_pull"] ** 2)
+        out[f"{s.output}_match_mm"] = jnp.where(ok, match, jnp.inf).astype(p.dtype)
+        out[f"{s.output}_match_pull"] = jnp.where(ok, pull, jnp.inf).astype(p.dtype)
         if s.incoming:
             # kink between the incoming track and the spectrometer's upstream arm, both projections
             # (no field between them): large-angle scatters in the target and bad hits show up here
@@ -91,8 +110,8 @@ def reconstruct(setup: Setup, measured: dict) -> dict[str, jnp.ndarray]:
             # width (13.6 MeV·√(x/X0)(1 + 0.038 ln(x/X0)) ≈ 98 MeV per projection for 40 X0 of Pb)
             out[f"kink_{s.output}_pt_MeV"] = jnp.where(kok & ok, kink * jnp.abs(p), jnp.inf).astype(p.dtype)
         out[f"{'in' if s.output == 'p_in' else 'out'}_ok"] = ok.astype(p.dtype)
-        out[f"{s.output}_hits_up"] = n_up.astype(p.dtype)
-        out[f"{s.output}_hits_down"] = n_dn.astype(p.dtype)
+        out[f"{s.output}_hits_up"] = g["hits_up"].astype(p.dtype)
+        out[f"{s.output}_hits_down"] = g["hits_down"].astype(p.dtype)
     beam = [s for s in setup.spectrometers if s.output == "p_in"]
     inc = [s for s in setup.spectrometers if s.incoming]
     if beam and inc:

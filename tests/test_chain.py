@@ -121,25 +121,50 @@ def test_chain_highland_model_width_within_5_percent_of_highland(material, thick
     assert abs(width / theta0 - 1.0) < 0.05, f"{material}: width {width:.4g} rad vs Highland {theta0:.4g} rad"
 
 
+@pytest.fixture(scope="module")
+def spectrometer_chunks():
+    prep = prepare(load_run(ROOT / "tests" / "data" / "spectrometer_card.toml"))
+    chunks = [chunk_variables(prep, c)[0] for c in range(2)]
+    return {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
+
+
 @pytest.mark.slow
-def test_chain_pout_resolution_matches_analytic():
-    cfg = load_run(ROOT / "tests" / "data" / "spectrometer_card.toml")
-    prep = prepare(cfg)
-    p_rec = np.concatenate([chunk_variables(prep, c)[0]["p_out_GeV"] for c in range(2)])
+def test_chain_global_fit_chi2_and_matching_pulls_follow_their_laws(spectrometer_chunks):
+    """Full chain (transport with Gaussian Highland scattering in the planes, Gaussian hits): the global
+    fit's χ² (ndf = 2·4 − 5 = 3) follows χ²(3) and the squared matching pull (two projections) χ²(2)."""
+    from scipy import stats
+
+    v = spectrometer_chunks
+    ok = v["out_ok"] > 0.5
+    chi2 = v["p_out_chi2ndf"][ok] * 3.0
+    pull2 = v["p_out_match_pull"][ok] ** 2
+    # 40 000 tracks: a KS test at α = 1e-3 fails only on a real mismatch (D ≈ 0.01 is detected)
+    assert stats.kstest(chi2, stats.chi2(3).cdf).pvalue > 1e-3
+    assert stats.kstest(pull2, stats.chi2(2).cdf).pvalue > 1e-3
+
+
+@pytest.mark.slow
+def test_chain_pout_resolution_matches_analytic(spectrometer_chunks):
+    p_rec = spectrometer_chunks["p_out_GeV"]
     ok = p_rec > 0
     assert ok.mean() > 0.999
     p_true = 160.0 - 0.0005  # four 1 mm plastic planes: ≈ 0.2 MeV each of ionisation
     rel = p_rec[ok] / p_true - 1.0
-    # analytic: Δθ = slope_down − slope_up; each 2-point slope has variance 2σ²/d²; the scattering
-    # in the last upstream plane (U2) and the first downstream plane (D1) adds θ0² each
+    # analytic: the GLS variance of q/p, [(Aᵀ C⁻¹ A)⁻¹]_λλ, written out here in numpy float64
+    # (independent of fastmc.trackfit): planes at their exit faces, the magnet a thin lens at its
+    # centre, C = σ² 1 + Σ_s θ0_s² (z_j − z_s)₊ (z_k − z_s)₊ with a scatterer in each plane (vacuum gap)
     sigma = 0.1  # mm
-    d_up, d_dn = 2000.0, 4000.0
+    z = np.array([1.0, 2001.0, 6001.0, 10001.0])
+    z_kick = 4000.0
     mat = get_material("polystyrene")
     p = 160e3
     theta0 = float(highland_theta0(p, p / math.hypot(p, u.muon_mass_c2), 1.0 / mat.X0_mm))
-    var_dtheta = 2 * sigma**2 / d_up**2 + 2 * sigma**2 / d_dn**2 + 2 * theta0**2
-    kick = u.GEV_PER_TESLA_METRE * 2.0 / 160.0
-    expected = math.sqrt(var_dtheta) / kick
+    a2 = u.GEV_PER_TESLA_METRE * 2.0 * np.maximum(z - z_kick, 0.0)  # mm per (c/GeV)
+    A = np.stack([np.ones(4), z - z_kick, a2], 1)
+    lever = np.maximum(z[:, None] - z[None, :], 0.0)
+    C = sigma**2 * np.eye(4) + theta0**2 * lever @ lever.T
+    var_lam = np.linalg.inv(A.T @ np.linalg.solve(C, A))[2, 2]
+    expected = math.sqrt(var_lam) * 160.0  # σ_p/p = σ_λ·p
     measured = rel.std()
     # 40 000 muons: the relative error of a std estimate is 1/√(2n) = 0.35 %; 1/p is not Gaussian
     # at O((σ/p)²) = O(1e-3); tolerance 3 %

@@ -384,8 +384,12 @@ def misreco_scenarios(setup: Setup, planes: tuple[str, ...], min_reach: float = 
         bl = sum(f(setup.element(m).field_integral) for m in s.magnets)
         need = min_reach * abs(u.GEV_PER_TESLA_METRE * bl / (f(setup.beam.momentum) / u.GeV))
         mh = min_hits or {}
-        down = singles(s.downstream, +1, need) + subsets(s.downstream, +1, need, mh.get(f"{s.output}_hits_down", 0.0))
-        up = singles(s.upstream, -1, need) + subsets(s.upstream, -1, need, mh.get(f"{s.output}_hits_up", 0.0))
+        # MS2 (p_out) fakes a LOW momentum: pushes enlarge |Δθ|; MS1 (p_in) fakes a HIGH one (a beam
+        # muon of the low-momentum tail measured at the nominal momentum): pushes shrink |Δθ|
+        sg = 1 if s.output == "p_out" else -1
+        down = (singles(s.downstream, sg, need)
+                + subsets(s.downstream, sg, need, mh.get(f"{s.output}_hits_down", 0.0)))
+        up = singles(s.upstream, -sg, need) + subsets(s.upstream, -sg, need, mh.get(f"{s.output}_hits_up", 0.0))
         # the incoming track may follow a faked upstream slope: one or more of its planes pushed,
         # its others natural
         inc = [{k: v for k, v in r.items() if v != ROLE_LOST}

@@ -166,7 +166,9 @@ VARIABLE_HELP = {
     "out_ok": "1 if the downstream track was reconstructed, else 0",
     "e_<group>_GeV": "visible energy summed over the readout group (e.g. e_ecal_GeV, e_hcal_GeV)",
     "e_<group>_MeV": "same in MeV (convenient for counters, e.g. e_veto_MeV)",
-    "p_<out>_chi2ndf": "χ²/ndf of the two straight-line fits of a spectrometer (0 when ndf = 0)",
+    "p_<out>_chi2ndf": "χ²/ndf of the spectrometer's global track fit, both projections (+inf without a track)",
+    "p_<out>_match_mm": "distance between the two arms' straight lines at the magnets' kick point (both projections)",
+    "p_<out>_match_pull": "the same in units of its standard deviation (√(pull_bend² + pull_nonbend²))",
     "kink_<out>_mrad": "angle between the incoming track and the spectrometer's upstream arm (both projections)",
     "kink_<out>_pt_MeV": "the same kink times the reconstructed momentum: the transverse kick at the target",
     "truth_hadron": "TRUTH (closure/validation studies only): 1 if the primary was a beam hadron",
@@ -179,7 +181,8 @@ def selection_variables(model: ModelConfig) -> tuple[str, ...]:
     """The names a cut may use for this model."""
     names = ["in_ok", "out_ok", "truth_hadron"]
     for s in model.spectrometers:
-        names += [f"{s.output}_GeV", f"{s.output}_chi2ndf", f"{s.output}_hits_up", f"{s.output}_hits_down"]
+        names += [f"{s.output}_GeV", f"{s.output}_chi2ndf", f"{s.output}_hits_up", f"{s.output}_hits_down",
+                  f"{s.output}_match_mm", f"{s.output}_match_pull"]
         if s.incoming:
             names += [f"kink_{s.output}_mrad", f"kink_{s.output}_pt_MeV", f"{s.output}_hits_in"]
     if any(s.output == "p_out" for s in model.spectrometers):
