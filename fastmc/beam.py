@@ -1,8 +1,12 @@
-"""Beam generation at ``z_start``: Gaussian momentum, spot and divergence (M2 muon beam).
+"""Beam generation at ``z_start``: momentum spectrum, spot and divergence (M2 muon beam).
 
 The M2 muon beam is described by PHYSICS.md §2 (values in models/*.toml with sources).  The
-momentum distribution is Gaussian with relative width ``momentum_spread_rel``, truncated to
-positive values; spot and divergence are independent Gaussians per projection.
+momentum is a mixture (:func:`beam_momentum`): a Gaussian core of relative width
+``momentum_spread_rel``; with probability ``tail_fraction`` a low-momentum tail p = p0·(1 − ξ),
+ξ exponential of mean ``tail_scale_rel``; with probability ``halo_fraction`` a halo muon (from
+π/K decays along the beam line, outside the core's phase space) with its own Gaussian momentum
+spread, spot and divergence.  Momenta are truncated at 1 GeV/c.  Spot and divergence are
+independent Gaussians per projection.
 """
 
 from __future__ import annotations
@@ -18,20 +22,41 @@ from fastmc.geometry import Beam
 from fastmc.rng import normal_from_uniform, uniforms
 from fastmc.species import SPECIES_K, SPECIES_MU, SPECIES_PI, hadron_ctau_mm, species_masses
 
-N_BEAM_UNIFORMS = 5
+N_BEAM_UNIFORMS = 7  # momentum normal, 4 spot/divergence normals, component choice, tail depth
+COMPONENT_CORE, COMPONENT_TAIL, COMPONENT_HALO = 0, 1, 2
+P_MIN = 1.0 * u.GeV  # momenta are truncated here (a beam line transports nothing slower)
+
+
+def beam_momentum(beam: Beam, uu: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """Momentum (MeV/c) and component (core 0, tail 1, halo 2) from uniforms ``uu`` (B, 3):
+    column 0 the Gaussian deviate, 1 the component (halo if u < f_halo, tail if u < f_halo +
+    f_tail, else core), 2 the tail depth ξ = −tail_scale_rel·ln u.  Core: p0·(1 + σ_rel·z); tail:
+    p0·(1 − ξ); halo: p0·(1 + σ_halo·z).  With zero fractions this is the Gaussian core exactly."""
+    z = normal_from_uniform(uu[:, 0])
+    uc = uu[:, 1]
+    halo = uc < beam.halo_fraction
+    tail = ~halo & (uc < beam.halo_fraction + beam.tail_fraction)
+    xi = -beam.tail_scale_rel * jnp.log(uu[:, 2])
+    rel = jnp.where(halo, beam.halo_momentum_spread_rel * z, jnp.where(tail, -xi, beam.momentum_spread_rel * z))
+    pmag = jnp.maximum(beam.momentum * (1.0 + rel), P_MIN)
+    comp = jnp.where(halo, COMPONENT_HALO, jnp.where(tail, COMPONENT_TAIL, COMPONENT_CORE)).astype(jnp.int32)
+    return pmag, comp
 
 
 def sample_beam_from_u(beam: Beam, uu: jnp.ndarray) -> dict[str, jnp.ndarray]:
-    """Beam muons from uniforms ``uu`` of shape (B, N_BEAM_UNIFORMS)."""
-    z = normal_from_uniform(uu)
-    pmag = beam.momentum * (1.0 + beam.momentum_spread_rel * z[:, 0])
-    pmag = jnp.maximum(pmag, 1.0 * u.GeV)
+    """Beam muons from uniforms ``uu`` of shape (B, N_BEAM_UNIFORMS); columns 0, 5, 6 go to
+    :func:`beam_momentum`, 1–4 to the spot and divergence (the halo's own widths for halo muons)."""
+    z = normal_from_uniform(uu[:, 1:5])
+    pmag, comp = beam_momentum(beam, uu[:, jnp.asarray([0, 5, 6])])
+    halo = comp == COMPONENT_HALO
+    spot = jnp.where(halo, beam.halo_spot_sigma, beam.spot_sigma)
+    div = jnp.where(halo, beam.halo_divergence_sigma, beam.divergence_sigma)
     ekin = jnp.sqrt(pmag**2 + u.muon_mass_c2**2) - u.muon_mass_c2
     return {
-        "x": beam.spot_sigma * z[:, 1],
-        "y": beam.spot_sigma * z[:, 2],
-        "tx": beam.divergence_sigma * z[:, 3],
-        "ty": beam.divergence_sigma * z[:, 4],
+        "x": spot * z[:, 0],
+        "y": spot * z[:, 1],
+        "tx": div * z[:, 2],
+        "ty": div * z[:, 3],
         "ekin": ekin,
     }
 

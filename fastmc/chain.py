@@ -43,6 +43,7 @@ class ChainOptions:
     max_interactions: int
     branches: tuple[int, ...]
     hadrons: bool = False  # transport beam hadrons (K⁺, π⁺) with decays in flight
+    muon_id: Any = None  # the card's [muon_id] (fastmc.config.MuonIdConfig, hashable) or None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,7 +90,8 @@ def prepare(cfg: RunConfig) -> Prepared:
     physics = Physics(tables.device(dtype), scat, ph.scattering, lambda_i, decay)
     setup = build_setup(cfg.model, index)
     e_max = 1.5 * float(setup.beam.momentum)
-    options = ChainOptions(cfg.chunk_size, ph.max_interactions, slot_branches(setup, physics, e_max), hadrons)
+    options = ChainOptions(cfg.chunk_size, ph.max_interactions, slot_branches(setup, physics, e_max), hadrons,
+                           cfg.muon_id)
     showers = build_shower_params(mats, cfg.showers, dtype) if cfg.showers.model == "profile" else None
     params = {name: ch.build(BuildContext(cfg, setup, mats, cfg.channel_settings.get(name), hadrons, dtype))
               for name, ch in channels.items()}
@@ -149,7 +151,7 @@ def simulate_events(setup: Setup, physics: Physics, key_c: jax.Array, opts: Chai
                              None if soft is None else soft.setup_ref, channel.step_forcing(params), opts.hadrons)
     measured = detector_response(setup, truth, key_c, channel.hit_proposal(params), showers,
                                  channel.hadron_proposal(params), None if soft is None else soft.temperature, hits_pre)
-    variables = reconstruct(setup, measured)
+    variables = reconstruct(setup, measured, opts.muon_id)
     # weights of the biased choices made in transport (species, forced decays/interactions) and response
     log_w = final["log_w"] + measured["log_w"]
     log_w, integrated = channel.after_response(setup, params, final, measured, variables, log_w)

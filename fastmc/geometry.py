@@ -65,6 +65,13 @@ class Beam:
     divergence_sigma: jnp.ndarray  # rad
     z_start: jnp.ndarray  # mm
     charge: int = static_field(default=1)
+    # non-Gaussian momentum spectrum and halo (fastmc.beam.beam_momentum); zeros: the Gaussian core
+    tail_fraction: jnp.ndarray = 0.0
+    tail_scale_rel: jnp.ndarray = 0.0
+    halo_fraction: jnp.ndarray = 0.0
+    halo_spot_sigma: jnp.ndarray = 0.0  # mm
+    halo_divergence_sigma: jnp.ndarray = 0.0  # rad
+    halo_momentum_spread_rel: jnp.ndarray = 0.0
 
 
 @pytree_dataclass
@@ -203,6 +210,12 @@ def build_setup(model: ModelConfig, material_index: dict[str, int]) -> Setup:
         divergence_sigma=f(b.divergence_sigma),
         z_start=f(b.z_start),
         charge=1 if b.pdg < 0 else -1,  # PDG: -13 is μ⁺
+        tail_fraction=f(b.tail_fraction),
+        tail_scale_rel=f(b.tail_scale_rel),
+        halo_fraction=f(b.halo_fraction),
+        halo_spot_sigma=f(b.halo_spot_sigma),
+        halo_divergence_sigma=f(b.halo_divergence_sigma),
+        halo_momentum_spread_rel=f(b.halo_momentum_spread_rel),
     )
     spectrometers = tuple(
         Spectrometer(

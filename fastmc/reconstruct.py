@@ -84,8 +84,35 @@ def global_fit(setup: Setup, s: Spectrometer, hits: dict) -> dict[str, jnp.ndarr
                             gap_X0_mm=setup.gap_X0, p_scatter_GeV=setup.beam.momentum / u.GeV, ms_iterations=1)
 
 
-def reconstruct(setup: Setup, measured: dict) -> dict[str, jnp.ndarray]:
-    """Selection variables from measured hits and energies (units in the names; module docstring)."""
+def energy_variables(setup: Setup, measured: dict, muon_id=None) -> dict[str, jnp.ndarray]:
+    """Calorimeter selection variables: ``e_<group>_GeV``/``_MeV`` per readout group,
+    ``e_<element>_GeV`` per slab of a group of several (``measured["element_energies"]``), and with
+    ``muon_id`` (:class:`fastmc.config.MuonIdConfig`: group, min, max in MeV)
+    ``n_<group>_mip_modules``, the number of the group's slabs whose visible energy lies in the
+    window (muon identification: a muon crossing the HCAL deposits a MIP signal in each module)."""
+    out: dict[str, jnp.ndarray] = {}
+    for group, e in measured["energies"].items():
+        out[f"e_{group}_GeV"] = e / u.GeV
+        out[f"e_{group}_MeV"] = e / u.MeV
+    by_el = measured.get("element_energies", {})
+    members: dict[str, list[str]] = {}
+    for el in setup.elements:
+        if el.name in by_el:
+            members.setdefault(el.group, []).append(el.name)
+    for names in members.values():
+        if len(names) > 1:
+            out.update({f"e_{n}_GeV": by_el[n] / u.GeV for n in names})
+    if muon_id is not None:
+        names = members[muon_id.group]
+        inside = [(by_el[n] >= muon_id.min) & (by_el[n] <= muon_id.max) for n in names]
+        count = sum(x.astype(jnp.int32) for x in inside)
+        out[f"n_{muon_id.group}_mip_modules"] = count.astype(by_el[names[0]].dtype)
+    return out
+
+
+def reconstruct(setup: Setup, measured: dict, muon_id=None) -> dict[str, jnp.ndarray]:
+    """Selection variables from measured hits and energies (units in the names; module docstring);
+    ``muon_id``: the card's [muon_id] window (:func:`energy_variables`)."""
     out: dict[str, jnp.ndarray] = {}
     hits = measured["hits"]
     for s in setup.spectrometers:
@@ -123,9 +150,7 @@ def reconstruct(setup: Setup, measured: dict) -> dict[str, jnp.ndarray]:
         (bx1, by1, ok1), (bx2, by2, ok2) = slopes
         kink = jnp.sqrt((bx2 - bx1) ** 2 + (by2 - by1) ** 2) / u.mrad
         out["kink_beam_mrad"] = jnp.where(ok1 & ok2, kink, jnp.inf).astype(kink.dtype)
-    for group, e in measured["energies"].items():
-        out[f"e_{group}_GeV"] = e / u.GeV
-        out[f"e_{group}_MeV"] = e / u.MeV
+    out.update(energy_variables(setup, measured, muon_id))
     if "p_out_GeV" in out:  # charged hadrons that punched through the calorimeters (shower_deposits)
         ref = out["p_out_GeV"]
         n_extra = measured.get("counts", {}).get("extra_tracks_p_out")

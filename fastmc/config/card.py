@@ -18,7 +18,7 @@ from fastmc.config.model import ModelConfig, load_model
 from fastmc.config.sections import ConfigError, Section, check_signal_mass, file_sha256, read_toml
 
 # the top level of a run card (and the top-level parts of the channels' tables)
-RUN_CARD_KEYS = ("schema_version", "run", "physics", "admixture", "showers", "optimise", "selection")
+RUN_CARD_KEYS = ("schema_version", "run", "physics", "admixture", "showers", "optimise", "selection", "muon_id")
 SHOWER_MODELS = ("none", "profile")
 SCATTERING_MODELS = ("highland", "highland_single")
 FORM_FACTORS = ("geant4", "exponential")  # fastmc.physics.scattering.FORM_FACTORS
@@ -64,6 +64,17 @@ class AdmixtureConfig:
 
     kaon_fraction: float = 0.0
     pion_fraction: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class MuonIdConfig:
+    """[muon_id]: a module of readout ``group`` counts as minimum-ionising when its visible energy
+    lies in [min, max] (MeV); the selection variable ``n_<group>_mip_modules`` counts them."""
+
+    group: str
+    min: float
+    max: float
+    source: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,6 +146,7 @@ class RunConfig:
     # each registered channel's settings, parsed from its own card table by the channel, and the
     # registry that parsed them (name → fastmc.channels.base.Channel; not part of the provenance)
     channel_settings: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    muon_id: MuonIdConfig | None = None  # [muon_id]: the HCAL's per-module MIP window
     registry: Any = dataclasses.field(default=None, compare=False, repr=False)
 
     def with_overrides(self, **changes: Any) -> RunConfig:
@@ -174,11 +186,37 @@ VARIABLE_HELP = {
     "truth_hadron": "TRUTH (closure/validation studies only): 1 if the primary was a beam hadron",
     "extra_tracks_p_out": "extra charged tracks reaching MS2: leading charged hadrons that punched through the "
                           "calorimeters",
+    "e_<element>_GeV": "visible energy of one read-out slab of a group of several (e.g. e_HCAL1_GeV)",
+    "n_<group>_mip_modules": "with [muon_id]: number of the group's modules whose visible energy lies in the MIP "
+                             "window (e.g. n_hcal_mip_modules)",
 }
 
 
-def selection_variables(model: ModelConfig) -> tuple[str, ...]:
-    """The names a cut may use for this model."""
+def readout_groups(model: ModelConfig) -> dict[str, tuple[str, ...]]:
+    """Read-out group → its slabs' names, in model order."""
+    groups: dict[str, tuple[str, ...]] = {}
+    for e in model.elements:
+        if e.kind == "slab" and e.readout != "none":
+            groups[e.group] = groups.get(e.group, ()) + (e.name,)
+    return groups
+
+
+def _parse_muon_id(sec: Section, model: ModelConfig) -> MuonIdConfig:
+    groups = readout_groups(model)
+    group = sec.string("group")
+    if group not in groups:
+        raise sec.fail("group", group, f"not a read-out group of the model (known: {', '.join(groups)})")
+    lo = sec.number("min_GeV", ge=0.0, le=1e4)
+    hi = sec.number("max_GeV", gt=0.0, le=1e4)
+    if not lo < hi:
+        raise sec.fail("max_GeV", hi, f"must be > min_GeV = {lo:g}")
+    source = sec.string("source", "")
+    sec.finish()
+    return MuonIdConfig(group=group, min=lo * u.GeV, max=hi * u.GeV, source=source)
+
+
+def selection_variables(model: ModelConfig, muon_id: MuonIdConfig | None = None) -> tuple[str, ...]:
+    """The names a cut may use for this model (and the card's [muon_id])."""
     names = ["in_ok", "out_ok", "truth_hadron"]
     for s in model.spectrometers:
         names += [f"{s.output}_GeV", f"{s.output}_chi2ndf", f"{s.output}_hits_up", f"{s.output}_hits_down",
@@ -192,6 +230,11 @@ def selection_variables(model: ModelConfig) -> tuple[str, ...]:
     groups = sorted({e.group for e in model.elements if e.kind == "slab" and e.readout != "none"})
     for g in groups:
         names += [f"e_{g}_GeV", f"e_{g}_MeV"]
+    for members in readout_groups(model).values():
+        if len(members) > 1:
+            names += [f"e_{m}_GeV" for m in members]
+    if muon_id is not None:
+        names.append(f"n_{muon_id.group}_mip_modules")
     return tuple(names)
 
 
@@ -299,7 +342,8 @@ def read_run(path: str | Path, background_channels: Sequence[str], channel_table
     channel_settings = dict(channel_tables(root, CardContext(path, model, channels, admixture, showers, run, sh)))
     sh.finish()
 
-    variables = selection_variables(model)
+    muon_id = _parse_muon_id(root.table("muon_id"), model) if "muon_id" in root.data else None
+    variables = selection_variables(model, muon_id)
     optimise = _parse_optimise_settings(root.table("optimise", {}), channels)
     sel = root.table("selection")
     regions = []
@@ -331,6 +375,7 @@ def read_run(path: str | Path, background_channels: Sequence[str], channel_table
         max_seconds=None if max_seconds is None else float(max_seconds),
         optimise=optimise,
         channel_settings=channel_settings,
+        muon_id=muon_id,
         registry=registry,
     )
     return cfg

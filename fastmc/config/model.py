@@ -36,6 +36,13 @@ class BeamConfig:
     divergence_sigma: float  # rad, per projection
     z_start: float  # mm
     rate_per_s: float  # muons per second on target (pile-up; reporting)
+    # non-Gaussian momentum spectrum (fastmc.beam.beam_momentum); all 0: the Gaussian core only
+    tail_fraction: float = 0.0  # fraction of muons in the low-momentum tail
+    tail_scale_rel: float = 0.0  # tail: p = p0·(1 − ξ), ξ exponential of this mean
+    halo_fraction: float = 0.0  # fraction of halo muons (π/K decays along the line, outside the core)
+    halo_spot_sigma: float = 0.0  # mm, per projection
+    halo_divergence_sigma: float = 0.0  # rad, per projection
+    halo_momentum_spread_rel: float = 0.0  # Gaussian σ_p / p of the halo
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,7 +150,17 @@ def _parse_beam(sec: Section) -> BeamConfig:
         divergence_sigma=sec.number("divergence_sigma_mrad", ge=0.0, le=100.0) * u.mrad,
         z_start=sec.number("z_start_m", le=0.0) * u.m,
         rate_per_s=sec.number("rate_per_s", 1e6, gt=0.0),
+        tail_fraction=sec.number("tail_fraction", 0.0, ge=0.0, lt=1.0),
+        tail_scale_rel=sec.number("tail_scale_rel", 0.0, ge=0.0, le=1.0),
+        halo_fraction=sec.number("halo_fraction", 0.0, ge=0.0, lt=1.0),
+        halo_spot_sigma=sec.number("halo_spot_sigma_mm", 0.0, ge=0.0, le=1e4) * u.mm,
+        halo_divergence_sigma=sec.number("halo_divergence_mrad", 0.0, ge=0.0, le=100.0) * u.mrad,
+        halo_momentum_spread_rel=sec.number("halo_momentum_spread_rel", 0.0, ge=0.0, lt=1.0),
     )
+    if beam.tail_fraction + beam.halo_fraction >= 1.0:
+        raise sec.fail("halo_fraction", beam.halo_fraction, "tail_fraction + halo_fraction must be < 1 (the core)")
+    if beam.tail_fraction > 0 and beam.tail_scale_rel <= 0:
+        raise sec.fail("tail_scale_rel", beam.tail_scale_rel, "must be > 0 when tail_fraction > 0")
     sec.string("source", "")
     sec.finish()
     return beam

@@ -13,7 +13,14 @@ from __future__ import annotations
 import jax
 
 from fastmc.geometry import Setup
-from fastmc.response.calorimeters import LeadingHadronProposal, calorimeter_sigma, shower_deposits, visible_energies
+from fastmc.response.calorimeters import (
+    LeadingHadronProposal,
+    calorimeter_sigma,
+    group_energies,
+    shower_deposits,
+    visible_energies,
+    visible_energies_by_element,
+)
 from fastmc.response.trackers import (
     N_CATEGORIES,
     HitProposal,
@@ -36,13 +43,16 @@ __all__ = [
     "shower_deposits",
     "tracker_hits",
     "visible_energies",
+    "visible_energies_by_element",
+    "group_energies",
 ]
 
 
 def detector_response(setup: Setup, truth: dict, key_chunk: jax.Array, hit_proposal: HitProposal | None = None,
                       showers=None, hadron_proposal: LeadingHadronProposal | None = None, temperature=None,
                       hits_pre=None) -> dict:
-    """Measured hits ``hits[name] = (mx, my, present)``, ``energies[group]`` (MeV), ``log_w`` and
+    """Measured hits ``hits[name] = (mx, my, present)``, ``energies[group]`` and
+    ``element_energies[name]`` (MeV, visible, per read-out slab), ``log_w`` and
     ``counts`` (``extra_tracks_p_out``, with ``showers``: punch-through charged hadrons).
 
     ``showers`` (:class:`fastmc.physics.showers.ShowerParams`): the hardest transfer of each slab
@@ -65,5 +75,7 @@ def detector_response(setup: Setup, truth: dict, key_chunk: jax.Array, hit_propo
     if showers is not None:
         deposits, lw, counts = shower_deposits(setup, truth, showers, key_r, hadron_proposal, temperature)
         log_w = log_w + lw
-    energies = visible_energies(setup, truth, deposits, key_r)
-    return {"hits": hits, "energies": energies, "log_w": log_w, "counts": counts}
+    element_energies = visible_energies_by_element(setup, truth, deposits, key_r)
+    energies = group_energies(setup, element_energies)
+    return {"hits": hits, "energies": energies, "element_energies": element_energies, "log_w": log_w,
+            "counts": counts}

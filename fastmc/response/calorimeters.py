@@ -2,7 +2,8 @@
 absorbed hadrons deposited there) is scaled by ``response_scale`` and smeared with
 σ/E = a/√E ⊕ b ⊕ c/E (PDG RPP 2024 "Calorimetry" §35.9, E in GeV).  Full containment of
 secondaries unless hard transfers shower (:func:`shower_deposits`, :mod:`fastmc.physics.showers`).  Visible
-energies of elements sharing a readout ``group`` are summed.
+energies of elements sharing a readout ``group`` are summed; the per-element energies are kept too
+(muon identification: :func:`fastmc.reconstruct.energy_variables`).
 """
 
 from __future__ import annotations
@@ -40,10 +41,11 @@ def calorimeter_sigma(edep, stochastic_term, constant_term, noise):
 
 
 
-def visible_energies(setup: Setup, truth: dict, deposits: dict | None, key_r: jax.Array) -> dict[str, jnp.ndarray]:
-    """Visible energy (MeV) per readout group: each read-out slab's deposit (``deposits`` from
+def visible_energies_by_element(setup: Setup, truth: dict, deposits: dict | None,
+                                key_r: jax.Array) -> dict[str, jnp.ndarray]:
+    """Visible energy (MeV) per read-out slab (by element name): its deposit (``deposits`` from
     :func:`shower_deposits`, or with None the energy lost in the slab itself) scaled by its
-    ``response_scale`` and smeared (:func:`calorimeter_sigma`), summed over the group."""
+    ``response_scale`` and smeared (:func:`calorimeter_sigma`; key fold_in(key_r, element index))."""
     energies: dict[str, jnp.ndarray] = {}
     for i, el in enumerate(setup.elements):
         if el.kind == "slab" and el.readout != "none":
@@ -54,9 +56,23 @@ def visible_energies(setup: Setup, truth: dict, deposits: dict | None, key_r: ja
                 edep = deposits[el.name]
             uu = uniforms(jax.random.fold_in(key_r, i), (edep.shape[0], 1), edep.dtype)
             sigma = calorimeter_sigma(edep, el.stochastic_term, el.constant_term, el.noise)
-            vis = el.response_scale * edep + sigma * normal_from_uniform(uu[:, 0])
-            energies[el.group] = energies.get(el.group, 0.0) + vis
+            energies[el.name] = el.response_scale * edep + sigma * normal_from_uniform(uu[:, 0])
     return energies
+
+
+def group_energies(setup: Setup, by_element: dict[str, jnp.ndarray]) -> dict[str, jnp.ndarray]:
+    """Visible energies of :func:`visible_energies_by_element` summed per readout ``group``."""
+    energies: dict[str, jnp.ndarray] = {}
+    for el in setup.elements:
+        if el.name in by_element:
+            energies[el.group] = energies.get(el.group, 0.0) + by_element[el.name]
+    return energies
+
+
+def visible_energies(setup: Setup, truth: dict, deposits: dict | None, key_r: jax.Array) -> dict[str, jnp.ndarray]:
+    """Visible energy (MeV) per readout group: :func:`visible_energies_by_element` summed over
+    the group (:func:`group_energies`)."""
+    return group_energies(setup, visible_energies_by_element(setup, truth, deposits, key_r))
 
 
 class LeadingHadronProposal(Protocol):
