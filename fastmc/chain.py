@@ -88,7 +88,7 @@ def prepare(cfg: RunConfig) -> Prepared:
     lambda_i = jnp.asarray([m.lambda_I_mm for m in mats], dtype)
     scat = build_scattering_params(mats, form_factor=ph.form_factor, screening=ph.screening).device(dtype)
     physics = Physics(tables.device(dtype), scat, ph.scattering, lambda_i, decay)
-    setup = build_setup(cfg.model, index)
+    setup = build_setup(cfg.model, index, cfg.reconstruction)
     e_max = 1.5 * float(setup.beam.momentum)
     options = ChainOptions(cfg.chunk_size, ph.max_interactions, slot_branches(setup, physics, e_max), hadrons,
                            cfg.muon_id)

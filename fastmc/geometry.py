@@ -21,7 +21,7 @@ import numpy as np
 
 from fastmc import units as u
 from fastmc._pytree import pytree_dataclass, static_field
-from fastmc.config import ModelConfig
+from fastmc.config import ModelConfig, ReconstructionSettings
 from fastmc.materials import get_material, homogenise
 
 # radiation length standing in for an evacuated gap (density scale 0): finite, so that Highland's
@@ -43,6 +43,9 @@ class Element:
     tail_sigma: jnp.ndarray  # mm (trackers)
     pickup: jnp.ndarray  # (trackers) P(a stray pile-up/noise hit in the road)
     road: jnp.ndarray  # mm (trackers)
+    time_resolution: jnp.ndarray  # ns (trackers): σ_t of a true hit (0: untimed)
+    time_window: jnp.ndarray  # ns (trackers): readout window in which `pickup` counts strays
+    time_cut: jnp.ndarray  # ns (trackers): half-width of the reconstruction's accepted hit-time window
     field_integral: jnp.ndarray  # T·m (magnets)
     stochastic_term: jnp.ndarray  # √GeV (readout)
     constant_term: jnp.ndarray
@@ -128,6 +131,9 @@ def pickup_probability(e, beam, rate_per_s: float | None = None) -> float:
     (Gaussian σ per projection), so the probability to land in the (2·road)² square around the
     track is (2 road)²/(2π σ²) near the beam centre (a small-road approximation).  Poisson:
     P = 1 − exp(−μ (2 road)²/(2π σ²)).  Noise hits are not modelled separately.
+    The reconstruction's hit-time cut (:func:`time_cut`) then keeps only the strays inside
+    ± cut: :func:`fastmc.response.trackers.hit_times` turns P into the accepted probability
+    1 − exp(−μ_road · min(1, 2 cut/τ)).
     """
     import math
 
@@ -137,6 +143,16 @@ def pickup_probability(e, beam, rate_per_s: float | None = None) -> float:
     sig = max(beam.spot_sigma, 1e-9)
     dens = (2 * e.road) ** 2 / (2 * math.pi * sig**2)
     return 1.0 - math.exp(-mu * min(dens, 1.0))
+
+
+def time_cut(e, reconstruction: ReconstructionSettings | None = None) -> float:
+    """Half-width (ns) of the accepted hit-time window of tracker ``e`` (an ElementConfig):
+    the card's ``hit_time_cut_ns``, else ``hit_time_cut_sigma`` × σ_t; an untimed tracker
+    (σ_t = 0) accepts its whole readout window (±τ/2)."""
+    reco = reconstruction or ReconstructionSettings()
+    if not e.time_resolution > 0:
+        return 0.5 * e.time_window
+    return reco.hit_time_cut if reco.hit_time_cut is not None else reco.hit_time_cut_sigma * e.time_resolution
 
 
 def setup_materials(model: ModelConfig) -> tuple[list, dict[str, int]]:
@@ -169,8 +185,10 @@ def _x_over_X0(e) -> float:
     return e.thickness / mat.X0_mm
 
 
-def build_setup(model: ModelConfig, material_index: dict[str, int]) -> Setup:
-    """Arrays (float32 on device unless x64 is enabled) from a validated model."""
+def build_setup(model: ModelConfig, material_index: dict[str, int],
+                reconstruction: ReconstructionSettings | None = None) -> Setup:
+    """Arrays (float32 on device unless x64 is enabled) from a validated model (and the run
+    card's ``[reconstruction]``: the trackers' hit-time cuts; default: its defaults)."""
     f = lambda v: jnp.asarray(v, dtype=jnp.result_type(float))  # noqa: E731
     gap = material_index[model.gap_material]
     elements = []
@@ -188,6 +206,9 @@ def build_setup(model: ModelConfig, material_index: dict[str, int]) -> Setup:
                 tail_sigma=f(e.tail_sigma),
                 pickup=f(pickup_probability(e, model.beam)),
                 road=f(e.road),
+                time_resolution=f(e.time_resolution),
+                time_window=f(e.time_window),
+                time_cut=f(time_cut(e, reconstruction)),
                 field_integral=f(e.field_integral),
                 stochastic_term=f(e.stochastic_term),
                 constant_term=f(e.constant_term),

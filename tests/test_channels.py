@@ -73,7 +73,7 @@ def test_channels_hit_bias_weights_are_exact(card):
     import jax.numpy as jnp
 
     from fastmc.channels.momentum_misreconstruction import ROLE_LOST
-    from fastmc.response import category_probabilities, tracker_hits
+    from fastmc.response import tracker_hits
 
     cfg = load_run(ROOT / "runs" / card)
     prep = prepare(cfg)
@@ -105,7 +105,7 @@ def test_channels_hit_bias_weights_are_exact(card):
 
     for nm in bias.planes:
         el = setup.element(nm)
-        p = np.asarray(category_probabilities(el.efficiency, el.tail_fraction, el.pickup), np.float64)
+        p = _accepted_probabilities(el)
         sig, sig_t, road = float(el.resolution), float(el.tail_sigma), float(el.road)
         mx = np.asarray(hits[nm][0])
         present = np.asarray(hits[nm][2])
@@ -120,7 +120,7 @@ def test_channels_hit_bias_weights_are_exact(card):
     far = {}
     for nm in ("MM3", "MM5"):
         el = setup.element(nm)
-        p = np.asarray(category_probabilities(el.efficiency, el.tail_fraction, el.pickup), np.float64)
+        p = _accepted_probabilities(el)
         sig, sig_t, road = float(el.resolution), float(el.tail_sigma), float(el.road)
         lo = 0.7 * road
         far[nm] = (np.asarray(hits[nm][0]), np.asarray(hits[nm][2]),
@@ -130,6 +130,23 @@ def test_channels_hit_bias_weights_are_exact(card):
     pushed = max(corners, key=np.sum)  # the corner the scenarios push to (the sign of q·∫B dl)
     est, err = (w * pushed).mean(), (w * pushed).std() / np.sqrt(n)
     assert abs(est - e3 * e5) < 4 * err and err < 0.25 * e3 * e5, (card, est, e3 * e5, err)
+
+
+def _accepted_probabilities(el):
+    """Natural category probabilities after the hit-time cut (hits outside it are absent):
+    true hits kept with erf(cut/(√2 σ_t)), strays with (1 − e^{−λ·min(1, 2cut/τ)})/(1 − e^{−λ}),
+    pickup = 1 − e^{−λ} (closed forms of fastmc.response.trackers.hit_times)."""
+    from fastmc.response import category_probabilities
+
+    p = np.asarray(category_probabilities(el.efficiency, el.tail_fraction, el.pickup), np.float64)
+    s_t, tau, cut = float(el.time_resolution), float(el.time_window), float(el.time_cut)
+    a_true = math.erf(cut / (math.sqrt(2) * s_t)) if s_t > 0 else 1.0
+    lam = -math.log1p(-float(el.pickup))
+    frac = min(1.0, 2 * cut / tau) if tau > 0 else 1.0
+    a_stray = -math.expm1(-lam * frac) / -math.expm1(-lam) if lam > 0 else frac
+    kept = np.array([p[0] * a_true, p[1] * a_true, 0.0, p[3] * a_stray])
+    kept[2] = 1.0 - kept.sum()  # absent: lost, or outside the time cut
+    return kept
 
 
 def _norm_sf(z):

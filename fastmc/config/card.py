@@ -18,7 +18,8 @@ from fastmc.config.model import ModelConfig, load_model
 from fastmc.config.sections import ConfigError, Section, check_signal_mass, file_sha256, read_toml
 
 # the top level of a run card (and the top-level parts of the channels' tables)
-RUN_CARD_KEYS = ("schema_version", "run", "physics", "admixture", "showers", "optimise", "selection", "muon_id")
+RUN_CARD_KEYS = ("schema_version", "run", "physics", "admixture", "showers", "reconstruction", "optimise",
+                 "selection", "muon_id")
 SHOWER_MODELS = ("none", "profile")
 SCATTERING_MODELS = ("highland", "highland_single")
 FORM_FACTORS = ("geant4", "exponential")  # fastmc.physics.scattering.FORM_FACTORS
@@ -108,6 +109,20 @@ class ShowerSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class ReconstructionSettings:
+    """``[reconstruction]``: the hit-time cut of the track reconstruction.  A tracker hit is
+    accepted only if its time lies within ± the cut of the trigger time (fastmc.response.trackers).
+    ``hit_time_cut_ns`` (one half-width for every timed tracker) overrides
+    ``hit_time_cut_sigma`` × each tracker's ``time_resolution_ns``; trackers without a time
+    resolution accept their whole readout window (no timing)."""
+
+    # ±3 σ_t keeps 99.73 % of the true hits of a Gaussian time response (erf(3/√2)); a common
+    # choice, approx. (the real per-detector cuts of NA64μ are not public)
+    hit_time_cut_sigma: float = 3.0
+    hit_time_cut: float | None = None  # ns, half-width for every timed tracker (overrides the above)
+
+
+@dataclasses.dataclass(frozen=True)
 class OptimiseSettings:
     """The ``[optimise]`` table of a run card (``fastmc optimize``; see :mod:`fastmc.optimise`)."""
 
@@ -141,6 +156,7 @@ class RunConfig:
     save_events: bool
     admixture: AdmixtureConfig = AdmixtureConfig()
     showers: ShowerSettings = ShowerSettings()
+    reconstruction: ReconstructionSettings = ReconstructionSettings()
     max_seconds: float | None = None  # default wall-time budget of a projection (s); --max-seconds overrides
     optimise: OptimiseSettings = OptimiseSettings()
     # each registered channel's settings, parsed from its own card table by the channel, and the
@@ -342,6 +358,7 @@ def read_run(path: str | Path, background_channels: Sequence[str], channel_table
     channel_settings = dict(channel_tables(root, CardContext(path, model, channels, admixture, showers, run, sh)))
     sh.finish()
 
+    reconstruction = _parse_reconstruction(root.table("reconstruction", {}), model)
     muon_id = _parse_muon_id(root.table("muon_id"), model) if "muon_id" in root.data else None
     variables = selection_variables(model, muon_id)
     optimise = _parse_optimise_settings(root.table("optimise", {}), channels)
@@ -372,6 +389,7 @@ def read_run(path: str | Path, background_channels: Sequence[str], channel_table
         save_events=save_events,
         admixture=admixture,
         showers=showers,
+        reconstruction=reconstruction,
         max_seconds=None if max_seconds is None else float(max_seconds),
         optimise=optimise,
         channel_settings=channel_settings,
@@ -379,6 +397,25 @@ def read_run(path: str | Path, background_channels: Sequence[str], channel_table
         registry=registry,
     )
     return cfg
+
+
+def _parse_reconstruction(sec: Section, model: ModelConfig) -> ReconstructionSettings:
+    """``[reconstruction]``; a time cut narrower than a tracker's time resolution is an error
+    (it would throw away most true hits: the cut is a window around the resolution, not inside it)."""
+    d = ReconstructionSettings()
+    n_sigma = sec.number("hit_time_cut_sigma", d.hit_time_cut_sigma, ge=1.0, le=100.0)
+    cut = sec.number("hit_time_cut_ns", None, gt=0.0, le=1e6)
+    if cut is not None:
+        if "hit_time_cut_sigma" in sec.data:
+            raise sec.fail("hit_time_cut_ns", cut, "give either hit_time_cut_ns or hit_time_cut_sigma")
+        for e in model.elements:
+            if e.kind == "tracker" and cut * u.ns < e.time_resolution:
+                raise sec.fail("hit_time_cut_ns", cut, f"shorter than the time resolution of {e.name} "
+                                                       f"({e.time_resolution / u.ns:g} ns)")
+    sec.string("source", "")
+    sec.finish()
+    return ReconstructionSettings(hit_time_cut_sigma=float(n_sigma),
+                                  hit_time_cut=None if cut is None else float(cut) * u.ns)
 
 
 def _parse_optimise_settings(sec: Section, channels: tuple[str, ...]) -> OptimiseSettings:

@@ -60,6 +60,7 @@ class ElementConfig:
     tail_fraction: float = 0.0  # fraction of hits measured with the wide component
     tail_sigma: float = 0.0  # mm, σ of the wide component
     time_window: float = 0.0  # ns, readout window (pile-up)
+    time_resolution: float = 0.0  # ns, σ_t of a true hit's time (0: untimed, every hit in time)
     road: float = 5.0  # mm, half-width of the search road in which a stray hit is picked up
     # magnet
     field_integral: float = 0.0  # T·m
@@ -218,6 +219,10 @@ def _parse_element(sec: Section, materials: tuple[str, ...]) -> ElementConfig:
         if kw["tail_fraction"] > 0 and not kw["tail_sigma"] > kw["resolution"]:
             raise sec.fail("tail_sigma_mm", kw["tail_sigma"], "must exceed resolution_mm when tail_fraction > 0")
         kw["time_window"] = sec.number("time_window_ns", 0.0, ge=0.0, le=1e6) * u.ns
+        kw["time_resolution"] = sec.number("time_resolution_ns", 0.0, ge=0.0, le=1e4) * u.ns
+        if 0 < kw["time_window"] < kw["time_resolution"]:
+            raise sec.fail("time_window_ns", kw["time_window"] / u.ns,
+                           f"readout window shorter than time_resolution_ns = {kw['time_resolution'] / u.ns:g}")
         kw["road"] = sec.number("road_mm", 5.0, gt=0.0, le=1000.0) * u.mm
     if kind == "slab":
         kw["half_width"] = sec.number("half_width_mm", 1e7, gt=0.0, le=1e7) * u.mm

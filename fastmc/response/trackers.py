@@ -13,6 +13,12 @@
 :func:`fastmc.geometry.pickup_probability`).  A hit is recorded only if the muon reached the
 plane.  Simplification: when the true hit is present, a closer stray hit is never preferred.
 
+Hit times (:func:`hit_times`, drawn after the categories and any proposal, from uniforms of
+their own): a true hit (c = 0, 1) has t ~ N(0, σ_t) around the trigger time; the strays of
+c = 3 are pile-up muons uniform in the readout window τ.  The reconstruction accepts a hit only
+if |t| ≤ cut (card ``[reconstruction]``); a hit outside counts as absent.  Simplification: a true
+hit rejected by the time cut is not replaced by a stray in time.
+
 A channel may replace the natural law by a proposal of its own (:class:`HitProposal`); the
 response only applies it and returns its log-weight.
 """
@@ -29,6 +35,7 @@ from fastmc.rng import STREAM_RESPONSE, normal_from_uniform, stream_key, uniform
 
 N_CATEGORIES = 4
 CAT_CORE, CAT_WIDE, CAT_LOST, CAT_STRAY = 0, 1, 2, 3
+TIME_STREAM = 20_000  # fold_in constant of the hit-time uniforms (10 000, 10 001, 30 000–30 002 are taken)
 
 
 class HitProposal(Protocol):
@@ -39,7 +46,9 @@ class HitProposal(Protocol):
     ``uu`` (P, B, 5) and normals ``z1``, ``z2`` (P, B) they came from, the planes' ``sig``,
     ``sig_t``, ``road`` (P, 1) — and returns the categories and offsets to use instead, and the
     log-weight log P/Q (B,) of what it drew.  It may draw more uniforms from ``key_r`` with
-    ``fold_in`` constants of its own (the kernel uses 10 000 and the calorimeters 30 000–30 002)."""
+    ``fold_in`` constants of its own (the kernel uses 10 000 and 20 000 (hit times), the
+    calorimeters 30 000–30 002).  Hit times are drawn after the proposal from the natural law
+    (:func:`hit_times`): a proposal does not touch them, and its weight needs no time factor."""
 
     def propose(self, setup: Setup, names: tuple[str, ...], p, cat, off_x, off_y, uu, z1, z2, sig, sig_t, road,
                 key_r: jax.Array) -> tuple: ...
@@ -56,6 +65,37 @@ def draw_category(prob, uu):
     """Category index (…) from the probabilities ``prob`` (…, 4) and uniforms ``uu`` (…)."""
     cum = jnp.cumsum(prob, axis=-1)
     return jnp.sum(uu[..., None] > cum[..., :-1] / cum[..., -1:], axis=-1).astype(jnp.int32)
+
+
+def hit_times(cat, ut, sig_time, window, cut, pickup):
+    """Time (ns) of each plane's hit and whether the reconstruction accepts it (|t| ≤ cut), from
+    the categories ``cat`` (P, B) and two uniforms ``ut`` (P, B, 2) per plane.
+
+    True hits (c = 0, 1): t = σ_t Φ⁻¹(u₀).  Strays (c = 3): ``pickup`` = 1 − e^{−λ} is P(≥ 1
+    pile-up muon in the road within the readout window τ), λ Poisson; those inside ± cut are
+    Poisson with λ_c = λ·min(1, 2 cut/τ), independent of the others, so given ≥ 1 stray, ≥ 1 lies
+    in the cut with q = (1 − e^{−λ_c})/(1 − e^{−λ}): its time is then uniform in ± cut (the one the
+    reconstruction takes), else uniform in the rest of the window.  Accepted strays per plane:
+    (1 − ε)(1 − e^{−λ_c}) ≈ (1 − ε)·rate·2 cut·road density (small λ).  Lost planes (c = 2): t = 0,
+    never present anyway.  Untimed planes (σ_t = 0, cut = τ/2): every hit accepted, as before.
+    """
+    dtype = ut.dtype
+    u0, u1 = ut[..., 0], ut[..., 1]
+    t_true = sig_time * normal_from_uniform(u0)
+    lam = -jnp.log1p(-jnp.minimum(pickup, 1 - 1e-7))
+    half = 0.5 * window
+    frac = jnp.where(window > 0, jnp.minimum(2 * cut / jnp.maximum(window, 1e-30), 1.0), 1.0)
+    q = jnp.where(lam > 0, -jnp.expm1(-lam * frac) / jnp.maximum(-jnp.expm1(-lam), 1e-30), frac)
+    inside = u0 < q
+    cut_in = jnp.minimum(cut, half)
+    t_in = (2 * u0 / jnp.maximum(q, 1e-30) - 1) * cut_in
+    sign = jnp.where(u1 < 0.5, -1.0, 1.0).astype(dtype)
+    t_out = sign * (cut_in + (u0 - q) / jnp.maximum(1 - q, 1e-30) * (half - cut_in))
+    t_stray = jnp.where(inside, t_in, t_out)
+    is_true = (cat == CAT_CORE) | (cat == CAT_WIDE)
+    t = jnp.where(is_true, t_true, jnp.where(cat == CAT_STRAY, t_stray, 0.0)).astype(dtype)
+    accepted = jnp.where(cat == CAT_STRAY, inside, jnp.abs(t_true) <= cut)
+    return t, accepted
 
 
 def tracker_hits(setup: Setup, truth: dict, key_r: jax.Array, proposal: HitProposal | None = None):
@@ -82,7 +122,12 @@ def tracker_hits(setup: Setup, truth: dict, key_r: jax.Array, proposal: HitPropo
     if proposal is not None:
         cat, off_x, off_y, log_w = proposal.propose(setup, names, p, cat, off_x, off_y, uu, z1, z2,
                                                     sig, sig_t, road, key_r)
-    present = reached & (cat != 2)
+    # hit times after any proposal, from their own uniforms (natural law given the category: the
+    # proposal's weight is unchanged)
+    sig_time, window, cut = (col(a) for a in ("time_resolution", "time_window", "time_cut"))
+    ut = uniforms(jax.random.fold_in(key_r, TIME_STREAM), (n_p, bsz, 2), dtype)
+    _, in_time = hit_times(cat, ut, sig_time, window, cut, pick)
+    present = reached & (cat != 2) & in_time
     mx, my = x + off_x, y + off_y
     hits = {n: (mx[i], my[i], present[i]) for i, n in enumerate(names)}
     return hits, log_w
