@@ -318,7 +318,14 @@ def integrated_kink_cuts(setup: Setup, hits: dict, p_out, core_x, core_v) -> dic
     return {f"kink_{s.output}_mrad": make(1.0, False), f"kink_{s.output}_pt_MeV": make(scale_p, True)}
 
 
-def misreco_scenarios(setup: Setup, planes: tuple[str, ...], min_reach: float = 0.25,
+# the smallest slope change a scenario must reach, as a share of the spectrometer's nominal bend:
+# MS2 must fake p_out < 80 GeV from 160 (half the bend; a quarter leaves room for real losses and
+# the beam spread); MS1 must move a beam muon of the low-momentum tail into the p_in window of the
+# cards (±9 % around 160 GeV): a few per cent of the bend
+MIN_REACH = {"p_out": 0.25, "p_in": 0.05}
+
+
+def misreco_scenarios(setup: Setup, planes: tuple[str, ...], min_reach: dict[str, float] | None = None,
                       min_hits: dict[str, float] | None = None):
     """The scenarios of :class:`HitBias` for the trackers ``planes`` (concrete setup values).
 
@@ -328,7 +335,7 @@ def misreco_scenarios(setup: Setup, planes: tuple[str, ...], min_reach: float = 
     Downstream pushes turn the slope up, upstream and incoming ones down (module docstring); a
     plane's push sign is its side of the weighted centre of the planes carrying hits (a plane at the
     centre stays natural).  Scenarios whose largest slope change — strays at the road edge, or wide
-    hits at 3σ_tail, in a weighted least-squares fit — is below ``min_reach`` × the nominal bend
+    hits at 3σ_tail, in a weighted least-squares fit — is below ``min_reach[output]`` (default :data:`MIN_REACH`) × the nominal bend
     angle are dropped (the incoming arm only follows the upstream one and is not checked), and so
     are subsets that leave an arm fewer hits than ``min_hits`` asks of it (the smallest
     ``{output}_hits_up``/``_hits_down`` the selection requires: such events are never selected).
@@ -382,7 +389,8 @@ def misreco_scenarios(setup: Setup, planes: tuple[str, ...], min_reach: float = 
     scen: list[tuple[int, dict[str, int]]] = []
     for si, s in enumerate(setup.spectrometers):
         bl = sum(f(setup.element(m).field_integral) for m in s.magnets)
-        need = min_reach * abs(u.GEV_PER_TESLA_METRE * bl / (f(setup.beam.momentum) / u.GeV))
+        reach = (min_reach or MIN_REACH)[s.output]
+        need = reach * abs(u.GEV_PER_TESLA_METRE * bl / (f(setup.beam.momentum) / u.GeV))
         mh = min_hits or {}
         # MS2 (p_out) fakes a LOW momentum: pushes enlarge |Δθ|; MS1 (p_in) fakes a HIGH one (a beam
         # muon of the low-momentum tail measured at the nominal momentum): pushes shrink |Δθ|
