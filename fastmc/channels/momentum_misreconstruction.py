@@ -335,8 +335,8 @@ def misreco_scenarios(setup: Setup, planes: tuple[str, ...], min_reach: dict[str
     Downstream pushes turn the slope up, upstream and incoming ones down (module docstring); a
     plane's push sign is its side of the weighted centre of the planes carrying hits (a plane at the
     centre stays natural).  Scenarios whose largest slope change — strays at the road edge, or wide
-    hits at 3σ_tail, in a weighted least-squares fit — is below ``min_reach[output]`` (default :data:`MIN_REACH`) × the nominal bend
-    angle are dropped (the incoming arm only follows the upstream one and is not checked), and so
+    hits at 3σ_tail, in a weighted least-squares fit — is below ``min_reach[output]`` (default
+    :data:`MIN_REACH`) × the nominal bend angle are dropped (the incoming arm only follows the upstream one and is not checked), and so
     are subsets that leave an arm fewer hits than ``min_hits`` asks of it (the smallest
     ``{output}_hits_up``/``_hits_down`` the selection requires: such events are never selected).
     Returns (planes, axis, roles, spectrometer index) with only the planes some scenario touches.
