@@ -332,12 +332,14 @@ def misreco_scenarios(setup: Setup, planes: tuple[str, ...], min_reach: dict[str
     For every spectrometer and arm: (1) each single plane pushed, the arm's others natural; (2) each
     subset S (|S| ≥ 2) pushed, the arm's other planes lost; (3) each upstream variant together with
     each incoming one (a single plane, or a subset, pushed; the incoming arm's others natural).
-    Downstream pushes turn the slope up, upstream and incoming ones down (module docstring); a
-    plane's push sign is its side of the weighted centre of the planes carrying hits (a plane at the
-    centre stays natural).  Scenarios whose largest slope change — strays at the road edge, or wide
-    hits at 3σ_tail, in a weighted least-squares fit — is below ``min_reach[output]`` (default
-    :data:`MIN_REACH`) × the nominal bend angle are dropped (the incoming arm only follows the upstream one and is not checked), and so
-    are subsets that leave an arm fewer hits than ``min_hits`` asks of it (the smallest
+    In MS2 (``p_out``) downstream pushes turn the slope up, upstream and incoming ones down (module
+    docstring: a larger bend, a lower p); in MS1 (``p_in``) the other way round (a smaller bend: a
+    beam muon of the low-momentum tail measured at a higher p).  A plane's push sign is its side of
+    the weighted centre of the planes carrying hits (a plane at the centre stays natural).
+    Scenarios whose largest slope change — strays at the road edge, or wide hits at 3σ_tail, in a
+    weighted least-squares fit — is below ``min_reach[output]`` (default :data:`MIN_REACH`) × the
+    nominal bend angle are dropped (the incoming arm only follows the upstream one and is not
+    checked), and so are subsets that leave an arm fewer hits than ``min_hits`` asks of it (the smallest
     ``{output}_hits_up``/``_hits_down`` the selection requires: such events are never selected).
     Returns (planes, axis, roles, spectrometer index) with only the planes some scenario touches.
     """
