@@ -3,6 +3,14 @@
 The M2 muon beam is described by PHYSICS.md §2 (values in models/*.toml with sources).  The
 momentum distribution is Gaussian with relative width ``momentum_spread_rel``, truncated to
 positive values; spot and divergence are independent Gaussians per projection.
+
+The beam is centred on the nominal trajectory (:func:`fastmc.geometry.nominal_trajectory`: the
+160 GeV muon that crosses the target on axis after MS1's bend), and ``spot_sigma`` is the size at
+the beam's focus ``focus_z`` (default the target; approx., PHYSICS.md §2): per projection
+x_focus ~ N(0, σ_spot), tx ~ N(0, σ_θ), and the muon starts at x = x_focus + tx·(z_start − z_focus)
+plus the nominal trajectory's (x, tx) at z_start for the muon's own momentum (the 160 GeV one
+scaled by p0/p: the beam line's focus is taken achromatic, approx.; otherwise MS1's 30 mrad bend
+with a 3.5 % momentum spread would smear the spot at the target by ≈ 35 mm).
 """
 
 from __future__ import annotations
@@ -27,11 +35,18 @@ def sample_beam_from_u(beam: Beam, uu: jnp.ndarray) -> dict[str, jnp.ndarray]:
     pmag = beam.momentum * (1.0 + beam.momentum_spread_rel * z[:, 0])
     pmag = jnp.maximum(pmag, 1.0 * u.GeV)
     ekin = jnp.sqrt(pmag**2 + u.muon_mass_c2**2) - u.muon_mass_c2
+    tx = beam.divergence_sigma * z[:, 3]
+    ty = beam.divergence_sigma * z[:, 4]
+    back = beam.z_start - beam.focus_z  # drift from the focus back to the start
+    # each muon starts on the nominal trajectory of its own momentum p: upstream of the target
+    # every kick scales as 1/p, so that trajectory is the 160 GeV one times p0/p (an achromatic
+    # focus: the spot at the target does not grow with MS1's dispersion; approx., the M2 optics)
+    scale = beam.momentum / pmag
     return {
-        "x": beam.spot_sigma * z[:, 1],
-        "y": beam.spot_sigma * z[:, 2],
-        "tx": beam.divergence_sigma * z[:, 3],
-        "ty": beam.divergence_sigma * z[:, 4],
+        "x": beam.x_start * scale + beam.spot_sigma * z[:, 1] + tx * back,
+        "y": beam.y_start * scale + beam.spot_sigma * z[:, 2] + ty * back,
+        "tx": beam.tx_start * scale + tx,
+        "ty": beam.ty_start * scale + ty,
         "ekin": ekin,
     }
 

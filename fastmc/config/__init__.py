@@ -42,6 +42,7 @@ from fastmc.config.card import (
     PhysicsSettings,
     RunConfig,
     ShowerSettings,
+    TriggerConfig,
     read_run,
     selection_variables,
 )
@@ -98,6 +99,7 @@ __all__ = [
     "RunConfig",
     "ShowerSettings",
     "SpectrometerConfig",
+    "TriggerConfig",
     "check_signal_mass",
     "check_signal_target",
     "file_sha256",

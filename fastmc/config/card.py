@@ -18,7 +18,7 @@ from fastmc.config.model import ModelConfig, load_model
 from fastmc.config.sections import ConfigError, Section, check_signal_mass, file_sha256, read_toml
 
 # the top level of a run card (and the top-level parts of the channels' tables)
-RUN_CARD_KEYS = ("schema_version", "run", "physics", "admixture", "showers", "optimise", "selection")
+RUN_CARD_KEYS = ("schema_version", "run", "physics", "admixture", "showers", "optimise", "selection", "trigger")
 SHOWER_MODELS = ("none", "profile")
 SCATTERING_MODELS = ("highland", "highland_single")
 FORM_FACTORS = ("geant4", "exponential")  # fastmc.physics.scattering.FORM_FACTORS
@@ -116,6 +116,16 @@ class OptimiseSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class TriggerConfig:
+    """``[trigger]``: a coincidence of every named counter (model elements of kind ``counter``),
+    judged on the true trajectory, plus accidental coincidences from beam pile-up in ``window``."""
+
+    counters: tuple[str, ...]
+    window: float  # ns (CLHEP): coincidence window for accidentals
+    source: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
 class RunConfig:
     path: Path
     sha256: str
@@ -132,6 +142,7 @@ class RunConfig:
     showers: ShowerSettings = ShowerSettings()
     max_seconds: float | None = None  # default wall-time budget of a projection (s); --max-seconds overrides
     optimise: OptimiseSettings = OptimiseSettings()
+    trigger: TriggerConfig | None = None  # [trigger]; None: no trigger (every event triggers)
     # each registered channel's settings, parsed from its own card table by the channel, and the
     # registry that parsed them (name → fastmc.channels.base.Channel; not part of the provenance)
     channel_settings: Mapping[str, Any] = dataclasses.field(default_factory=dict)
@@ -170,6 +181,8 @@ VARIABLE_HELP = {
     "kink_<out>_mrad": "angle between the incoming track and the spectrometer's upstream arm (both projections)",
     "kink_<out>_pt_MeV": "the same kink times the reconstructed momentum: the transverse kick at the target",
     "truth_hadron": "TRUTH (closure/validation studies only): 1 if the primary was a beam hadron",
+    "trigger_prob": "probability that the event fires the card's [trigger] (1 without one); every region's "
+                    "first cut is the trigger, integrated with this probability (conditional Monte Carlo)",
     "extra_tracks_p_out": "extra charged tracks reaching MS2: leading charged hadrons that punched through the "
                           "calorimeters",
 }
@@ -177,7 +190,7 @@ VARIABLE_HELP = {
 
 def selection_variables(model: ModelConfig) -> tuple[str, ...]:
     """The names a cut may use for this model."""
-    names = ["in_ok", "out_ok", "truth_hadron"]
+    names = ["in_ok", "out_ok", "truth_hadron", "trigger_prob"]
     for s in model.spectrometers:
         names += [f"{s.output}_GeV", f"{s.output}_chi2ndf", f"{s.output}_hits_up", f"{s.output}_hits_down"]
         if s.incoming:
@@ -298,6 +311,7 @@ def read_run(path: str | Path, background_channels: Sequence[str], channel_table
 
     variables = selection_variables(model)
     optimise = _parse_optimise_settings(root.table("optimise", {}), channels)
+    trigger = _parse_trigger(root.table("trigger"), model) if "trigger" in root.data else None
     sel = root.table("selection")
     regions = []
     for region_name in list(sel.data):
@@ -327,10 +341,26 @@ def read_run(path: str | Path, background_channels: Sequence[str], channel_table
         showers=showers,
         max_seconds=None if max_seconds is None else float(max_seconds),
         optimise=optimise,
+        trigger=trigger,
         channel_settings=channel_settings,
         registry=registry,
     )
     return cfg
+
+
+def _parse_trigger(sec: Section, model: ModelConfig) -> TriggerConfig:
+    counters = sec.strings("counters")
+    known = [e.name for e in model.elements if e.kind == "counter"]
+    if not counters or len(set(counters)) != len(counters):
+        raise sec.fail("counters", list(counters), "must be a non-empty list without repeats")
+    for c in counters:
+        if c not in known:
+            raise sec.fail("counters", list(counters),
+                           f"{c!r} is not a counter of the model (counters: {', '.join(known) or 'none'})")
+    window = sec.number("window_ns", gt=0.0, le=1e6) * u.ns
+    source = sec.string("source", "")
+    sec.finish()
+    return TriggerConfig(counters=tuple(counters), window=window, source=source)
 
 
 def _parse_optimise_settings(sec: Section, channels: tuple[str, ...]) -> OptimiseSettings:
