@@ -142,9 +142,6 @@ def shower_deposits(setup: Setup, truth: dict, sh, key_r: jax.Array, proposal: L
     x_src = jnp.stack([truth["at"][el.name][0] for el in slabs], axis=1)  # (B, n_src)
     y_src = jnp.stack([truth["at"][el.name][1] for el in slabs], axis=1)
     in_src = (jnp.abs(x_src - xc) <= hw) & (jnp.abs(y_src - yc) <= hwy)
-    # the muon's own (local) deposit is seen only inside the slab's active area (approx.: judged
-    # at the exit face; the transport steps through the material wherever the muon crosses)
-    local = jnp.where(in_src, local, 0.0)
 
     def split(cdf):  # (B, n_src, n+1) cumulative → (B, n_src, n) per slab
         return cdf[..., 1:] - cdf[..., :-1]
@@ -176,7 +173,11 @@ def shower_deposits(setup: Setup, truth: dict, sh, key_r: jax.Array, proposal: L
         moment = split(gamma_moment(alpha[..., None], beta_[..., None], depth))
         frac_em = depth_averaged_containment(cont[0], cont[1], LATERAL_TAUS[0] * t_max, LATERAL_TAUS[1] * t_max,
                                              frac_em, moment)
-    dep = local - jnp.where(showered, e_h, 0.0) + jnp.sum(jnp.where(is_em, e_h, 0.0)[..., None] * frac_em, axis=1)
+    # the muon's own deposit (all but the showering transfer) is seen only inside the slab's active
+    # area (approx.: judged at the exit face; the transport steps through the material wherever
+    # the muon crosses); a shower's share is set by its lateral containment (above)
+    dep = (jnp.where(in_src, local - jnp.where(showered, e_h, 0.0), 0.0)
+           + jnp.sum(jnp.where(is_em, e_h, 0.0)[..., None] * frac_em, axis=1))
     # --- photonuclear: a leading neutral hadron or not
     f_ln, z_min = sh.leading_neutral, sh.z_min
     ln = uu[..., 2] < f_ln
