@@ -6,6 +6,12 @@ recompiles); positions, thicknesses, resolutions, efficiencies, field integrals,
 resolution terms and material indices are leaves (changing them never recompiles — the
 optimisation studies rely on that).
 
+Placement: every tracker, slab and counter has a rectangular active area whose centre
+(``x_centre``, ``y_centre``) is the model's offset (``x_mm``, ``y_mm``) from the nominal trajectory
+(:func:`nominal_trajectory`) at its exit face, computed here once from the model's numbers (an
+optimisation that moves an element along z keeps its centre: the nominal trajectory is not
+differentiated).  The beam starts on the nominal trajectory (:mod:`fastmc.beam`).
+
 Materials: every distinct material of the model (a named material, or the homogenised mixture
 of a sampling calorimeter's cell, named by :func:`fastmc.config.mixture_name`, e.g.
 ``"lead1.5mm+scintillator1.5mm"``) gets an index into the physics
