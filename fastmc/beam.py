@@ -7,6 +7,13 @@ momentum is a mixture (:func:`beam_momentum`): a Gaussian core of relative width
 π/K decays along the beam line, outside the core's phase space) with its own Gaussian momentum
 spread, spot and divergence.  Momenta are truncated at 1 GeV/c.  Spot and divergence are
 independent Gaussians per projection.
+The beam is centred on the nominal trajectory (:func:`fastmc.geometry.nominal_trajectory`: the
+160 GeV muon that crosses the target on axis after MS1's bend), and ``spot_sigma`` is the size at
+the beam's focus ``focus_z`` (default the target; approx., PHYSICS.md §2): per projection
+x_focus ~ N(0, σ_spot), tx ~ N(0, σ_θ), and the muon starts at x = x_focus + tx·(z_start − z_focus)
+plus the nominal trajectory's (x, tx) at z_start for the muon's own momentum (the 160 GeV one
+scaled by p0/p: the beam line's focus is taken achromatic, approx.; otherwise MS1's 30 mrad bend
+with a 3.5 % momentum spread would smear the spot at the target by ≈ 35 mm).
 """
 
 from __future__ import annotations
@@ -52,11 +59,18 @@ def sample_beam_from_u(beam: Beam, uu: jnp.ndarray) -> dict[str, jnp.ndarray]:
     spot = jnp.where(halo, beam.halo_spot_sigma, beam.spot_sigma)
     div = jnp.where(halo, beam.halo_divergence_sigma, beam.divergence_sigma)
     ekin = jnp.sqrt(pmag**2 + u.muon_mass_c2**2) - u.muon_mass_c2
+    tx = div * z[:, 2]
+    ty = div * z[:, 3]
+    back = beam.z_start - beam.focus_z  # drift from the focus back to the start
+    # each muon starts on the nominal trajectory of its own momentum p: upstream of the target
+    # every kick scales as 1/p, so that trajectory is the 160 GeV one times p0/p (an achromatic
+    # focus: the spot at the target does not grow with MS1's dispersion; approx., the M2 optics)
+    scale = beam.momentum / pmag
     return {
-        "x": spot * z[:, 0],
-        "y": spot * z[:, 1],
-        "tx": div * z[:, 2],
-        "ty": div * z[:, 3],
+        "x": beam.x_start * scale + spot * z[:, 0] + tx * back,
+        "y": beam.y_start * scale + spot * z[:, 1] + ty * back,
+        "tx": beam.tx_start * scale + tx,
+        "ty": beam.ty_start * scale + ty,
         "ekin": ekin,
     }
 

@@ -21,7 +21,7 @@ import numpy as np
 from fastmc.beam import sample_beam, sample_primaries
 from fastmc.channels.base import BuildContext, Channel, ChannelParams
 from fastmc.config import RunConfig
-from fastmc.geometry import Setup, build_setup, setup_materials
+from fastmc.geometry import Setup, build_setup, build_trigger, setup_materials
 from fastmc.physics import build_tables, tables_config
 from fastmc.physics.decay import build_decay_tables
 from fastmc.physics.scattering import build_scattering_params
@@ -30,7 +30,7 @@ from fastmc.physics.tables import enable_compilation_cache
 from fastmc.reconstruct import reconstruct
 from fastmc.response import detector_response
 from fastmc.rng import STREAM_BEAM, chunk_key, stream_key
-from fastmc.selection import Selection, build_selection, final_slots, pass_masks, pass_weights
+from fastmc.selection import TRIGGER_VAR, Selection, build_selection, final_slots, pass_masks, pass_weights
 from fastmc.tally import chunk_tally
 from fastmc.transport import BRANCH_FORCED, Physics, slot_branches, transport
 
@@ -89,6 +89,8 @@ def prepare(cfg: RunConfig) -> Prepared:
     scat = build_scattering_params(mats, form_factor=ph.form_factor, screening=ph.screening).device(dtype)
     physics = Physics(tables.device(dtype), scat, ph.scattering, lambda_i, decay)
     setup = build_setup(cfg.model, index, cfg.reconstruction)
+    if cfg.trigger is not None:
+        setup = dataclasses.replace(setup, trigger=build_trigger(cfg.model, cfg.trigger.counters, cfg.trigger.window))
     e_max = 1.5 * float(setup.beam.momentum)
     options = ChainOptions(cfg.chunk_size, ph.max_interactions, slot_branches(setup, physics, e_max), hadrons,
                            cfg.muon_id)
@@ -155,9 +157,38 @@ def simulate_events(setup: Setup, physics: Physics, key_c: jax.Array, opts: Chai
     # weights of the biased choices made in transport (species, forced decays/interactions) and response
     log_w = final["log_w"] + measured["log_w"]
     log_w, integrated = channel.after_response(setup, params, final, measured, variables, log_w)
+    log_w, integrated = _apply_trigger(setup, measured["trigger_prob"], variables, log_w, integrated, soft is not None)
     variables["truth_hadron"] = state["hadron"].astype(dtype) if opts.hadrons else zero
     channel.truth_variables(params, final, variables)
     return ChainOutput(variables, log_w, truth["n_overflow"], integrated)
+
+
+def trigger_log_prob(p_trig):
+    """``f(lo, hi)`` → log P(lo ≤ trigger ≤ hi) per event, for trigger = 1 with probability
+    ``p_trig`` and 0 otherwise (the integrated trigger cut, :func:`fastmc.selection.pass_weights`)."""
+
+    def f(lo, hi):
+        p = (jnp.where((lo <= 1.0) & (1.0 <= hi), p_trig, 0.0)
+             + jnp.where((lo <= 0.0) & (0.0 <= hi), 1.0 - p_trig, 0.0))
+        return jnp.where(p > 0, jnp.log(jnp.where(p > 0, p, 1.0)), -jnp.inf)
+
+    return f
+
+
+def _apply_trigger(setup: Setup, p_trig, variables: dict, log_w, integrated: dict, soft: bool):
+    """The trigger for every channel: ``trigger_prob`` for event dumps; with a [trigger], the cut
+    ``trigger`` is integrated (conditional Monte Carlo, merged with the channel's integrated cuts),
+    or in soft mode (:mod:`fastmc.optimise`) P(trigger) multiplies the weight and the cut passes."""
+    variables["trigger_prob"] = p_trig
+    if setup.trigger is None:
+        return log_w, integrated
+    if soft:
+        ok = p_trig > 0
+        log_w = log_w + jnp.where(ok, jnp.log(jnp.where(ok, p_trig, 1.0)), -jnp.inf)
+        variables[TRIGGER_VAR] = jnp.full_like(p_trig, jnp.inf)  # passes trigger >= 0.5 exactly, no gradient
+        return log_w, integrated
+    variables[TRIGGER_VAR] = p_trig  # never cut on directly: the cut is integrated
+    return log_w, {**integrated, TRIGGER_VAR: trigger_log_prob(p_trig)}
 
 
 @functools.partial(jax.jit, static_argnames=("opts", "channel", "with_events"))
@@ -217,4 +248,4 @@ def _chunk_variables_jit(setup, physics, key_c, opts, channel, params, showers):
 
 
 __all__ = ["ChainOptions", "ChainOutput", "Prepared", "SoftMode", "chunk_variables", "prepare", "simulate_chunk",
-           "simulate_events"]
+           "simulate_events", "trigger_log_prob"]

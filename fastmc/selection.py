@@ -53,14 +53,22 @@ def _describe(c: Cut) -> str:
     return f"{c.var} <= {hi:g}"
 
 
+TRIGGER_VAR = "trigger"  # 1 if the event fired the trigger, else 0: always integrated (pass_weights)
+
+
 def build_selection(cfg: RunConfig) -> Selection:
+    """The card's regions; with a ``[trigger]``, every region's first cut is ``trigger >= 0.5``
+    (so the cut flow shows it first).  The chain integrates it (``integrated["trigger"]``,
+    :func:`pass_weights`): the event keeps P(trigger) in its weight instead of a 0/1 draw."""
     dtype = jnp.result_type(float)
     regions = []
+    trig = ((Cut(lo=jnp.asarray(0.5, dtype), hi=jnp.asarray(jnp.inf, dtype), var=TRIGGER_VAR),)
+            if getattr(cfg, "trigger", None) is not None else ())
     for name, cuts in cfg.regions:
         regions.append(
             Region(
                 name=name,
-                cuts=tuple(
+                cuts=trig + tuple(
                     Cut(
                         lo=jnp.asarray(-jnp.inf if c.min is None else c.min, dtype),
                         hi=jnp.asarray(jnp.inf if c.max is None else c.max, dtype),

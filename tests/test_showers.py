@@ -82,22 +82,29 @@ def _closure_setup(hcal_half_width=None, ecal_half_width=None, spot_sigma=None, 
     for name, hw in (("HCAL", hcal_half_width), ("ECAL", ecal_half_width)):
         if hw is not None:
             model = dataclasses.replace(model, elements=tuple(
-                dataclasses.replace(e, half_width=hw) if e.name == name else e for e in model.elements))
+                dataclasses.replace(e, half_width=hw, half_width_x=hw, half_width_y=hw) if e.name == name else e
+                for e in model.elements))
     setup = build_setup(model, index)
     settings = ShowerSettings(model="profile", **showers_kw)
     return setup, showers.build_shower_params(mats, settings)
 
 
 def _truth(setup, n, e_h, proc, depth=0.0):
-    """Truth with one hard transfer at the front (``depth``) of the first slab, nothing else."""
+    """Truth with one hard transfer at the front (``depth``) of the first slab, nothing else; the
+    muon crosses every slab along z at a position drawn from the beam spot (σ of the setup's
+    beam, per projection; the shower axis of :func:`shower_deposits` goes through it)."""
     z = jnp.zeros((n,))
-    slabs = {}
+    rng = np.random.default_rng(12345)
+    sig = float(setup.beam.spot_sigma)
+    pos = (jnp.asarray(sig * rng.standard_normal(n), z.dtype), jnp.asarray(sig * rng.standard_normal(n), z.dtype))
+    slabs, at = {}, {}
     for i, el in enumerate(e for e in setup.elements if e.kind == "slab"):
+        at[el.name] = (*pos, jnp.ones((n,), bool))
         first = i == 0
         slabs[el.name] = {"e_cont": z, "e_proc": jnp.zeros((n, 4)).at[:, proc].set(e_h if first else 0.0),
                           "hardest": z + (e_h if first else 0.0), "hardest_proc": jnp.full((n,), proc if first else -1),
                           "hardest_depth": z + depth, "e_other": z}
-    return {"slabs": slabs}
+    return {"slabs": slabs, "at": at}
 
 
 def _deposits(setup, truth, sh, key, bias=None, counts=False):

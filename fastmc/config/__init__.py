@@ -44,6 +44,7 @@ from fastmc.config.card import (
     ReconstructionSettings,
     RunConfig,
     ShowerSettings,
+    TriggerConfig,
     read_run,
     selection_variables,
 )
@@ -102,6 +103,7 @@ __all__ = [
     "ReconstructionSettings",
     "ShowerSettings",
     "SpectrometerConfig",
+    "TriggerConfig",
     "check_signal_mass",
     "check_signal_target",
     "file_sha256",

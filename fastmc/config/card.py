@@ -19,7 +19,7 @@ from fastmc.config.sections import ConfigError, Section, check_signal_mass, file
 
 # the top level of a run card (and the top-level parts of the channels' tables)
 RUN_CARD_KEYS = ("schema_version", "run", "physics", "admixture", "showers", "reconstruction", "optimise",
-                 "selection", "muon_id")
+                 "selection", "muon_id", "trigger")
 SHOWER_MODELS = ("none", "profile")
 SCATTERING_MODELS = ("highland", "highland_single")
 FORM_FACTORS = ("geant4", "exponential")  # fastmc.physics.scattering.FORM_FACTORS
@@ -142,6 +142,16 @@ class OptimiseSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class TriggerConfig:
+    """``[trigger]``: a coincidence of every named counter (model elements of kind ``counter``),
+    judged on the true trajectory, plus accidental coincidences from beam pile-up in ``window``."""
+
+    counters: tuple[str, ...]
+    window: float  # ns (CLHEP): coincidence window for accidentals
+    source: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
 class RunConfig:
     path: Path
     sha256: str
@@ -159,6 +169,7 @@ class RunConfig:
     reconstruction: ReconstructionSettings = ReconstructionSettings()
     max_seconds: float | None = None  # default wall-time budget of a projection (s); --max-seconds overrides
     optimise: OptimiseSettings = OptimiseSettings()
+    trigger: TriggerConfig | None = None  # [trigger]; None: no trigger (every event triggers)
     # each registered channel's settings, parsed from its own card table by the channel, and the
     # registry that parsed them (name → fastmc.channels.base.Channel; not part of the provenance)
     channel_settings: Mapping[str, Any] = dataclasses.field(default_factory=dict)
@@ -200,6 +211,8 @@ VARIABLE_HELP = {
     "kink_<out>_mrad": "angle between the incoming track and the spectrometer's upstream arm (both projections)",
     "kink_<out>_pt_MeV": "the same kink times the reconstructed momentum: the transverse kick at the target",
     "truth_hadron": "TRUTH (closure/validation studies only): 1 if the primary was a beam hadron",
+    "trigger_prob": "probability that the event fires the card's [trigger] (1 without one); every region's "
+                    "first cut is the trigger, integrated with this probability (conditional Monte Carlo)",
     "extra_tracks_p_out": "extra charged tracks reaching MS2: leading charged hadrons that punched through the "
                           "calorimeters",
     "e_<element>_GeV": "visible energy of one read-out slab of a group of several (e.g. e_HCAL1_GeV)",
@@ -233,7 +246,7 @@ def _parse_muon_id(sec: Section, model: ModelConfig) -> MuonIdConfig:
 
 def selection_variables(model: ModelConfig, muon_id: MuonIdConfig | None = None) -> tuple[str, ...]:
     """The names a cut may use for this model (and the card's [muon_id])."""
-    names = ["in_ok", "out_ok", "truth_hadron"]
+    names = ["in_ok", "out_ok", "truth_hadron", "trigger_prob"]
     for s in model.spectrometers:
         names += [f"{s.output}_GeV", f"{s.output}_chi2ndf", f"{s.output}_hits_up", f"{s.output}_hits_down",
                   f"{s.output}_match_mm", f"{s.output}_match_pull"]
@@ -362,6 +375,7 @@ def read_run(path: str | Path, background_channels: Sequence[str], channel_table
     muon_id = _parse_muon_id(root.table("muon_id"), model) if "muon_id" in root.data else None
     variables = selection_variables(model, muon_id)
     optimise = _parse_optimise_settings(root.table("optimise", {}), channels)
+    trigger = _parse_trigger(root.table("trigger"), model) if "trigger" in root.data else None
     sel = root.table("selection")
     regions = []
     for region_name in list(sel.data):
@@ -392,6 +406,7 @@ def read_run(path: str | Path, background_channels: Sequence[str], channel_table
         reconstruction=reconstruction,
         max_seconds=None if max_seconds is None else float(max_seconds),
         optimise=optimise,
+        trigger=trigger,
         channel_settings=channel_settings,
         muon_id=muon_id,
         registry=registry,
@@ -416,6 +431,21 @@ def _parse_reconstruction(sec: Section, model: ModelConfig) -> ReconstructionSet
     sec.finish()
     return ReconstructionSettings(hit_time_cut_sigma=float(n_sigma),
                                   hit_time_cut=None if cut is None else float(cut) * u.ns)
+
+
+def _parse_trigger(sec: Section, model: ModelConfig) -> TriggerConfig:
+    counters = sec.strings("counters")
+    known = [e.name for e in model.elements if e.kind == "counter"]
+    if not counters or len(set(counters)) != len(counters):
+        raise sec.fail("counters", list(counters), "must be a non-empty list without repeats")
+    for c in counters:
+        if c not in known:
+            raise sec.fail("counters", list(counters),
+                           f"{c!r} is not a counter of the model (counters: {', '.join(known) or 'none'})")
+    window = sec.number("window_ns", gt=0.0, le=1e6) * u.ns
+    source = sec.string("source", "")
+    sec.finish()
+    return TriggerConfig(counters=tuple(counters), window=window, source=source)
 
 
 def _parse_optimise_settings(sec: Section, channels: tuple[str, ...]) -> OptimiseSettings:

@@ -21,7 +21,7 @@ from fastmc.materials import MATERIAL_NAMES
 # the top level of a model file
 MODEL_KEYS = ("schema_version", "name", "description", "gap_material", "gap_density_scale", "beam", "elements",
               "spectrometers", "optimise", "source")
-ELEMENT_KINDS = ("tracker", "slab", "magnet")
+ELEMENT_KINDS = ("tracker", "slab", "magnet", "counter")
 READOUT_KINDS = ("none", "calorimeter", "counter")
 PARTICLES = {"mu+": -13, "mu-": 13}
 
@@ -43,6 +43,7 @@ class BeamConfig:
     halo_spot_sigma: float = 0.0  # mm, per projection
     halo_divergence_sigma: float = 0.0  # rad, per projection
     halo_momentum_spread_rel: float = 0.0  # Gaussian σ_p / p of the halo
+    focus_z: float = 0.0  # mm: z where spot_sigma is the beam's size (the M2 focus; approx. PHYSICS.md §2)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,6 +74,12 @@ class ElementConfig:
     noise: float = 0.0  # MeV
     response_scale: float = 1.0
     half_width: float = 1e7  # mm, transverse half-size of a slab (square aperture; default: unbounded)
+    # active area (trackers, slabs, counters): rectangle of half-sizes (half_width_x, half_width_y)
+    # centred at (x_offset, y_offset) from the nominal 160 GeV trajectory at the element's z
+    half_width_x: float = 1e7  # mm (default: unbounded)
+    half_width_y: float = 1e7  # mm
+    x_offset: float = 0.0  # mm, relative to the nominal trajectory (fastmc.geometry.nominal_trajectory)
+    y_offset: float = 0.0  # mm
     source: str = ""
 
     @property
@@ -157,6 +164,8 @@ def _parse_beam(sec: Section) -> BeamConfig:
         halo_spot_sigma=sec.number("halo_spot_sigma_mm", 0.0, ge=0.0, le=1e4) * u.mm,
         halo_divergence_sigma=sec.number("halo_divergence_mrad", 0.0, ge=0.0, le=100.0) * u.mrad,
         halo_momentum_spread_rel=sec.number("halo_momentum_spread_rel", 0.0, ge=0.0, lt=1.0),
+        # the spot size is that at the beam's focus, by default the target (approx., PHYSICS.md §2)
+        focus_z=sec.number("focus_z_m", 0.0, ge=-1e3, le=1e3) * u.m,
     )
     if beam.tail_fraction + beam.halo_fraction >= 1.0:
         raise sec.fail("halo_fraction", beam.halo_fraction, "tail_fraction + halo_fraction must be < 1 (the core)")
@@ -224,8 +233,11 @@ def _parse_element(sec: Section, materials: tuple[str, ...]) -> ElementConfig:
             raise sec.fail("time_window_ns", kw["time_window"] / u.ns,
                            f"readout window shorter than time_resolution_ns = {kw['time_resolution'] / u.ns:g}")
         kw["road"] = sec.number("road_mm", 5.0, gt=0.0, le=1000.0) * u.mm
+    if kind == "counter":
+        kw["efficiency"] = sec.number("efficiency", 1.0, gt=0.0, le=1.0)
+    if kind in ("tracker", "slab", "counter"):
+        _parse_aperture(sec, kind, kw)
     if kind == "slab":
-        kw["half_width"] = sec.number("half_width_mm", 1e7, gt=0.0, le=1e7) * u.mm
         ro = sec.table("readout", {})
         readout = ro.string("kind", "none", choices=READOUT_KINDS)
         kw["readout"] = readout
@@ -239,6 +251,32 @@ def _parse_element(sec: Section, materials: tuple[str, ...]) -> ElementConfig:
         ro.finish()
     sec.finish()
     return ElementConfig(name=name, kind=kind, z=z, source=source, **kw)
+
+
+def _parse_aperture(sec: Section, kind: str, kw: dict[str, Any]) -> None:
+    """Active area: ``half_width_x_mm``, ``half_width_y_mm`` (a slab's ``half_width_mm`` is the
+    square shorthand), centre ``x_mm``, ``y_mm`` relative to the nominal trajectory.  A counter
+    must have an area (it is a trigger element: an unbounded plane would fire on every muon)."""
+    square = None
+    if kind == "slab" and "half_width_mm" in sec.data:
+        square = sec.number("half_width_mm", gt=0.0, le=1e7) * u.mm
+        kw["half_width"] = square
+        for key in ("half_width_x_mm", "half_width_y_mm"):
+            if key in sec.data:
+                raise sec.fail(key, sec.data[key],
+                               "give either half_width_mm (square) or half_width_x_mm/half_width_y_mm")
+    default = None if kind == "counter" else 1e7
+    for key, attr in (("half_width_x_mm", "half_width_x"), ("half_width_y_mm", "half_width_y")):
+        if key not in sec.data and default is None:
+            raise sec.fail(key, None, "a counter needs an active area (half_width_x_mm and half_width_y_mm > 0)")
+        val = sec.number(key, default, le=1e7)
+        if not val > 0:
+            raise sec.fail(key, val, "an aperture must be > 0 mm")
+        kw[attr] = square if square is not None else val * u.mm
+    kw["x_offset"] = sec.number("x_mm", 0.0, ge=-1e5, le=1e5) * u.mm
+    kw["y_offset"] = sec.number("y_mm", 0.0, ge=-1e5, le=1e5) * u.mm
+    if kind == "slab":  # the square shorthand used by the shower containment: the larger half-size
+        kw["half_width"] = max(kw["half_width_x"], kw["half_width_y"]) if square is None else square
 
 
 def _parse_spectrometer(sec: Section, elements: dict[str, ElementConfig]) -> SpectrometerConfig:

@@ -9,9 +9,10 @@ leak out of one calorimeter enters the next slab downstream).  What is left afte
 escapes.
 
 Lateral containment (``[showers] lateral = true``, the default): each slab keeps the share of the
-shower's radial profile inside its square aperture (``half_width_mm``, centred on the z axis); the
-shower axis is the beam line through the muon's position in the beam spot (σ of the model's beam;
-the muon's angle, ≲ 1 mrad, is neglected).  What falls outside is lost — the lateral
+shower's radial profile inside its rectangular active area (``half_width_x_mm``/``half_width_y_mm``
+or the square ``half_width_mm``, centred on the nominal trajectory + (``x_mm``, ``y_mm``)); the
+shower axis is the line along z through the muon's true position at the exit face of the slab where
+the shower starts (the muon's angle, ≲ 1 mrad, is neglected).  What falls outside is lost — the lateral
 non-hermeticity (a lateral leak is not followed into the slabs downstream).  Both profiles have the
 form f(r) = 2 r R²/(r² + R²)², whose share inside radius r is r²/(r² + R²) and whose 2D density
 R²/(π(r² + R²)²) integrates in closed form over a square (:func:`square_containment`, corners of
@@ -289,22 +290,25 @@ def _corner(x, y, radius):
     return (x / a * jnp.arctan(y / a) + y / b * jnp.arctan(x / b)) / (2.0 * jnp.pi)
 
 
-def square_containment(radius, half_width, x0, y0):
+def square_containment(radius, half_width, x0, y0, half_width_y=None):
     """Share of the 2D density R²/(π(r² + R²)²) (radial profile 2 r R²/(r² + R²)², centred at the
-    origin) inside the square |x − x0| ≤ a, |y − y0| ≤ a: closed form, the sum over the corners of
-    ± the antiderivative :func:`_corner`.  Same length unit for every argument."""
+    origin) inside the square |x − x0| ≤ a, |y − y0| ≤ a (a rectangle with ``half_width_y`` given):
+    closed form, the sum over the corners of ± the antiderivative :func:`_corner`.  Same length
+    unit for every argument."""
+    hy = half_width if half_width_y is None else half_width_y
     x1, x2 = x0 - half_width, x0 + half_width
-    y1, y2 = y0 - half_width, y0 + half_width
+    y1, y2 = y0 - hy, y0 + hy
     return (_corner(x2, y2, radius) - _corner(x1, y2, radius) - _corner(x2, y1, radius)
             + _corner(x1, y1, radius))
 
 
-def em_square_containment(tau, e_mev, z_eff, r_moliere, half_width, x0, y0):
-    """Share of the GFLASH radial profile at depth τ = t/T inside a square aperture (lengths in the
-    unit of ``r_moliere``; (x0, y0): the square's centre relative to the shower axis)."""
+def em_square_containment(tau, e_mev, z_eff, r_moliere, half_width, x0, y0, half_width_y=None):
+    """Share of the GFLASH radial profile at depth τ = t/T inside a square aperture (a rectangle
+    with ``half_width_y``; lengths in the unit of ``r_moliere``; (x0, y0): its centre relative to
+    the shower axis)."""
     r_c, r_t, p = gflash_radial(tau, e_mev, z_eff)
-    return (p * square_containment(r_c * r_moliere, half_width, x0, y0)
-            + (1.0 - p) * square_containment(r_t * r_moliere, half_width, x0, y0))
+    return (p * square_containment(r_c * r_moliere, half_width, x0, y0, half_width_y)
+            + (1.0 - p) * square_containment(r_t * r_moliere, half_width, x0, y0, half_width_y))
 
 
 def hadron_lateral_radius(lam_mm, r95_lambda):

@@ -29,6 +29,7 @@ from fastmc.physics.showers import (
     hadron_lateral_radius,
     square_containment,
 )
+from fastmc.response.trackers import inside_area
 from fastmc.rng import normal_from_uniform, uniforms
 
 
@@ -52,6 +53,11 @@ def visible_energies_by_element(setup: Setup, truth: dict, deposits: dict | None
             rec = truth["slabs"][el.name]
             if deposits is None:
                 edep = rec["e_cont"] + jnp.sum(rec["e_proc"], axis=-1) + rec.get("e_other", 0.0)
+                # the readout sees the muon's own deposit only if it crossed the slab inside the
+                # active area (approx.: judged at the exit face; the transport steps through the
+                # slab's material wherever the muon crosses it)
+                x, y, _ = truth["at"][el.name]
+                edep = jnp.where(inside_area(el, x, y), edep, 0.0)
             else:
                 edep = deposits[el.name]
             uu = uniforms(jax.random.fold_in(key_r, i), (edep.shape[0], 1), edep.dtype)
@@ -110,11 +116,12 @@ def shower_deposits(setup: Setup, truth: dict, sh, key_r: jax.Array, proposal: L
     lengths (boundaries tb) and interaction lengths (sb); a shower starting at (t0, s0) puts
     E·[G(tb_{j+1} − t0) − G(tb_j − t0)] in slab j (G = 0 for negative depth; hadronic showers: the
     Bock EM term in X0 plus the hadronic term, × h/e, in λ_I), times the share of its lateral
-    profile inside slab j's square aperture (``sh.lateral``; EM: GFLASH radial profile at τ = 1 and
+    profile inside slab j's rectangular active area (``sh.lateral``; EM: GFLASH radial profile at τ = 1 and
     2.5 shower maxima, linear in depth through them, averaged over the slab's part of the
     longitudinal profile; hadronic: one radius, r95·λ_I/√19).  The shower axis is the beam line
-    through the muon's position in the beam spot (drawn here, key 30_001; the muon's own angle,
-    ≲ 1 mrad, is neglected), the apertures are centred on the z axis; what falls outside is lost.
+    along z through the muon's true position at the source slab's exit face (the muon's own angle,
+    ≲ 1 mrad, is neglected), the areas are centred at (x_centre, y_centre); what falls outside is
+    lost.  The muon's own deposit in a slab counts only if it crossed it inside the active area.
     Photonuclear transfers may give a leading neutral hadron that interacts after an exponential
     optical depth, or escapes, or a leading charged hadron that does the same along the muon's line
     through every slab downstream, ionising (minimum-ionising dE/dx) up to where it interacts; if
@@ -143,18 +150,21 @@ def shower_deposits(setup: Setup, truth: dict, sh, key_r: jax.Array, proposal: L
     s0 = sb[:-1] + f * (sb[1:] - sb[:-1])
     bsz = e_h.shape[0]
     uu = uniforms(jax.random.fold_in(key_r, 30_000), (bsz, n, N_SHOWER_UNIFORMS), dtype)
-    hw = jnp.stack([el.half_width for el in slabs]).astype(dtype)
-    # the shower axis in the beam spot (σ per projection), relative to the apertures' centre
-    uxy = uniforms(jax.random.fold_in(key_r, 30_001), (bsz, 2), dtype)
-    x_ax = setup.beam.spot_sigma.astype(dtype) * normal_from_uniform(uxy[:, 0])
-    y_ax = setup.beam.spot_sigma.astype(dtype) * normal_from_uniform(uxy[:, 1])
+    hw = jnp.stack([el.half_width_x for el in slabs]).astype(dtype)  # (n,) rectangular active areas
+    hwy = jnp.stack([el.half_width_y for el in slabs]).astype(dtype)
+    xc = jnp.stack([el.x_centre for el in slabs]).astype(dtype)
+    yc = jnp.stack([el.y_centre for el in slabs]).astype(dtype)
+    # the shower axis: along z through the muon's true position at the source slab's exit face
+    x_src = jnp.stack([truth["at"][el.name][0] for el in slabs], axis=1)  # (B, n_src)
+    y_src = jnp.stack([truth["at"][el.name][1] for el in slabs], axis=1)
+    in_src = (jnp.abs(x_src - xc) <= hw) & (jnp.abs(y_src - yc) <= hwy)
 
     def split(cdf):  # (B, n_src, n+1) cumulative → (B, n_src, n) per slab
         return cdf[..., 1:] - cdf[..., :-1]
 
     def hadronic(energy, t_start, s_start, x0_start, lam_start, xa, ya):
         """(B, n) energies deposited per slab by hadronic showers (B, n_src) starting at (t, s),
-        axis at (xa, ya) (B, n_src) from the apertures' centre."""
+        axis at (xa, ya) (B, n_src, absolute)."""
         e_par = jnp.maximum(energy, 1.0 * u.GeV)
         a, b, d, _ = bock_parameters(e_par)
         share = bock_em_share(e_par, x0_start, lam_start)
@@ -163,7 +173,7 @@ def shower_deposits(setup: Setup, truth: dict, sh, key_r: jax.Array, proposal: L
         frac = share[..., None] * g_em + (1.0 - share[..., None]) * sh.h_over_e * g_h
         if sh.lateral:  # one radial profile for the whole shower (its π⁰ part included)
             radius = hadron_lateral_radius(lam_start, sh.hadron_r95)[..., None]
-            frac = frac * square_containment(radius, hw, -xa[..., None], -ya[..., None])
+            frac = frac * square_containment(radius, hw, xc - xa[..., None], yc - ya[..., None], hwy)
         return jnp.sum(energy[..., None] * frac, axis=1)
 
     # --- EM: GFLASH profile with per-shower fluctuations
@@ -175,11 +185,15 @@ def shower_deposits(setup: Setup, truth: dict, sh, key_r: jax.Array, proposal: L
         t_max = ((alpha - 1.0) / beta_)[..., None]  # (B, n_src, 1)
         e_sh = jnp.maximum(e_h, 1.0)[..., None]
         cont = [em_square_containment(tau, e_sh, z_eff[:, None], sh.r_moliere[mats][:, None], hw,
-                                      -x_ax[:, None, None], -y_ax[:, None, None]) for tau in LATERAL_TAUS]
+                                      xc - x_src[..., None], yc - y_src[..., None], hwy) for tau in LATERAL_TAUS]
         moment = split(gamma_moment(alpha[..., None], beta_[..., None], depth))
         frac_em = depth_averaged_containment(cont[0], cont[1], LATERAL_TAUS[0] * t_max, LATERAL_TAUS[1] * t_max,
                                              frac_em, moment)
-    dep = local - jnp.where(showered, e_h, 0.0) + jnp.sum(jnp.where(is_em, e_h, 0.0)[..., None] * frac_em, axis=1)
+    # the muon's own deposit (all but the showering transfer) is seen only inside the slab's active
+    # area (approx.: judged at the exit face; the transport steps through the material wherever
+    # the muon crosses); a shower's share is set by its lateral containment (above)
+    dep = (jnp.where(in_src, local - jnp.where(showered, e_h, 0.0), 0.0)
+           + jnp.sum(jnp.where(is_em, e_h, 0.0)[..., None] * frac_em, axis=1))
     # --- photonuclear: a leading neutral hadron or not
     f_ln, z_min = sh.leading_neutral, sh.z_min
     ln = uu[..., 2] < f_ln
@@ -206,17 +220,19 @@ def shower_deposits(setup: Setup, truth: dict, sh, key_r: jax.Array, proposal: L
     dz = zc - z_src[..., None]  # (B, n_src, n)
     xn = theta[..., None] * jnp.cos(phi)[..., None] * dz
     yn = theta[..., None] * jnp.sin(phi)[..., None] * dz
-    # the aperture seen by the neutral hadron: centred at −(beam-spot offset) when lateral is on
-    xn_c = xn + x_ax[:, None, None] if sh.lateral else xn
-    yn_c = yn + y_ax[:, None, None] if sh.lateral else yn
+    # the neutral hadron's position relative to each slab's active-area centre (lateral on), or
+    # relative to the muon's line (lateral off: the areas are then taken as centred on it)
+    xn_c = xn + x_src[..., None] - xc if sh.lateral else xn
+    yn_c = yn + y_src[..., None] - yc if sh.lateral else yn
     src = jnp.arange(n)[:, None] == jnp.arange(n)[None, :]
     later = jnp.arange(n)[None, :] > jnp.arange(n)[:, None]
     if temperature is None:
-        met = src | ((jnp.abs(xn_c) <= hw) & (jnp.abs(yn_c) <= hw) & later)
+        met = src | ((jnp.abs(xn_c) <= hw) & (jnp.abs(yn_c) <= hwy) & later)
         width = jnp.where(met, (sb[1:] - sb[:-1]), 0.0)  # (B, n_src, n)
     else:  # soft aperture: the fraction of the slab's depth that counts is a logistic of the offset
         edge = temperature * hw
-        inside_ap = jax.nn.sigmoid((hw - jnp.abs(xn_c)) / edge) * jax.nn.sigmoid((hw - jnp.abs(yn_c)) / edge)
+        inside_ap = (jax.nn.sigmoid((hw - jnp.abs(xn_c)) / edge)
+                     * jax.nn.sigmoid((hwy - jnp.abs(yn_c)) / (temperature * hwy)))
         width = jnp.where(src, 1.0, jnp.where(later, inside_ap, 0.0)) * (sb[1:] - sb[:-1])
         met = width > 0
     sb_eff = jnp.concatenate([jnp.zeros_like(width[..., :1]), jnp.cumsum(width, axis=-1)], axis=-1)
@@ -233,7 +249,7 @@ def shower_deposits(setup: Setup, truth: dict, sh, key_r: jax.Array, proposal: L
     lc = is_had & ~ln & (uc[..., 0] < sh.leading_charged)
     z_c = z_min + (1.0 - z_min) * uc[..., 1]
     e_soft = jnp.where(is_had, jnp.where(ln, (1.0 - z) * e_h, jnp.where(lc, (1.0 - z_c) * e_h, e_h)), 0.0)
-    xs_ax, ys_ax = jnp.broadcast_to(x_ax[:, None], (bsz, n)), jnp.broadcast_to(y_ax[:, None], (bsz, n))
+    xs_ax, ys_ax = x_src, y_src
     dep = dep + hadronic(e_soft, t0, s0, x0, lam, xs_ax, ys_ax)
     # leading neutral: interacts after an optical depth τ along its path, or escapes
     s_eff = s0_eff + tau

@@ -11,7 +11,10 @@
 
 (ε efficiency; f_tail, σ_tail the non-Gaussian component; P_pick from beam pile-up,
 :func:`fastmc.geometry.pickup_probability`).  A hit is recorded only if the muon reached the
-plane.  Simplification: when the true hit is present, a closer stray hit is never preferred.
+plane inside its active area (:func:`inside_area`: the rectangle of half-sizes
+``half_width_x``, ``half_width_y`` around ``(x_centre, y_centre)``, by the true position at the
+plane; a stray hit needs it too, as it is picked up in the road around the missing true hit).
+Simplification: when the true hit is present, a closer stray hit is never preferred.
 
 Hit times (:func:`hit_times`, drawn after the categories and any proposal, from uniforms of
 their own): a true hit (c = 0, 1) has t ~ N(0, σ_t) around the trigger time; the strays of
@@ -98,9 +101,17 @@ def hit_times(cat, ut, sig_time, window, cut, pickup):
     return t, accepted
 
 
-def tracker_hits(setup: Setup, truth: dict, key_r: jax.Array, proposal: HitProposal | None = None):
+def inside_area(el, x, y):
+    """True where (x, y) (true position at the element's plane) lies in its active area."""
+    return (jnp.abs(x - el.x_centre) <= el.half_width_x) & (jnp.abs(y - el.y_centre) <= el.half_width_y)
+
+
+def tracker_hits(setup: Setup, truth: dict, key_r: jax.Array, proposal: HitProposal | None = None,
+                 apertures: bool = True):
     """Measured hits ``{name: (mx, my, present)}`` and the log-weight of a hit proposal (B,; 0
-    without one): the natural draws, then ``proposal.propose`` may replace some of them."""
+    without one): the natural draws, then ``proposal.propose`` may replace some of them.
+    ``apertures`` (static): require the true position inside the plane's active area (False:
+    offsets only, :func:`hit_offsets`, whose caller applies the areas)."""
     names = setup.trackers
     els = [setup.element(n) for n in names]
     x = jnp.stack([truth["hits"][n][0] for n in names])  # (P, B)
@@ -127,6 +138,8 @@ def tracker_hits(setup: Setup, truth: dict, key_r: jax.Array, proposal: HitPropo
     sig_time, window, cut = (col(a) for a in ("time_resolution", "time_window", "time_cut"))
     ut = uniforms(jax.random.fold_in(key_r, TIME_STREAM), (n_p, bsz, 2), dtype)
     _, in_time = hit_times(cat, ut, sig_time, window, cut, pick)
+    if apertures:
+        reached = reached & jnp.stack([inside_area(e, x[i], y[i]) for i, e in enumerate(els)])
     present = reached & (cat != 2) & in_time
     mx, my = x + off_x, y + off_y
     hits = {n: (mx[i], my[i], present[i]) for i, n in enumerate(names)}
@@ -137,7 +150,8 @@ def hit_offsets(setup: Setup, key_chunk: jax.Array, proposal: HitProposal | None
     """The hit draws of :func:`fastmc.response.detector_response` for a muon on the z axis that reaches every plane:
     ``(offsets, log_w)``.  They do not depend on the muon, so they may be drawn before the
     transport (a channel may condition its transport forcing on them) and passed
-    to :func:`fastmc.response.detector_response` as ``hits_pre``: the result is bit-identical."""
+    to :func:`fastmc.response.detector_response` as ``hits_pre``, which applies the active areas
+    to the true positions: the result is bit-identical."""
     zero = jnp.zeros((n,), dtype)
     truth = {"hits": {nm: (zero, zero, jnp.ones((n,), bool)) for nm in setup.trackers}}
-    return tracker_hits(setup, truth, stream_key(key_chunk, STREAM_RESPONSE), proposal)
+    return tracker_hits(setup, truth, stream_key(key_chunk, STREAM_RESPONSE), proposal, apertures=False)

@@ -120,7 +120,8 @@ def transport(
     by default every material slot is thick.
 
     Returns the final state and the truth record: ``hits[name] = (x, y, reached)`` at each
-    tracker's exit face, ``slabs[name]`` = the material-step record of every slab, and
+    tracker's and counter's exit face, ``at[name]`` the same at every non-magnet element's,
+    ``slabs[name]`` = the material-step record of every slab, and
     ``n_overflow`` (B,), the number of slots in which an interaction cap was exceeded.
 
     Hadrons (``hadrons``, static; the state then carries ``species``, ``z_decay``, ``log_w``,
@@ -225,12 +226,15 @@ def transport(
     )
     hits: dict[str, tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]] = {}
     slabs: dict[str, dict[str, jnp.ndarray]] = {}
+    at: dict[str, tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]] = {}
     for i, el in enumerate(setup.elements):
-        if el.kind == "tracker":
-            hits[el.name] = (outs["x"][i], outs["y"][i], outs["alive"][i])
+        if el.kind != "magnet":  # truth position at the exit face of every element with material
+            at[el.name] = (outs["x"][i], outs["y"][i], outs["alive"][i])
+        if el.kind in ("tracker", "counter"):
+            hits[el.name] = at[el.name]
         elif el.kind == "slab":
             slabs[el.name] = {key: outs[key][i] for key in REC_KEYS}
-    return final, {"hits": hits, "slabs": slabs, "n_overflow": n_overflow}
+    return final, {"hits": hits, "slabs": slabs, "at": at, "n_overflow": n_overflow}
 
 
 def slot_branches(setup: Setup, physics: Physics, e_max: float, e_min: float = 1.0 * u.GeV) -> tuple[int, ...]:
