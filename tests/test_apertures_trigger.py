@@ -102,6 +102,8 @@ def prep():
 
 
 def _geometry_only(prep, **beam):
+    """No material, and the beam's core only (no low-momentum tail, no halo) with ``beam``'s widths."""
+    beam = {"tail_fraction": 0.0, "halo_fraction": 0.0, **beam}
     s = prep.setup
     zero = lambda v: v * 0  # noqa: E731
     return dataclasses.replace(

@@ -24,7 +24,7 @@ N = 200_000  # draws per plane: binomial σ ≤ 1.2e-3 on any probability
 def _toy_setup(planes: list[dict]):
     """A Setup of trackers only (the 2022 model's planes as templates), leaves set per plane."""
     from fastmc._pytree import replace
-    from fastmc.geometry import Setup, build_setup, setup_materials
+    from fastmc.geometry import build_setup, setup_materials
 
     model = load_run(RUNS / "na64mu_2022.toml").model
     _, index = setup_materials(model)
@@ -32,8 +32,7 @@ def _toy_setup(planes: list[dict]):
     tmpl = full.element("MM3")
     els = tuple(replace(tmpl, name=f"T{i}", **{k: np.float32(v) for k, v in kw.items()})
                 for i, kw in enumerate(planes))
-    return Setup(elements=els, beam=full.beam, gap_material=full.gap_material,
-                 gap_density_scale=full.gap_density_scale, spectrometers=())
+    return replace(full, elements=els, spectrometers=(), trigger=None)
 
 
 def _draw(setup, seed=1):
