@@ -25,7 +25,9 @@ N = 200_000
 def _beam(**kw) -> Beam:
     base = dict(momentum=P0, momentum_spread_rel=SIG, spot_sigma=10.0, divergence_sigma=0.5e-3, z_start=-55e3,
                 tail_fraction=F_TAIL, tail_scale_rel=S_TAIL, halo_fraction=F_HALO, halo_spot_sigma=50.0,
-                halo_divergence_sigma=1e-3, halo_momentum_spread_rel=SIG_HALO)
+                halo_divergence_sigma=1e-3, halo_momentum_spread_rel=SIG_HALO,
+                x_start=0.0, y_start=0.0, tx_start=0.0, ty_start=0.0,
+                focus_z=-55e3)  # on the z axis, the spot at the start (where the sample is read)
     base.update(kw)
     return Beam(**{k: (v if k == "charge" else np.float64(v)) for k, v in base.items()})
 

@@ -36,11 +36,13 @@ def _setup():
 def _measure(setup, edep: dict, key=1):
     """Per-element visible energies and the energy variables for given deposits (MeV, (B,))."""
     b = next(iter(edep.values())).shape[0]
-    truth = {"slabs": {}}
+    truth = {"slabs": {}, "at": {}}
     for el in setup.elements:
         if el.kind == "slab" and el.readout != "none":
             e = jnp.asarray(edep.get(el.name, np.zeros(b)), jnp.result_type(float))
             truth["slabs"][el.name] = {"e_cont": e, "e_proc": jnp.zeros((b, 1), e.dtype)}
+            # the muon crosses the module at the centre of its active area
+            truth["at"][el.name] = (jnp.full((b,), el.x_centre), jnp.full((b,), el.y_centre), jnp.ones((b,), bool))
     by_el = visible_energies_by_element(setup, truth, None, jax.random.key(key))
     measured = {"energies": group_energies(setup, by_el), "element_energies": by_el}
     return {k: np.asarray(v) for k, v in energy_variables(setup, measured, WINDOW).items()}
