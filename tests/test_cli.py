@@ -62,7 +62,8 @@ def test_cli_project_json_has_all_fields(tmp_path, capsys):
             assert key in f["provenance"].attrs, key
         assert json.loads(f["config"].attrs["json"])["n_muons"] == 8192
         assert f["tallies/analog/signal/n"][0] == 8192
-        assert f["chunks/rows"].shape == (2, 1, 11 + 5, 4 + 32)  # (chunks, channels, slots: 1+10 signal, 1+4 control, fields)
+        # (chunks, channels, slots, fields): slots 1 + trigger + 11 signal cuts, 1 + trigger + 4 control cuts
+        assert f["chunks/rows"].shape == (2, 1, 13 + 6, 4 + 32)
     # inspect round trip
     code, out2, _ = run_cli(["inspect", str(out_h5), "--json"], capsys)
     assert code == 0 and json.loads(out2)["channels"]["analog"] == d["channels"]["analog"]

@@ -1,4 +1,6 @@
-"""Channel ``momentum_misreconstruction``: a full-energy muon whose p_out is mis-measured.
+"""Channel ``momentum_misreconstruction``: a full-energy muon whose p_out is mis-measured (MS2), or a
+muon of the beam's low-momentum tail whose p_in is (MS1: scenarios of MS1's planes push towards a
+smaller bend, :func:`misreco_scenarios`; MS1 has no incoming track, so no deflection is forced).
 
 The selection sees a soft outgoing muon when the hits of a spectrometer arm fake a slope (stray
 pile-up hits, wide-component hits, lost hits) and the muon's real deflection in the target hides
