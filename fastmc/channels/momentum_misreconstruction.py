@@ -287,9 +287,11 @@ def integrated_kink_cuts(setup: Setup, hits: dict, p_out, core_x, core_v) -> dic
     hits and X turns every later hit by the same angle, so the signed bend-plane kink is
     k_x = m + X with m = k_x,obs − X_obs not depending on X, and X ~ N(0, V) under the natural law
     given everything else (momenta, hard deflections, hits: the widths σ depend on the momentum,
-    not on the angles).  Nothing else the selection reads depends on X: p is fitted from the slope
-    difference across the magnet, the χ² and hit counts from residuals (tracker acceptance edges,
-    mm away, are neglected).  A cut lo ≤ √(k_x² + k_y²)·s ≤ hi (s = |p_out| for
+    not on the angles).  Nothing else the selection reads depends on X: the global fit of MS2 absorbs
+    a common turn of all its hits (p, χ², the arms' matching), hit counts come from residuals
+    (approximations: tracker acceptance edges are neglected, and so is the trigger's dependence on
+    X — the true track at the trigger counters moves by X·(z_c − z_target) ≈ 10 mm for X ≈ θ0 — the
+    trigger probability is that of the realised X).  A cut lo ≤ √(k_x² + k_y²)·s ≤ hi (s = |p_out| for
     ``kink_…_pt_MeV``, 1 for ``kink_…_mrad``) is then k_x² ∈ [(lo/s)² − k_y², (hi/s)² − k_y²],
     whose probability is a difference of normal CDFs.
 

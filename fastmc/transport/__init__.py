@@ -119,6 +119,13 @@ def transport(
     ``max_interactions`` slots).  ``branches`` (static, from :func:`slot_branches`) says which;
     by default every material slot is thick.
 
+    Energy radiated in thin planes: the stochastic transfers of the material step of an element that
+    is not a slab (a tracker or counter plane: bremsstrahlung photons, pairs, knock-ons, photonuclear
+    systems, all forward within ~m/E) are carried on and added to ``e_other`` of the next slab the
+    scan reaches (approx.: whatever that slab's aperture; in the gaps the stochastic losses are
+    neglected, :func:`drift`).  Without it a muon that radiates half its energy in a Micromegas
+    plane before the target leaves the setup with p_out < 80 GeV and empty calorimeters.
+
     Returns the final state and the truth record: ``hits[name] = (x, y, reached)`` at each
     tracker's and counter's exit face, ``at[name]`` the same at every non-magnet element's,
     ``slabs[name]`` = the material-step record of every slab, and
@@ -193,7 +200,7 @@ def transport(
         kernels.append(force_kernel)
 
     def body(carry, xs):
-        st, n_over = carry
+        st, n_over, radiated = carry
         i, br, a = xs
         key_i = jax.random.fold_in(key_t, i)
         uu = uniforms(jax.random.fold_in(key_i, 0), (bsz, 4), dtype)
@@ -211,17 +218,23 @@ def transport(
             rec["e_other"] = rec["e_other"] + dep
             st = dict(st)
             st["e_pending"] = st["e_pending"] - dep
+        # stochastic transfers (radiated photons, pairs, knock-ons, photonuclear) in a thin plane that
+        # is not a slab (trackers, counters) travel forward and land in the next slab reached
+        slab = a["is_slab"] & (a["length"] > 0)
+        rec = dict(rec)
+        rec["e_other"] = rec["e_other"] + jnp.where(slab, radiated, 0.0)
+        radiated = jnp.where(slab, 0.0, radiated + jnp.sum(rec["e_proc"], axis=-1))
         alive = st["alive"]
         st = dict(st)
         mass = state_mass(st)
         st["tx"] = st["tx"] + jnp.where(alive, _kick_angle(st["ekin"], a["kick_x"], charge, mass), 0.0)
         st["ty"] = st["ty"] + jnp.where(alive, _kick_angle(st["ekin"], a["kick_y"], charge, mass), 0.0)
         out = {"x": st["x"], "y": st["y"], "alive": alive, **{key: rec[key] for key in REC_KEYS}}
-        return (st, n_over + rec["overflow"].astype(jnp.int32)), out
+        return (st, n_over + rec["overflow"].astype(jnp.int32), radiated), out
 
-    (final, n_overflow), outs = jax.lax.scan(
+    (final, n_overflow, _), outs = jax.lax.scan(
         body,
-        (state, jnp.zeros((bsz,), jnp.int32)),
+        (state, jnp.zeros((bsz,), jnp.int32), jnp.zeros((bsz,), dtype)),
         (jnp.arange(n_el), jnp.asarray(branches, jnp.int32), arrays),
     )
     hits: dict[str, tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]] = {}
