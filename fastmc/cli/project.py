@@ -105,10 +105,13 @@ def format_cutflow(proj: dict[str, Any]) -> str:
     lines = []
     for ch, regions in proj["cutflow"].items():
         for region, steps in regions.items():
-            lines.append(f"cut flow [{ch}] region '{region}':")
+            # counts are of simulated (possibly biased) events; "expected" is the weighted number at
+            # the projection's MOT, which is what an integrated cut (the trigger) changes
+            lines.append(f"cut flow [{ch}] region '{region}' (simulated events selected; expected events at the MOT):")
             for s in steps:
                 frac = s["n_selected"] / s["n_generated"] if s["n_generated"] else 0.0
-                lines.append(f"  {s['step']:>2}  {s['cut']:<40}{s['n_selected']:>10}  ({frac:.3g} of generated)")
+                lines.append(f"  {s['step']:>2}  {s['cut']:<40}{s['n_selected']:>10}  ({frac:<8.3g} of generated)"
+                             f"  {s['expected']:.4g}")
     return "\n".join(lines)
 
 
