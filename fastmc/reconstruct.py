@@ -27,6 +27,8 @@ being linear in the hits.
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax.numpy as jnp
 
 from fastmc import units as u
@@ -78,8 +80,11 @@ def kink_parts(setup: Setup, s, hits):
 def global_fit(setup: Setup, s: Spectrometer, hits: dict) -> dict[str, jnp.ndarray]:
     """:func:`fastmc.trackfit.fit_spectrometer` of ``s`` with the scattering of the model: each
     tracker plane's thickness in radiation lengths and the gap medium (two thin scatterers per gap);
-    θ0 at the beam momentum, then once more at the fitted one."""
-    names = tuple(s.upstream) + tuple(s.downstream) + tuple(s.incoming)
+    θ0 at the beam momentum, then once more at the fitted one.  The incoming segment is left out:
+    the kink variables come from :func:`fit_arm` (linear in the hits), so fitting it here too would
+    be work done twice in the chain's hot path."""
+    s = dataclasses.replace(s, incoming=())
+    names = tuple(s.upstream) + tuple(s.downstream)
     return fit_spectrometer(setup, s, hits, x_over_X0={n: setup.element(n).x_over_X0 for n in names},
                             gap_X0_mm=setup.gap_X0, p_scatter_GeV=setup.beam.momentum / u.GeV, ms_iterations=1)
 
