@@ -11,6 +11,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 RUNS = ROOT / "runs"
 MODELS = ROOT / "models"
+# the tests' small analog-only card (runs/quickstart.toml runs three channels; see the card's header)
+ANALOG_CARD = ROOT / "tests" / "data" / "analog_card.toml"
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -22,7 +24,7 @@ def _table_cache(tmp_path_factory):
 
 @pytest.fixture
 def quickstart_card() -> Path:
-    return RUNS / "quickstart.toml"
+    return ANALOG_CARD
 
 
 def write_card(tmp_path: Path, text: str, model_text: str | None = None, name: str = "card.toml") -> Path:

@@ -27,7 +27,7 @@ from fastmc.rng import STREAM_BEAM, STREAM_RESPONSE, chunk_key, stream_key
 from fastmc.runcard import load_run
 from fastmc.transport import transport
 
-from .conftest import ROOT
+from .conftest import ANALOG_CARD, ROOT
 
 MODEL_2022 = ROOT / "models" / "na64mu_2022.toml"
 N = 8192
@@ -98,7 +98,7 @@ def test_trigger_log_prob_is_bernoulli():
 
 @pytest.fixture(scope="module")
 def prep():
-    cfg = load_run(ROOT / "runs" / "quickstart.toml").with_overrides(n_muons=N, chunk_size=N)
+    cfg = load_run(ANALOG_CARD).with_overrides(n_muons=N, chunk_size=N)
     return prepare(cfg)
 
 
@@ -203,12 +203,12 @@ def test_selection_puts_the_trigger_first(prep):
 
 
 def _card_with(tmp_path, model_text=None, trigger=None):
-    card = (ROOT / "runs" / "quickstart.toml").read_text()
+    card = (ANALOG_CARD).read_text()
     if model_text is not None:
         (tmp_path / "model.toml").write_text(model_text)
-        card = card.replace('"../models/na64mu_2022.toml"', '"model.toml"')
+        card = card.replace('"../../models/na64mu_2022.toml"', '"model.toml"')
     else:
-        card = card.replace('"../models/', f'"{ROOT}/models/')
+        card = card.replace('"../../models/', f'"{ROOT}/models/')
     if trigger is not None:
         card = card.replace('counters = ["S4", "Smu"]', trigger)
     p = tmp_path / "card.toml"

@@ -14,7 +14,7 @@ import pytest
 
 from fastmc.cli import main
 
-from .conftest import ROOT
+from .conftest import ANALOG_CARD, ROOT
 
 SMALL = ["--n-muons", "8192", "--chunk-size", "4096", "--no-progress"]
 
@@ -41,7 +41,7 @@ def test_cli_version_is_fast_and_lazy():
 @pytest.mark.slow
 def test_cli_project_json_has_all_fields(tmp_path, capsys):
     out_h5 = tmp_path / "q.h5"
-    code, out, err = run_cli(["project", str(ROOT / "runs" / "quickstart.toml"), "--json", "-o", str(out_h5), *SMALL], capsys)
+    code, out, err = run_cli(["project", str(ANALOG_CARD), "--json", "-o", str(out_h5), *SMALL], capsys)
     assert code == 0, err
     d = json.loads(out)
     assert set(d) >= {"mot", "channels", "total", "output"}
@@ -85,7 +85,7 @@ BAD_FLAGS = [
 @pytest.mark.parametrize("flags,needle", BAD_FLAGS, ids=[" ".join(f) for f, _ in BAD_FLAGS])
 def test_cli_bad_flags_exit_2_one_line(flags, needle, capsys):
     with pytest.raises(SystemExit) as e:
-        main(["project", str(ROOT / "runs" / "quickstart.toml"), *flags])
+        main(["project", str(ANALOG_CARD), *flags])
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and needle in err, err
@@ -95,8 +95,8 @@ def test_cli_malformed_card_exit_2_and_nothing_written(tmp_path, capsys):
     good = tmp_path / "good.h5"
     good.write_bytes(b"previous good output")
     card = tmp_path / "card.toml"
-    card.write_text((ROOT / "runs" / "quickstart.toml").read_text()
-                    .replace('"../models/', f'"{ROOT}/models/').replace("seed = 20221", "seed = -4"))
+    card.write_text((ANALOG_CARD).read_text()
+                    .replace('"../../models/', f'"{ROOT}/models/').replace("seed = 20221", "seed = -4"))
     code, out, err = run_cli(["project", str(card), "-o", str(good)], capsys)
     assert code == 2
     assert err.count("\n") == 1 and "run.seed = -4" in err and str(card) in err
@@ -105,7 +105,7 @@ def test_cli_malformed_card_exit_2_and_nothing_written(tmp_path, capsys):
 
 
 def test_cli_bad_output_path_exit_2(tmp_path, capsys):
-    code, _, err = run_cli(["project", str(ROOT / "runs" / "quickstart.toml"), "-o", str(tmp_path / "no" / "x.h5")], capsys)
+    code, _, err = run_cli(["project", str(ANALOG_CARD), "-o", str(tmp_path / "no" / "x.h5")], capsys)
     assert code == 2 and "does not exist" in err and err.count("\n") == 1
 
 
@@ -125,7 +125,7 @@ def test_cli_subprocess_exit_code_for_missing_card():
 
 
 @pytest.mark.parametrize("argv,help_cmd", [
-    (["project", str(ROOT / "runs" / "quickstart.toml"), "--bogus"], "fastmc project --help"),
+    (["project", str(ANALOG_CARD), "--bogus"], "fastmc project --help"),
     (["inspect", "x.h5", "--bogus", "--also"], "fastmc inspect --help"),
     (["project"], "fastmc project --help"),  # a missing argument, reported by the command's parser
     (["--bogus"], "fastmc --help"),
@@ -163,7 +163,7 @@ def test_readme_commands_match_ci():
 
 @pytest.mark.slow
 def test_cli_chunk_ranges_merge_to_the_single_job(tmp_path, capsys):
-    card = str(ROOT / "runs" / "quickstart.toml")
+    card = str(ANALOG_CARD)
     small = ["--n-muons", "12288", "--chunk-size", "4096", "--no-progress", "--json"]
     whole, a, b, merged = (tmp_path / f"{n}.h5" for n in ("whole", "a", "b", "merged"))
     assert main(["project", card, *small, "-o", str(whole)]) == 0

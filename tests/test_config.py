@@ -12,16 +12,16 @@ from fastmc import units as u
 from fastmc.config import ConfigError, load_model
 from fastmc.runcard import load_run
 
-from .conftest import MODELS, RUNS
+from .conftest import ANALOG_CARD, MODELS, RUNS
 
-CARD = (RUNS / "quickstart.toml").read_text()
+CARD = (ANALOG_CARD).read_text()
 MODEL = (MODELS / "na64mu_2022.toml").read_text()
 
 
 def _card(tmp_path: Path, card: str = CARD, model: str = MODEL) -> Path:
     (tmp_path / "model.toml").write_text(model)
     p = tmp_path / "card.toml"
-    p.write_text(card.replace('model = "../models/na64mu_2022.toml"', 'model = "model.toml"'))
+    p.write_text(card.replace('model = "../../models/na64mu_2022.toml"', 'model = "model.toml"'))
     return p
 
 
@@ -51,7 +51,7 @@ CASES = [
      "physics.scattering", "moliere"),
     ("bad process", lambda c, m: (c.replace("v_cut = 1e-3", 'v_cut = 1e-3\nbrems = "brems.xyz"'), m), "physics.brems", "brems.xyz"),
     ("v_cut out of range", lambda c, m: (c.replace("v_cut = 1e-3", "v_cut = 0.9"), m), "physics.v_cut", "0.9"),
-    ("missing model", lambda c, m: (c.replace('model = "../models/na64mu_2022.toml"', 'model = "nope.toml"'), m), "run.model", "nope.toml"),
+    ("missing model", lambda c, m: (c.replace('model = "../../models/na64mu_2022.toml"', 'model = "nope.toml"'), m), "run.model", "nope.toml"),
     ("schema version", lambda c, m: (c.replace("schema_version = 1", "schema_version = 7"), m), "schema_version", "7"),
     ("model negative thickness", lambda c, m: (c, m.replace("thickness_mm = 20.0", "thickness_mm = -20.0")),
      "elements[10].thickness_mm", "-20.0"),
@@ -110,7 +110,7 @@ def test_config_missing_file(tmp_path):
 
 
 def test_config_mixture_materials_are_shared():
-    cfg = load_run(RUNS / "quickstart.toml")
+    cfg = load_run(ANALOG_CARD)
     hcal = {cfg.model.element(f"HCAL{i}").material for i in range(1, 5)}
     assert hcal == {"iron25mm+scintillator4mm"}
 

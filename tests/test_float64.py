@@ -22,7 +22,7 @@ import pytest
 
 from fastmc.api import propagate_slab
 
-from .conftest import ROOT
+from .conftest import ANALOG_CARD, ROOT
 
 SLAB_SCRIPT = r"""
 import json
@@ -90,7 +90,7 @@ def _chain_run(out_dir) -> None:
     from fastmc.run import run
     from fastmc.runcard import load_run
 
-    cfg = load_run(ROOT / "runs" / "quickstart.toml").with_overrides(**CHAIN_OVERRIDES)
+    cfg = load_run(ANALOG_CARD).with_overrides(**CHAIN_OVERRIDES)
     res = run(cfg, prepare(cfg), progress=False)
     ev = res.events
     out = Path(out_dir)
@@ -127,7 +127,7 @@ def test_float64_chain_agrees_with_float32(tmp_path):
     assert not m32["x64"] and m64["x64"]
 
     # --- control region, event by event
-    cfg = load_run(ROOT / "runs" / "quickstart.toml")
+    cfg = load_run(ANALOG_CARD)
     region = "control"
     cuts = dict(cfg.regions)[region]
     bit = 1 << m64["regions"].index(region)

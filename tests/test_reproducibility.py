@@ -10,11 +10,11 @@ from fastmc.projection import TIMING_KEYS, projection
 from fastmc.run import run
 from fastmc.runcard import load_run
 
-from .conftest import ROOT
+from .conftest import ANALOG_CARD
 
 
 def _cfg(**kw):
-    cfg = load_run(ROOT / "runs" / "quickstart.toml")
+    cfg = load_run(ANALOG_CARD)
     return cfg.with_overrides(n_muons=kw.get("n_muons", 4096 * 3 + 100), chunk_size=4096, seed=kw.get("seed", 5))
 
 

@@ -20,9 +20,9 @@ from fastmc.chain import prepare
 from fastmc.run import RunResult, run
 from fastmc.runcard import load_run
 
-from .conftest import ROOT
+from .conftest import ANALOG_CARD, ROOT
 
-CARD = ROOT / "runs" / "quickstart.toml"
+CARD = ANALOG_CARD
 CHUNK = 2048
 
 

@@ -21,7 +21,7 @@ from fastmc import units as u
 from fastmc.cli import main
 from fastmc.physics import darkbrem as db
 
-from .conftest import RUNS
+from .conftest import ANALOG_CARD, RUNS
 
 E160 = 160.0 * u.GeV
 PB, A_PB = 82.0, 207.2
@@ -210,7 +210,7 @@ def test_g2_contributions_have_the_analytic_limits():
 @pytest.mark.slow
 def test_sensitivity_and_plot_commands_end_to_end(tmp_path, capsys):
     pytest.importorskip("matplotlib")
-    card = RUNS / "quickstart.toml"
+    card = ANALOG_CARD
     proj = tmp_path / "proj.h5"
     assert main(["project", str(card), "--n-muons", "8192", "--chunk-size", "4096", "--no-progress",
                  "--save-events", "-o", str(proj), "--json"]) == 0
@@ -256,7 +256,7 @@ def test_sensitivity_and_plot_commands_end_to_end(tmp_path, capsys):
 ])
 def test_sensitivity_bad_flags_exit_2_with_one_line(args, words, capsys, tmp_path):
     try:
-        code = main(["sensitivity", str(RUNS / "quickstart.toml"), *args, "-o", str(tmp_path / "s.h5")])
+        code = main(["sensitivity", str(ANALOG_CARD), *args, "-o", str(tmp_path / "s.h5")])
     except SystemExit as e:  # argparse's own checks exit directly
         code = e.code
     err = capsys.readouterr().err.strip()
@@ -268,7 +268,7 @@ def test_signal_table_in_card_is_validated(tmp_path):
     from fastmc.config import ConfigError
     from fastmc.runcard import load_run
 
-    text = (RUNS / "quickstart.toml").read_text().replace("../models/", str(RUNS.parent / "models") + "/")
+    text = (ANALOG_CARD).read_text().replace("../../models/", str(RUNS.parent / "models") + "/")
     for extra, key in (('[signal]\ntarget = "MM1"\n', "signal.target"),
                        ('[signal]\nmasses_MeV = [10, -1]\n', "signal.masses_MeV"),
                        ('[signal]\nmodel = "axion"\n', "signal.model"),
