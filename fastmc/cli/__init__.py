@@ -87,6 +87,6 @@ def _closed_stdout() -> int:
     try:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
-    except (OSError, ValueError):  # stdout without a file descriptor (captured in-process)
+    except (OSError, ValueError, AttributeError):  # stdout without a file descriptor (captured in-process)
         pass
     return 141

@@ -120,7 +120,7 @@ def format_cutflow(proj: dict[str, Any], region: str | None = None) -> str:
                 continue
             lines.append(f"cut flow [{ch}] region '{name}' (raw: simulated events passing; weighted: expected "
                          f"events at MOT = {proj['mot']:.3g})")
-            lines.append(f"  {'#':>2}  {'cut':<40}{'raw':>10}  {'(of generated)':<22}  {'weighted':>10}")
+            lines.append(f"  {'#':>2}  {'cut':<40}{'raw':>10}  {'(fraction of generated)':<23}  {'weighted':>10}")
             for s in steps:
                 frac = s["n_selected"] / s["n_generated"] if s["n_generated"] else 0.0
                 lines.append(f"  {s['step']:>2}  {s['cut']:<40}{s['n_selected']:>10}  ({frac:<8.3g} of generated)"
