@@ -262,6 +262,14 @@ def open_kind(path: str | Path) -> str:
     return kind
 
 
+def file_attrs(path: str | Path) -> dict[str, Any]:
+    """The root attributes of a fastmc file (version, schema, creation time, command line, kind)."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        return {k: _py(v) for k, v in f.attrs.items()}
+
+
 def _one_line(err: BaseException) -> str:
     return " ".join(str(err).split())
 

@@ -324,13 +324,10 @@ def _header(path: Path, a: dict[str, Any], kind: str) -> None:
 
 def _inspect_other(path: Path, kind: str, as_json: bool) -> int:
     """``fastmc inspect`` of a sensitivity or optimise output: what it holds, as a table or JSON."""
-    import h5py
-
-    from fastmc.io import _py
+    from fastmc.io import file_attrs
 
     try:
-        with h5py.File(path, "r") as f:
-            attrs = {k: _py(v) for k, v in f.attrs.items()}
+        attrs = file_attrs(path)
         if kind == "sensitivity":
             from fastmc.sensitivity import format_sensitivity, read_sensitivity
 
