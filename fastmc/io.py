@@ -357,7 +357,7 @@ def merge_files(inputs: list[Path], output: Path, command_line: str = "") -> dic
                      "chunk size", "channels", "selection", "MOT",
                      "random-bit layout (provenance threefry_partitionable)")
             what, x, y = next((n, x, y) for n, x, y in zip(names, key, ref) if x != y)
-            raise ValueError(f"{p}: {what} {_short(x)} differs from {_short(y)} in {inputs[0]}: "
+            raise ValueError(f"{p}: {what} differs from {inputs[0]} ({_short(x)} here, {_short(y)} there): "
                              "refusing to merge mismatched configurations")
         parts.append(stored_result(d))
     merged = parts[0]
