@@ -2,8 +2,10 @@
 
 Layout::
 
-    /                      attrs: fastmc_version, schema_version, created, command_line,
-                           complete (False while the file is a checkpoint of an unfinished run)
+    /                      attrs: fastmc_version, schema_version, created, command_line, kind
+                           ("projection", "sensitivity" or "optimise"; inferred for older files
+                           without it, :func:`file_kind`), complete (False while the file is a
+                           checkpoint of an unfinished run)
     /provenance            attrs: jax, jaxlib, numpy, particle, h5py versions, backend, devices,
                            seed, chunk_size, chunk_range, config_sha256, model_sha256,
                            table_hash, git_describe, wall_seconds
@@ -142,6 +144,7 @@ def write_result(
         f.attrs["schema_version"] = fastmc.SCHEMA_VERSION
         f.attrs["created"] = _dt.datetime.now(_dt.UTC).isoformat()
         f.attrs["command_line"] = command_line or " ".join(sys.argv)
+        f.attrs["kind"] = "projection"
         f.attrs["complete"] = bool(complete)
         prov = f.create_group("provenance")
         for k, v in {**provenance(cfg, result, prepared), **(extra_provenance or {})}.items():
@@ -217,17 +220,73 @@ def stored_result(data: dict[str, Any], with_events: bool = False):
                      seconds=float(data["provenance"].get("wall_seconds", 0.0)))
 
 
-def read_result(path: str | Path) -> dict[str, Any]:
-    """Read a fastmc HDF5 file back into plain Python/numpy objects (for inspect/merge)."""
+KINDS = ("projection", "sensitivity", "optimise")
+_WRITTEN_BY = {"projection": "fastmc project/merge", "sensitivity": "fastmc sensitivity",
+               "optimise": "fastmc optimize"}
+
+
+def file_kind(f) -> str | None:
+    """What a fastmc HDF5 file (open h5py ``File``) holds: its ``kind`` attribute, or for files
+    written before it existed the kind its groups show; None for a file fastmc did not write."""
+    if "fastmc_version" not in f.attrs:
+        return None
+    kind = _py(f.attrs.get("kind", ""))
+    if kind in KINDS:
+        return kind
+    if "sensitivity" in f:
+        return "sensitivity"
+    if "optimise" in f:
+        return "optimise"
+    if "projection_json" in f.attrs and "chunks" in f:
+        return "projection"
+    return None
+
+
+def open_kind(path: str | Path) -> str:
+    """The kind of the fastmc file ``path``; ``FileNotFoundError``/``ValueError`` (one line) for a
+    missing file, a folder, a file that is not HDF5, or an HDF5 file fastmc did not write."""
     import h5py
 
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path}: is a folder, not a fastmc output file")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: file not found")
     try:
         with h5py.File(path, "r") as f:
-            if "fastmc_version" not in f.attrs:
-                raise ValueError(f"{path}: not a fastmc output file (no fastmc_version attribute)")
+            kind = file_kind(f)
+    except OSError as err:
+        raise ValueError(f"{path}: not a readable HDF5 file ({_one_line(err)})") from None
+    if kind is None:
+        raise ValueError(f"{path}: not a fastmc output file (an HDF5 file without fastmc's attributes)")
+    return kind
+
+
+def file_attrs(path: str | Path) -> dict[str, Any]:
+    """The root attributes of a fastmc file (version, schema, creation time, command line, kind)."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        return {k: _py(v) for k, v in f.attrs.items()}
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split())
+
+
+def read_result(path: str | Path) -> dict[str, Any]:
+    """Read a fastmc projection file (``fastmc project``/``merge``) back into plain Python/numpy
+    objects (for inspect/merge).  Another fastmc file (sensitivity, optimise) or a foreign one is a
+    ``ValueError`` naming what it is; a missing file a ``FileNotFoundError``."""
+    import h5py
+
+    path = Path(path)
+    kind = open_kind(path)
+    if kind != "projection":
+        raise ValueError(f"{path}: a {kind} output ({_WRITTEN_BY[kind]}), not a background projection "
+                         "('fastmc project' output)")
+    try:
+        with h5py.File(path, "r") as f:
             if "events" in f:
                 ev = f["events"]
 
@@ -249,7 +308,9 @@ def read_result(path: str | Path) -> dict[str, Any]:
             if "events" in f:
                 out["n_events"] = int(f["events"]["log_w"].shape[0])
     except OSError as err:
-        raise ValueError(f"{path}: not a readable HDF5 file ({err})") from None
+        raise ValueError(f"{path}: not a readable HDF5 file ({_one_line(err)})") from None
+    except (KeyError, ValueError, TypeError) as err:  # a damaged file, or one edited by hand
+        raise ValueError(f"{path}: a damaged fastmc projection file ({_one_line(err)})") from None
     return out
 
 
@@ -259,6 +320,12 @@ def _py(v: Any) -> Any:
     if isinstance(v, bytes):
         return v.decode()
     return v
+
+
+def _short(v: Any, n: int = 60) -> str:
+    """A value for a one-line message: repr, cut to ``n`` characters."""
+    text = repr(v)
+    return text if len(text) <= n else text[: n - 1] + "…"
 
 
 def merge_files(inputs: list[Path], output: Path, command_line: str = "") -> dict[str, Any]:
@@ -286,10 +353,12 @@ def merge_files(inputs: list[Path], output: Path, command_line: str = "") -> dic
         if ref is None:
             ref = key
         elif key != ref:
-            names = ("run card", "model", "seed", "chunk size", "channels", "selection", "MOT",
+            names = ("run card (provenance config_sha256)", "model (provenance model_sha256)", "seed",
+                     "chunk size", "channels", "selection", "MOT",
                      "random-bit layout (provenance threefry_partitionable)")
-            what = next(n for n, x, y in zip(names, key, ref) if x != y)
-            raise ValueError(f"{p}: {what} differs from {inputs[0]}: refusing to merge mismatched configurations")
+            what, x, y = next((n, x, y) for n, x, y in zip(names, key, ref) if x != y)
+            raise ValueError(f"{p}: {what} differs from {inputs[0]} ({_short(x)} here, {_short(y)} there): "
+                             "refusing to merge mismatched configurations")
         parts.append(stored_result(d))
     merged = parts[0]
     for i, r in enumerate(parts[1:], start=1):
@@ -306,6 +375,7 @@ def merge_files(inputs: list[Path], output: Path, command_line: str = "") -> dic
         f.attrs["created"] = _dt.datetime.now(_dt.UTC).isoformat()
         f.attrs["command_line"] = command_line or " ".join(sys.argv)
         f.attrs["complete"] = True
+        f.attrs["kind"] = "projection"
         src.copy("provenance", f)
         src.copy("config", f)
         ids = np.sort(merged.chunk_ids)

@@ -28,6 +28,7 @@ from fastmc.io import atomic_h5, provenance, write_header
 from fastmc.limits import coupling_upper_limit, expected_upper_limit, g2_band
 from fastmc.physics.darkbrem import build_emission_tables, invisible_branching, sigma_total
 from fastmc.run import run
+from fastmc.tally import diagnose
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,6 +39,7 @@ class Background:
     source: str
     n_selected: int | None = None  # raw MC events behind it (None: given by hand)
     upper_limit_90: float | None = None  # when no MC event was selected
+    warnings: tuple[str, ...] = ()  # the projection's diagnostic warnings (fastmc.tally.diagnose)
 
 
 def signal_run_config(cfg: RunConfig, n_muons: int | None = None) -> RunConfig:
@@ -110,7 +112,8 @@ def background_from_projection(proj: dict[str, Any], mot: float, source: str) ->
     if n_sel == 0:
         uls = [c["upper_limit_90"] for c in bg if c.get("upper_limit_90") is not None]
         ul = scale * max(uls) if uls else None
-    return Background(scale * proj["total"]["expected"], scale * proj["total"]["stat_err"], source, n_sel, ul)
+    warns = tuple(w for name, c in chans.items() for w in diagnose(f"background channel {name}", c))
+    return Background(scale * proj["total"]["expected"], scale * proj["total"]["stat_err"], source, n_sel, ul, warns)
 
 
 def sensitivity(rows: list[dict[str, Any]], mot: float, bkg: Background, model: str) -> dict[str, Any]:
@@ -139,6 +142,7 @@ def format_sensitivity(summary: dict[str, Any]) -> str:
     lines = [
         f"fastmc sensitivity — {summary['model']}, invisible decay, MOT = {summary['mot']:.3g}",
         btxt,
+        *(f"background warning: {w}" for w in b.get("warnings", ())),
         f"expected 90% CL (CLs) signal upper limit: {lim['s_up']:.3f} events (median background-only count "
         f"n = {lim['n_obs']})",
         f"{'mass MeV':>10}{'σ(Pb) pb/g²':>14}{'P(emit)/g²':>12}{'eff':>8}{'BR inv':>8}{'N_sig/g²':>12}"
@@ -170,6 +174,7 @@ def write_sensitivity(path, cfg: RunConfig, summary: dict[str, Any], prep, resul
         s.attrs["model"] = summary["model"]
         s.attrs["mot"] = summary["mot"]
         s.attrs["background_json"] = json.dumps(summary["background"])
+        s.attrs["background_warnings"] = json.dumps(list(summary["background"].get("warnings", ())))
         s.attrs["limit_json"] = json.dumps(summary["limit"])
         s.attrs["signal_region"] = cfg.regions[0][0]
         s.attrs["target"] = cfg.channel_settings["signal"].target

@@ -162,7 +162,7 @@ TYPOS = [
     ("typo'd key", lambda c, m: (c.replace("seed = 20221", "sed = 20221"), m),
      ("run.sed = 20221", "unknown key", "did you mean seed?")),
     ("typo'd required key", lambda c, m: (c.replace("n_muons = 262144", "n_muon = 262144"), m),
-     ("run.n_muons", "required key is missing", "run.n_muon = 262144")),
+     ("run.n_muon = 262144", "unknown key", "did you mean n_muons?")),  # issue #26: the typo first
     ("model typo'd table", lambda c, m: (c, m.replace("[beam]", "[bem]")),
      ("[bem]", "unknown table", "did you mean [beam]?")),
     ("model typo'd array of tables", lambda c, m: (c, m.replace("[[elements]]", "[[element]]", 1)),

@@ -65,10 +65,28 @@ def main(argv: list[str] | None = None) -> int:
     from fastmc.config import ConfigError
 
     try:
-        return COMMANDS[args.command][1](args)
+        code = COMMANDS[args.command][1](args)
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's final flush
+        return code
+    except BrokenPipeError:
+        return _closed_stdout()
     except (ConfigError, UsageError) as err:
         print(f"fastmc: error: {err}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("fastmc: interrupted", file=sys.stderr)
         return 130
+
+
+def _closed_stdout() -> int:
+    """The reader of stdout went away (``fastmc inspect --json | head -1``): end quietly, as a
+    Unix filter does, with 141 (128 + SIGPIPE).  stdout is pointed at /dev/null so that the
+    interpreter's last flush does not raise again."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # stdout without a file descriptor (captured in-process)
+        pass
+    return 141

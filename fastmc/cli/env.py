@@ -37,4 +37,26 @@ def cmd_env(args) -> int:
     }
     for k, v in info.items():
         print(f"{k:<10} {v}")
+    print("optional packages:")
+    for name, version in optional_packages().items():
+        print(f"  {name:<15} {version or 'not installed':<16} (for {OPTIONAL[name]})")
     return 0
+
+
+# the optional extras' packages (pyproject.toml): distribution name → what fastmc uses it for
+OPTIONAL = {"matplotlib": "plot", "dask": "dist", "distributed": "dist", "scipy": "test",
+            "geant4-pybind": "fullsim", "pyhf": "export --pyhf", "uproot": "export --root"}
+
+
+def optional_packages() -> dict[str, str | None]:
+    """Installed version of each optional package (None: not installed), from the package metadata
+    (nothing is imported)."""
+    from importlib import metadata
+
+    out: dict[str, str | None] = {}
+    for name in OPTIONAL:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out

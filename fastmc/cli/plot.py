@@ -17,23 +17,22 @@ def add_plot(sub) -> None:
 def cmd_plot(args) -> int:
     import importlib.util
 
-    import h5py
-
     if importlib.util.find_spec("matplotlib") is None:
         raise UsageError("fastmc plot needs matplotlib: pip install 'fastmc[plot]'")
     path = args.file
-    if not path.is_file():
-        raise UsageError(f"{str(path)!r}: file not found")
-    out_dir = args.output_dir or (path.parent if str(path.parent) else Path("."))
-    if not out_dir.is_dir():
-        raise UsageError(f"-o = {str(out_dir)!r}: not a folder")
+    from fastmc.io import open_kind
+
     try:
-        with h5py.File(path, "r") as f:
-            kind = "sensitivity" if "sensitivity" in f else ("projection" if "projection_json" in f.attrs else None)
-            if "optimise" in f:
-                kind = "optimise"
+        kind = open_kind(path)
+    except (FileNotFoundError, ValueError) as err:
+        raise UsageError(str(err)) from None
+    out_dir = args.output_dir or (path.parent if str(path.parent) else Path("."))
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UsageError(f"-o = {str(out_dir)!r}: exists and is not a folder")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)  # like 'fastmc validate --report DIR'
     except OSError as err:
-        raise UsageError(f"{path}: not a readable HDF5 file ({err})") from None
+        raise UsageError(f"-o = {str(out_dir)!r}: cannot create the folder ({err.strerror})") from None
     from fastmc import plots
 
     if kind == "sensitivity":

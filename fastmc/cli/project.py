@@ -55,6 +55,8 @@ def add_inspect(sub) -> None:
     ins = sub.add_parser("inspect", help="summarise a fastmc HDF5 output file")
     ins.add_argument("file", type=Path)
     ins.add_argument("--json", action="store_true", help="print the stored projection as JSON")
+    ins.add_argument("--region", metavar="NAME",
+                     help="show the table and cut flow of this selection region (default: the signal region)")
 
 
 def add_merge(sub) -> None:
@@ -68,18 +70,18 @@ def format_table(proj: dict[str, Any]) -> str:
     lines = [
         f"fastmc background projection — region '{proj['region']}', MOT = {proj['mot']:.3g}",
         (f"{'channel':<28}{'expected':>12}{'stat err':>11}{'rel err':>9}{'n sel':>9}{'n gen':>12}{'ESS':>10}"
-         f"{'max w share':>13}"),
+         f"{'max w share':>13}{'Pareto-k':>10}"),
     ]
     for name, c in proj["channels"].items():
         if c["n_selected"] == 0:
             lines.append(
                 f"{name:<28}{'< ' + format(c['upper_limit_90'], '.3g'):>12}{'(90% CL)':>11}{'-':>9}{0:>9}"
-                f"{c['n_generated']:>12}{'-':>10}{'-':>13}"
+                f"{c['n_generated']:>12}{'-':>10}{'-':>13}{'-':>10}"
             )
         else:
             lines.append(
                 f"{name:<28}{c['expected']:>12.4g}{c['stat_err']:>11.3g}{c['rel_err']:>9.1%}{c['n_selected']:>9}"
-                f"{c['n_generated']:>12}{c['ess']:>10.4g}{c['max_weight_share']:>13.3g}"
+                f"{c['n_generated']:>12}{c['ess']:>10.4g}{c['max_weight_share']:>13.3g}{_pareto(c):>10}"
             )
     t = proj["total"]
     if all(c["n_selected"] == 0 for c in proj["channels"].values()):
@@ -101,18 +103,38 @@ def format_table(proj: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def format_cutflow(proj: dict[str, Any]) -> str:
+def _pareto(c: dict[str, Any]) -> str:
+    """The Pareto-k of a channel's weights (:meth:`fastmc.tally.Tally.pareto_k`; '-' where too few events)."""
+    k = c.get("pareto_k")
+    return "-" if k is None else f"{k:.2f}"
+
+
+def format_cutflow(proj: dict[str, Any], region: str | None = None) -> str:
+    """The cut flow of every channel and region (only ``region`` if given): per step the raw count of
+    simulated events passing (and their fraction of those generated) and the weighted number, the
+    expected events at the projection's MOT (what an integrated cut such as the trigger changes)."""
     lines = []
     for ch, regions in proj["cutflow"].items():
-        for region, steps in regions.items():
-            # counts are of simulated (possibly biased) events; "expected" is the weighted number at
-            # the projection's MOT, which is what an integrated cut (the trigger) changes
-            lines.append(f"cut flow [{ch}] region '{region}' (simulated events selected; expected events at the MOT):")
+        for name, steps in regions.items():
+            if region is not None and name != region:
+                continue
+            lines.append(f"cut flow [{ch}] region '{name}' (raw: simulated events passing; weighted: expected "
+                         f"events at MOT = {proj['mot']:.3g})")
+            lines.append(f"  {'#':>2}  {'cut':<40}{'raw':>10}  {'(fraction of generated)':<23}  {'weighted':>10}")
             for s in steps:
                 frac = s["n_selected"] / s["n_generated"] if s["n_generated"] else 0.0
                 lines.append(f"  {s['step']:>2}  {s['cut']:<40}{s['n_selected']:>10}  ({frac:<8.3g} of generated)"
-                             f"  {s['expected']:.4g}")
+                             f"  {s['expected']:>10.4g}")
     return "\n".join(lines)
+
+
+def cutflow_json(proj: dict[str, Any]) -> dict[str, Any]:
+    """The cut flow for ``--json``: per channel and region, per step the raw count of simulated events
+    passing, the generated count, and the weighted number (expected events at the MOT) with its error."""
+    return {ch: {region: [{"step": s["step"], "cut": s["cut"], "raw": s["n_selected"], "n_generated": s["n_generated"],
+                           "weighted": s["expected"], "weighted_stat_err": s["stat_err"]} for s in steps]
+                 for region, steps in regions.items()}
+            for ch, regions in proj["cutflow"].items()}
 
 
 def _warnings(proj: dict[str, Any], result, cfg) -> list[str]:
@@ -272,7 +294,7 @@ def cmd_project(args) -> int:
     if args.output is not None:
         out_path = str(write_result(args.output, cfg, result, proj, prep, command, complete=True,
                                     extra_provenance=extra))
-    proj_out = {k: v for k, v in proj.items() if k != "cutflow"}
+    proj_out = {**{k: v for k, v in proj.items() if k != "cutflow"}, "cutflow": cutflow_json(proj)}
     proj_out["output"] = out_path
     table = format_table(proj)
     for w in _warnings(proj, result, cfg):
@@ -294,15 +316,66 @@ def cmd_project(args) -> int:
     return 0
 
 
-def cmd_inspect(args) -> int:
-    from fastmc.io import read_result
+def _header(path: Path, a: dict[str, Any], kind: str) -> None:
+    print(f"{path}: fastmc {a.get('fastmc_version', '?')} {kind} output (schema {a.get('schema_version', '?')}), "
+          f"created {a.get('created', '?')}")
+    print(f"  command: {a.get('command_line', '')}")
+
+
+def _inspect_other(path: Path, kind: str, as_json: bool) -> int:
+    """``fastmc inspect`` of a sensitivity or optimise output: what it holds, as a table or JSON."""
+    from fastmc.io import file_attrs
 
     try:
+        attrs = file_attrs(path)
+        if kind == "sensitivity":
+            from fastmc.sensitivity import format_sensitivity, read_sensitivity
+
+            summary = read_sensitivity(path)
+            text = format_sensitivity(summary)
+        else:
+            from fastmc.optimise import format_evaluation, read_history
+
+            hist = read_history(path)
+            ev = hist["evaluation"]
+            summary = {"parameters": hist["names"], "units": hist["units"], "evaluation": ev,
+                       "soft_loss": [float(v) for v in hist.get("loss", [])]}
+            x0, x1 = ev.get("x_baseline"), ev.get("x_written")
+            text = (format_evaluation(hist["names"], x0, x1, ev) if x0 is not None and x1 is not None
+                    else f"parameters: {', '.join(hist['names'])}")
+            if summary["soft_loss"]:
+                text += (f"\nsoft loss: {summary['soft_loss'][0]:.6g} → {summary['soft_loss'][-1]:.6g} "
+                         f"in {len(summary['soft_loss'])} steps")
+    except (OSError, KeyError, ValueError, TypeError, IndexError, StopIteration) as err:
+        raise UsageError(f"{path}: a damaged fastmc {kind} file ({' '.join(str(err).split())})") from None
+    if as_json:
+        print(json.dumps({"kind": kind, **summary}, default=float))
+        return 0
+    _header(path, attrs, kind)
+    print(text)
+    return 0
+
+
+def cmd_inspect(args) -> int:
+    from fastmc.io import open_kind, read_result
+
+    try:
+        kind = open_kind(args.file)
+        if kind != "projection":
+            if args.region is not None:
+                raise UsageError(f"--region = {args.region!r}: {args.file} is a {kind} output (no regions)")
+            return _inspect_other(args.file, kind, args.json)
         data = read_result(args.file)
     except (FileNotFoundError, ValueError) as err:
         raise UsageError(str(err)) from None
+    proj = data["projection"]
+    if args.region is not None:
+        known = list(next(iter(proj["cutflow"].values()), {}))
+        if args.region not in known:
+            raise UsageError(f"--region = {args.region!r}: no such region in {args.file} (known: {', '.join(known)})")
+        proj = region_projection(proj, args.region)
     if args.json:
-        print(json.dumps(data["projection"]))
+        print(json.dumps(proj))
         return 0
     a, p = data["attrs"], data["provenance"]
     print(f"{args.file}: fastmc {a['fastmc_version']} (schema {a['schema_version']}), created {a['created']}")
@@ -316,8 +389,22 @@ def cmd_inspect(args) -> int:
               "continue with 'fastmc project CARD -o FILE --resume'")
     if data["has_events"]:
         print(f"  events stored: {data['n_events']}")
-    print(format_table(data["projection"]))
+    print(format_table(proj))
+    print(format_cutflow(proj, region=proj["region"]))
     return 0
+
+
+def region_projection(proj: dict[str, Any], region: str) -> dict[str, Any]:
+    """The projection's table for another region of its cut flow (each channel's last step there)."""
+    channels = {}
+    for ch, c in proj["channels"].items():
+        last = {k: v for k, v in proj["cutflow"][ch][region][-1].items() if k not in ("step", "cut")}
+        channels[ch] = {**c, **last}  # timings and per-unit numbers are the signal region's: drop them
+        for k in ("fom", "fom_gain_vs_analog", "seconds_per_primary", "fom_analog_time_from", "per_unit_fraction"):
+            channels[ch].pop(k, None)
+    bg = [c for ch, c in channels.items() if ch != "analog" or len(channels) == 1]
+    total = {"expected": sum(c["expected"] for c in bg), "stat_err": sum(c["stat_err"] ** 2 for c in bg) ** 0.5}
+    return {**proj, "region": region, "channels": channels, "total": total}
 
 
 def cmd_merge(args) -> int:
@@ -331,7 +418,8 @@ def cmd_merge(args) -> int:
     except (FileNotFoundError, ValueError) as err:
         raise UsageError(str(err)) from None
     if args.json:
-        print(json.dumps({**{k: v for k, v in proj.items() if k != "cutflow"}, "output": str(args.output)}))
+        print(json.dumps({**{k: v for k, v in proj.items() if k != "cutflow"}, "cutflow": cutflow_json(proj),
+                          "output": str(args.output)}))
     else:
         print(format_table(proj))
         print(f"wrote {args.output}", file=sys.stderr)

@@ -94,6 +94,8 @@ def cmd_sensitivity(args) -> int:
               "(use --background-from PROJ.h5 or --background B to skip)", file=sys.stderr)
         result = run(cfg, prepare(cfg), progress=not args.no_progress)
         bkg = background_from_projection(projection(cfg, result), cfg.mot, f"projected: {', '.join(cfg.channels)}")
+    for w in bkg.warnings:  # the background's diagnostics warned: the limit inherits it (kept in the output)
+        print(f"fastmc: warning: {w} (the background of this limit)", file=sys.stderr)
     if bkg.n_selected == 0 and bkg.upper_limit_90 is not None and bkg.upper_limit_90 > 0.1:
         print(f"fastmc: warning: the background projection selected no MC event: the limit assumes b = 0, but the "
               f"background is only known to be < {bkg.upper_limit_90:.3g} events (90% CL); simulate more primaries "

@@ -91,15 +91,22 @@ class Section:
         if name in self.data:
             return self.data[name]
         if default is MISSING:
-            raise ConfigError(f"{self.path}: {self.show(name, what=what)}: required {what} is missing"
-                              f"{self._typo_hint(name)}")
+            typo = self._typo(name)
+            if typo is not None:  # the unknown key is the cause: report it first, as such
+                raise self.fail(typo, self.data[typo], f"unknown {self._what(typo)} (did you mean "
+                                f"{name if self._what(typo) == 'key' else self.show(name, what=what)}?)")
+            raise ConfigError(f"{self.path}: {self.show(name, what=what)}: required {what} is missing")
         return default
 
-    def _typo_hint(self, name: str) -> str:
-        """`` (found <key> = <value>: a typo?)`` when an unread key of this table is close to ``name``."""
-        unread = [k for k in self.data if k not in self.used]
+    def _typo(self, name: str) -> str | None:
+        """An unread, undeclared key of this table close to the missing ``name`` (a typo of it), or None."""
+        unread = [k for k in self.data if k not in self.used and (self.known is None or k not in self.known)]
         close = difflib.get_close_matches(name, unread, n=1)
-        return f" (found {self.show(close[0], self.data[close[0]])}: a typo?)" if close else ""
+        return close[0] if close else None
+
+    def _what(self, name: str) -> str:
+        value = self.data[name]
+        return "table" if _is_table(value) else "array of tables" if _is_array_of_tables(value) else "key"
 
     def number(
         self,
@@ -202,7 +209,9 @@ def read_toml(path: Path, known: Sequence[str]) -> Section:
         with path.open("rb") as fh:
             data = tomllib.load(fh)
     except tomllib.TOMLDecodeError as err:
-        raise ConfigError(f"{path}: not valid TOML: {err}") from None
+        raise ConfigError(f"{path}: not valid TOML: {' '.join(str(err).split())}") from None
+    except UnicodeDecodeError as err:  # a binary file (an image, an HDF5 output) given as a card or model
+        raise ConfigError(f"{path}: not a TOML text file (byte {err.start} is not UTF-8: a binary file?)") from None
     except OSError as err:
         raise ConfigError(f"{path}: cannot read: {err.strerror}") from None
     root = Section(path, "", data)
