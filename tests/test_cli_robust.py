@@ -269,7 +269,7 @@ def test_cli_plot_creates_its_output_folder(files, tmp_path, capsys):
 # ------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("old,new,needles", [
-    ("\nn_muons = ", "\nn_muon = ", ("run.n_muon = 262144", "unknown key", "did you mean n_muons?")),
+    ("\nn_muons = ", "\nn_muon = ", ("run.n_muon = ", "unknown key", "did you mean n_muons?")),
     ("\n[physics]", "\n[phyiscs]", ("[phyiscs]", "unknown table", "did you mean [physics]?")),
     ("\nseed = ", "\nsede = ", ("run.sede", "unknown key", "did you mean seed?")),
 ])
