@@ -263,6 +263,7 @@ def _resume_command(args, path: Path) -> str:
 def cmd_project(args) -> int:
     cfg = select_channels(load_card(args), getattr(args, "channels", None))
     check_output(args.output)
+    existed = args.output is not None and args.output.exists() and not args.resume
     if args.checkpoint_every and args.output is None:
         raise UsageError("--checkpoint-every needs -o OUT.h5 (the checkpoint is written there)")
     if args.resume and args.output is None:
@@ -349,7 +350,7 @@ def cmd_project(args) -> int:
     if len(todo) == 0:
         result = dataclasses.replace(result, stop_reason="every chunk was already in the checkpoint")
     if result.interrupted:
-        return _interrupted(args, cfg, result, wanted, checkpoint)
+        return _interrupted(args, cfg, result, wanted, checkpoint, existed)
     proj = projection(cfg, result)
     proj["stop_reason"] = result.stop_reason
     if result.not_converged:
@@ -389,7 +390,7 @@ def cmd_project(args) -> int:
     return 0
 
 
-def _interrupted(args, cfg, result, wanted, checkpoint) -> int:
+def _interrupted(args, cfg, result, wanted, checkpoint, existed: bool) -> int:
     """Ctrl-C: the partial table, a checkpoint in -o (resumable with --resume), exit 130."""
     from fastmc.projection import projection
 
@@ -407,8 +408,8 @@ def _interrupted(args, cfg, result, wanted, checkpoint) -> int:
               file=sys.stderr)
         return 130
     path = args.output
-    if path.exists() and not args.resume:
-        # never replace an existing (possibly complete) file with a partial one
+    if existed:
+        # never replace a file that was there before this run (possibly complete) with a partial one
         path = path.with_name(f"{path.stem}.interrupted{path.suffix}")
     try:
         checkpoint(result, path)
