@@ -4,6 +4,8 @@ sensitivity's own background projection with a printed budget.
 
 One small card (the quickstart, 4096-muon chunks: the program the other CLI tests compile too) and
 module-scoped runs: an uninterrupted run, and the same run interrupted after two chunks and resumed.
+The tests that simulate are marked slow: the chain's compilation (shared by the whole file, ~50 s on two
+busy cores) dominates; their chunks take seconds.
 """
 
 from __future__ import annotations
@@ -68,6 +70,7 @@ def interrupted(tmp_path_factory):
     return first, saved, second, path
 
 
+@pytest.mark.slow
 def test_run_status_lines_come_before_the_bar(full):
     _, err, _ = full
     lines = err.replace("\r", "\n").split("\n")
@@ -79,6 +82,7 @@ def test_run_status_lines_come_before_the_bar(full):
     assert lines[first_bar].split("|")[0].strip().endswith("25%"), lines[first_bar]
 
 
+@pytest.mark.slow
 def test_ctrl_c_keeps_the_finished_chunks_and_says_how_to_resume(interrupted, full):
     (code, out, err), saved, _, path = interrupted
     assert code == 130
@@ -89,6 +93,7 @@ def test_ctrl_c_keeps_the_finished_chunks_and_says_how_to_resume(interrupted, fu
     assert "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_checkpoint_messages_do_not_land_on_the_bar_line(interrupted):
     (_, _, err), _, _, _ = interrupted
     lines = [line for line in err.split("\n") if "checkpoint: " in line]
@@ -98,6 +103,7 @@ def test_checkpoint_messages_do_not_land_on_the_bar_line(interrupted):
     assert "checkpoint: 1/4 chunks in " in err
 
 
+@pytest.mark.slow
 def test_resume_after_ctrl_c_is_the_uninterrupted_run(interrupted, full):
     _, _, (code, out, err), path = interrupted
     assert code == 0, err
@@ -125,6 +131,7 @@ def test_output_in_an_uncreatable_place_is_refused_before_simulating(monkeypatch
     assert err.count("\n") == 1 and err.startswith("fastmc: error: -o = '/proc/fastmc_runux.h5': cannot create")
 
 
+@pytest.mark.slow
 def test_output_error_after_the_run_keeps_the_table(tmp_path, monkeypatch):
     def full_disk(*a, **k):
         raise OSError(28, "No space left on device")
@@ -184,6 +191,7 @@ def test_cannot_converge_rule(n_sel, rel_err, n_done, budget, target, stops):
         assert why.startswith(f"cannot reach {target:.0%} ({n_sel} events")
 
 
+@pytest.mark.slow
 def test_target_rel_err_stops_and_names_a_channel_that_cannot_converge():
     # analog selects nothing in the signal region of 4096 quickstart muons: 10 % is out of reach in 16384
     code, out, err = call(["project", CARD, *SMALL, "--json", "--no-progress", "--target-rel-err", "0.1"])
