@@ -258,6 +258,7 @@ def run(
     checkpoint_every: int = 0,
     on_checkpoint: Callable[[RunResult], None] | None = None,
     log: Callable[[str], None] | None = None,
+    keep_on_interrupt: bool = False,
 ) -> RunResult:
     """Simulate chunks [chunk_start, chunk_stop) of ``cfg`` for every channel of the card.
 
@@ -278,8 +279,9 @@ def run(
 
     ``log`` receives status lines (each channel's compilation, non-convergence stops), written above
     the progress bar; the bar (``progress``) starts after the first group of chunks, so its rate and ETA
-    come from finished chunks.  Ctrl-C (KeyboardInterrupt) ends the loop: the result holds the groups
-    of chunks finished before it, with ``interrupted`` set.
+    come from finished chunks.  With ``keep_on_interrupt``, Ctrl-C (KeyboardInterrupt) ends the loop and
+    the result holds the groups of chunks finished before it, with ``interrupted`` set (``fastmc
+    project`` saves them); otherwise the interrupt propagates.
     """
     prep = prepared or prepare(cfg)
     total = n_chunks(cfg)
@@ -410,6 +412,8 @@ def run(
             if target_rel_err is not None and on.any():
                 stop_reason = f"budget of {n_budget} primaries spent before reaching {target_rel_err:g}"
     except KeyboardInterrupt:
+        if not keep_on_interrupt:
+            raise
         # Ctrl-C: keep the chunks finished before it (a group is kept only when every channel ran it)
         interrupted = True
         stop_reason = f"interrupted (Ctrl-C) after {done} of {len(ids)} chunks"

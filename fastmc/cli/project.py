@@ -340,7 +340,7 @@ def cmd_project(args) -> int:
                    chunk_ids=todo, devices=args.devices,
                    checkpoint_every=every,
                    on_checkpoint=(lambda part: checkpoint(part if done is None else done.merge(part)))
-                   if every else None, log=status)
+                   if every else None, log=status, keep_on_interrupt=True)
         result = part
         if done is not None:
             # the merge keeps the tallies; the stop reason and the run's flags are those of this part
