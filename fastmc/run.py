@@ -61,6 +61,10 @@ class RunResult:
     # (n_c, n_channels) bool: which channel simulated which chunk (None: every channel every chunk).
     # With --target-rel-err a channel that has reached the target stops; the others go on.
     active: np.ndarray | None = None
+    # the loop was stopped by Ctrl-C (KeyboardInterrupt): the result holds the chunks finished before it
+    interrupted: bool = False
+    # channel → why --target-rel-err stopped it without reaching the target (:func:`cannot_converge`)
+    not_converged: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def channel_active(self) -> np.ndarray:
         """``active`` with None spelled out."""
@@ -130,6 +134,48 @@ def merge_events(a: dict[str, Any] | None, b: dict[str, Any] | None) -> dict[str
         parts = [np.asarray(e["variables"][k]) for e in (a, b) if len(e["chunk"])]
         out["variables"][k] = np.concatenate(parts)[order] if parts else np.zeros(0)
     return out
+
+
+# --target-rel-err: confidence level of the "cannot converge" stop (one-sided): a channel with zero
+# selected events is stopped only if, at this CL, it would still have too few events at the end
+NONCONV_CL = 0.99
+# ... and a channel with events only if its error, extrapolated as 1/√N to the whole budget, stays above
+# NONCONV_MARGIN × target after it has used NONCONV_MIN_SHARE of the budget
+NONCONV_MARGIN = 3.0
+NONCONV_MIN_SHARE = 0.25
+
+
+def cannot_converge(n_sel: int, rel_err: float | None, n_done: int, n_budget: int, target: float) -> str | None:
+    """Why a channel cannot reach ``target`` within ``n_budget`` primaries (None: it still may).
+
+    The rule (``fastmc project --target-rel-err``; README): a relative error ``target`` needs about
+    1/target² selected events (Poisson; weighted events need more, never fewer).
+    - Zero events in ``n_done`` primaries: at 99 % CL the selection probability is below
+      μ/n_done with μ = −ln(0.01) = 4.6, so the whole budget would bring fewer than
+      μ·n_budget/n_done events, i.e. a relative error above √(n_done/(μ·n_budget)); if that is
+      above ``target`` the channel is stopped.
+    - Events selected: after at least a quarter of the budget, the error extrapolated as 1/√N to the
+      whole budget, rel_err·√(n_done/n_budget), is above 3 × ``target`` (for a Poisson count the
+      expected final number of events is below 1/(9·target²), a ninth of what the target needs).
+    Both rules only ever stop a channel for lack of statistics: its estimate is kept, reported as
+    "not converged", never as having reached the target.
+    """
+    if n_done <= 0 or n_budget <= n_done:
+        return None
+    if n_sel == 0:
+        mu = -math.log1p(-NONCONV_CL)
+        best = math.sqrt(n_done / (mu * n_budget))
+        if best > target:
+            return (f"cannot reach {target:.0%} (0 events in {n_done} primaries; at {NONCONV_CL:.0%} CL fewer than "
+                    f"{mu * n_budget / n_done:.3g} events in the budget of {n_budget}: rel. err. ≥ {best:.0%})")
+        return None
+    if rel_err is None or n_done < NONCONV_MIN_SHARE * n_budget:
+        return None
+    final = rel_err * math.sqrt(n_done / n_budget)
+    if final > NONCONV_MARGIN * target:
+        return (f"cannot reach {target:.0%} ({n_sel} events, rel. err. {rel_err:.0%} after {n_done} primaries; "
+                f"≈ {final:.0%} expected after the budget of {n_budget}, above {NONCONV_MARGIN:g} × the target)")
+    return None
 
 
 def n_chunks(cfg: RunConfig) -> int:
@@ -211,6 +257,8 @@ def run(
     devices: int | None = 1,
     checkpoint_every: int = 0,
     on_checkpoint: Callable[[RunResult], None] | None = None,
+    log: Callable[[str], None] | None = None,
+    keep_on_interrupt: bool = False,
 ) -> RunResult:
     """Simulate chunks [chunk_start, chunk_stop) of ``cfg`` for every channel of the card.
 
@@ -225,7 +273,15 @@ def run(
     running, and the loop ends when every channel has stopped (checked after each group of chunks;
     the card's ``n_muons`` and ``max_seconds`` are the budget).  ``active`` of the result records
     which channel simulated which chunk, and ``stop_reason`` says why the run ended.  Stopping is a
-    deterministic function of the seed unless ``max_seconds`` is hit.
+    deterministic function of the seed unless ``max_seconds`` is hit.  A channel that cannot reach
+    the target within the budget (:func:`cannot_converge`) is stopped too, and named in
+    ``not_converged`` of the result and in ``stop_reason``: its estimate is kept but has not converged.
+
+    ``log`` receives status lines (each channel's compilation, non-convergence stops), written above
+    the progress bar; the bar (``progress``) starts after the first group of chunks, so its rate and ETA
+    come from finished chunks.  With ``keep_on_interrupt``, Ctrl-C (KeyboardInterrupt) ends the loop and
+    the result holds the groups of chunks finished before it, with ``interrupted`` set (``fastmc
+    project`` saves them); otherwise the interrupt propagates.
     """
     prep = prepared or prepare(cfg)
     total = n_chunks(cfg)
@@ -248,15 +304,12 @@ def run(
     n_gen = np.minimum(cfg.chunk_size, cfg.n_muons - ids * cfg.chunk_size)
     events: dict[str, list] = {k: [] for k in (*EVENT_KEYS, "variables")}
     t0 = time.perf_counter()
-    bar = tqdm(
-        total=int(n_gen.sum()),
-        unit="μ",
-        unit_scale=True,
-        disable=not progress,
-        file=sys.stderr,
-        desc="simulating",
-        dynamic_ncols=True,
-    )
+    say = log if log is not None else (lambda m: None)
+    n_budget = int(n_gen.sum())
+    desc = "simulating " + ", ".join(cfg.channels)
+    # the bar starts once the first group of chunks (every channel's compilation) is done, so its rate
+    # and ETA come from finished chunks; messages go through tqdm.write, above the bar
+    bar: tqdm | None = None
     signal_slot = len(prep.selection.regions[0].cuts)  # final slot of the first region
     region_slots = final_slots(prep.selection)
     running = [Tally() for _ in cfg.channels]
@@ -265,23 +318,32 @@ def run(
     active = np.zeros((len(ids), len(cfg.channels)), bool)
     on = np.ones(len(cfg.channels), bool)  # channels still simulating
     reached_at: dict[str, int] = {}  # channel → primaries it took to reach the target
+    not_converged: dict[str, str] = {}  # channel → why it cannot reach the target (cannot_converge)
     stop_reason = "all chunks done"
     done = 0
     last_ckpt = 0
     placed: dict = {}
-    with bar:
+    interrupted = False
+    try:
         for group in chunk_groups(ids, n_dev):
             n_grp = len(group)
+            # what the group adds is kept only once every channel has run it (Ctrl-C in between drops it)
+            grp_events: dict[str, list] = {k: [] for k in events}
+            grp_seconds, grp_timed = np.zeros_like(ch_seconds), np.zeros_like(timed)
             for ci, ch in enumerate(cfg.channels):
                 if not on[ci]:
                     continue
                 active[done : done + n_grp, ci] = True
                 tc = time.perf_counter()
+                if done == 0:
+                    say(f"compiling channel {ch} (its first chunk includes the compilation) …")
                 r, nov, ev = simulate_group(prep, ch, cfg.seed, group, n_gen[done : done + n_grp], devs[:n_dev], placed,
                                             cfg.save_events)
+                if done == 0:
+                    say(f"channel {ch}: compiled and first chunk done in {time.perf_counter() - tc:.1f} s")
                 if n_dev == 1 and done > 0:
-                    ch_seconds[ci] += time.perf_counter() - tc
-                    timed[ci] += int(n_gen[done])
+                    grp_seconds[ci] += time.perf_counter() - tc
+                    grp_timed[ci] += int(n_gen[done])
                 for j, c in enumerate(group):
                     i = done + j
                     rows[i, ci] = r[j]
@@ -292,14 +354,24 @@ def run(
                         mask = (fin.astype(np.int64) << np.arange(len(region_slots))[:, None]).sum(axis=0)
                         idx = np.nonzero(mask)[0]
                         if idx.size:
-                            events["chunk"].append(np.full(idx.size, c))
-                            events["index"].append(idx)
-                            events["channel"].append(np.full(idx.size, ci))
-                            events["region_mask"].append(mask[idx])
-                            events["log_w"].append(np.asarray(ev["log_w"][j])[idx])
-                            events["variables"].append({k: np.asarray(v[j])[idx] for k, v in ev["variables"].items()})
-            bar.update(int(n_gen[done : done + n_grp].sum()))
+                            grp_events["chunk"].append(np.full(idx.size, c))
+                            grp_events["index"].append(idx)
+                            grp_events["channel"].append(np.full(idx.size, ci))
+                            grp_events["region_mask"].append(mask[idx])
+                            grp_events["log_w"].append(np.asarray(ev["log_w"][j])[idx])
+                            grp_events["variables"].append({k: np.asarray(v[j])[idx]
+                                                            for k, v in ev["variables"].items()})
+            for k, v in grp_events.items():
+                events[k] += v
+            ch_seconds += grp_seconds
+            timed += grp_timed
+            n_done_grp = int(n_gen[done : done + n_grp].sum())
             done += n_grp
+            if bar is None:
+                bar = tqdm(total=n_budget, initial=n_done_grp, unit="μ", unit_scale=True, disable=not progress,
+                           file=sys.stderr, desc=desc, dynamic_ncols=True)
+            else:
+                bar.update(n_done_grp)
             if target_rel_err is not None:
                 errs = []
                 for ci, ch in enumerate(cfg.channels):
@@ -311,10 +383,18 @@ def run(
                     if on[ci] and e is not None and e <= target_rel_err and not diagnose(ch, est):
                         on[ci] = False
                         reached_at[ch] = running[ci].n_gen
-                    errs.append(("-" if e is None else f"{e:.1%}") + ("" if on[ci] else " ✓"))
+                    elif on[ci] and done < len(ids):
+                        why = cannot_converge(est["n_selected"], e, running[ci].n_gen, n_budget, target_rel_err)
+                        if why is not None:
+                            on[ci] = False
+                            not_converged[ch] = why
+                            say(f"channel {ch}: stopped, {why}")
+                    mark = " ✓" if ch in reached_at else " ✗" if ch in not_converged else ""
+                    errs.append(("-" if e is None else f"{e:.1%}") + mark)
                 bar.set_postfix_str("rel err " + ", ".join(errs))
                 if not on.any():
-                    stop_reason = f"target relative error {target_rel_err:g} reached"
+                    stop_reason = (f"target relative error {target_rel_err:g} reached" if not not_converged else
+                                   f"every channel stopped (target relative error {target_rel_err:g})")
                     break
             if max_seconds is not None and time.perf_counter() - t0 > max_seconds:
                 stop_reason = f"time budget of {max_seconds:g} s spent"
@@ -329,10 +409,23 @@ def run(
                     seconds=time.perf_counter() - t0, active=active[:done].copy(),
                 ))
         else:
-            if target_rel_err is not None:
-                stop_reason = f"budget of {int(n_gen.sum())} primaries spent before reaching {target_rel_err:g}"
+            if target_rel_err is not None and on.any():
+                stop_reason = f"budget of {n_budget} primaries spent before reaching {target_rel_err:g}"
+    except KeyboardInterrupt:
+        if not keep_on_interrupt:
+            raise
+        # Ctrl-C: keep the chunks finished before it (a group is kept only when every channel ran it)
+        interrupted = True
+        stop_reason = f"interrupted (Ctrl-C) after {done} of {len(ids)} chunks"
+    finally:
+        if bar is not None:
+            bar.close()
     if target_rel_err is not None and on.any() and reached_at:
         stop_reason += "; reached by " + ", ".join(f"{ch} (after {n} primaries)" for ch, n in reached_at.items())
+    if not_converged:
+        if reached_at and not on.any():
+            stop_reason += "; reached by " + ", ".join(f"{ch} (after {n} primaries)" for ch, n in reached_at.items())
+        stop_reason += "; not converged: " + ", ".join(f"{ch} ({why})" for ch, why in not_converged.items())
     ids, rows, overflow, n_gen, active = ids[:done], rows[:done], overflow[:done], n_gen[:done], active[:done]
     ev_out = None
     if cfg.save_events:
@@ -350,6 +443,8 @@ def run(
         channel_seconds=ch_seconds if n_dev == 1 and timed.any() else None,
         timed_primaries=timed if n_dev == 1 else 0,
         active=None if active.all() else active,
+        interrupted=interrupted,
+        not_converged=not_converged,
     )
 
 
@@ -365,5 +460,5 @@ def _stack_events(events: dict[str, list]) -> dict[str, Any]:
     return out
 
 
-__all__ = ["EVENT_KEYS", "Prepared", "RunResult", "chunk_groups", "merge_events", "n_chunks", "prepare", "run",
-           "select_devices", "simulate_group"]
+__all__ = ["EVENT_KEYS", "Prepared", "RunResult", "cannot_converge", "chunk_groups", "merge_events", "n_chunks",
+           "prepare", "run", "select_devices", "simulate_group"]

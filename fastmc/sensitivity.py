@@ -106,13 +106,16 @@ def background_from_projection(proj: dict[str, Any], mot: float, source: str) ->
     """Background at ``mot`` from a projection dict (``fastmc project`` JSON or HDF5)."""
     scale = mot / float(proj["mot"])
     chans = proj["channels"]
-    bg = [c for name, c in chans.items() if name != "analog" or len(chans) == 1]
+    used = [name for name in chans if name != "analog" or len(chans) == 1]  # analog cross-checks the biased ones
+    bg = [chans[name] for name in used]
     n_sel = sum(c["n_selected"] for c in bg)
     ul = None
     if n_sel == 0:
         uls = [c["upper_limit_90"] for c in bg if c.get("upper_limit_90") is not None]
         ul = scale * max(uls) if uls else None
-    warns = tuple(w for name, c in chans.items() for w in diagnose(f"background channel {name}", c))
+    warns = tuple(w for name in used for w in diagnose(f"background channel {name}", chans[name]))
+    stopped = proj.get("not_converged") or {}  # channels --target-rel-err stopped for non-convergence
+    warns += tuple(f"background channel {name} did not converge: {stopped[name]}" for name in used if name in stopped)
     return Background(scale * proj["total"]["expected"], scale * proj["total"]["stat_err"], source, n_sel, ul, warns)
 
 

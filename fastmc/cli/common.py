@@ -103,6 +103,19 @@ def check_output(path: Path | None) -> None:
         raise UsageError(f"-o = {str(path)!r}: folder {str(parent)!r} is not writable")
     if path.suffix not in (".h5", ".hdf5"):
         raise UsageError(f"-o = {str(path)!r}: output must end in .h5 or .hdf5")
+    # the permission bits do not tell (root, read-only file systems, /proc): create a file beside the
+    # target, as the atomic writer will (fastmc.io.atomic_h5), and remove it
+    probe = parent / f".{path.name}.probe-{os.getpid()}"
+    try:
+        with open(probe, "xb"):
+            pass
+    except OSError as err:
+        raise UsageError(f"-o = {str(path)!r}: cannot create a file in folder {str(parent)!r} "
+                         f"({err.strerror or err})") from None
+    try:
+        probe.unlink()
+    except OSError:
+        pass
 
 
 def command_line() -> str:

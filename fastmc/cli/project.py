@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -49,6 +50,37 @@ def add_project(sub) -> None:
                     help="write the chunks done so far to -o every N chunks (file marked complete=False)")
     pr.add_argument("--resume", action="store_true",
                     help="continue the unfinished run in -o (same card, model, seed, chunk size)")
+    add_channels_flag(pr)
+
+
+def add_channels_flag(parser) -> None:
+    parser.add_argument("--channels", type=_channel_list, metavar="NAME,...",
+                        help="simulate only these channels of the card (default: all of them)")
+
+
+def _channel_list(text: str) -> tuple[str, ...]:
+    names = tuple(dict.fromkeys(t.strip() for t in text.split(",") if t.strip()))
+    if not names:
+        raise argparse.ArgumentTypeError(f"--channels = {text!r}: give one or more channel names, comma-separated")
+    return names
+
+
+def select_channels(cfg, names: tuple[str, ...] | None):
+    """The card restricted to the channels ``names`` (``--channels``), in the card's order."""
+    if names is None:
+        return cfg
+    unknown = [n for n in names if n not in cfg.channels]
+    if unknown:
+        raise UsageError(f"--channels = {','.join(names)!r}: {', '.join(map(repr, unknown))} not among the card's "
+                         f"channels ({', '.join(cfg.channels)}) in {cfg.path}")
+    return cfg.with_overrides(channels=tuple(c for c in cfg.channels if c in names))
+
+
+def status(msg: str) -> None:
+    """A status line on stderr, written above a running progress bar (not onto its line)."""
+    from tqdm import tqdm
+
+    tqdm.write(msg, file=sys.stderr)
 
 
 def add_inspect(sub) -> None:
@@ -72,16 +104,18 @@ def format_table(proj: dict[str, Any]) -> str:
         (f"{'channel':<28}{'expected':>12}{'stat err':>11}{'rel err':>9}{'n sel':>9}{'n gen':>12}{'ESS':>10}"
          f"{'max w share':>13}{'Pareto-k':>10}"),
     ]
+    stopped = proj.get("not_converged") or {}  # channels --target-rel-err stopped (fastmc.run.cannot_converge)
     for name, c in proj["channels"].items():
+        mark = "  not converged" if name in stopped else ""
         if c["n_selected"] == 0:
             lines.append(
                 f"{name:<28}{'< ' + format(c['upper_limit_90'], '.3g'):>12}{'(90% CL)':>11}{'-':>9}{0:>9}"
-                f"{c['n_generated']:>12}{'-':>10}{'-':>13}{'-':>10}"
+                f"{c['n_generated']:>12}{'-':>10}{'-':>13}{'-':>10}{mark}"
             )
         else:
             lines.append(
                 f"{name:<28}{c['expected']:>12.4g}{c['stat_err']:>11.3g}{c['rel_err']:>9.1%}{c['n_selected']:>9}"
-                f"{c['n_generated']:>12}{c['ess']:>10.4g}{c['max_weight_share']:>13.3g}{_pareto(c):>10}"
+                f"{c['n_generated']:>12}{c['ess']:>10.4g}{c['max_weight_share']:>13.3g}{_pareto(c):>10}{mark}"
             )
     t = proj["total"]
     if all(c["n_selected"] == 0 for c in proj["channels"].values()):
@@ -215,9 +249,32 @@ def _resume_config(args, cfg):
     return cfg, stored_result(data, with_events=True), (int(req[0]), int(req[1]))
 
 
+def _resume_command(args, path: Path) -> str:
+    """The command that continues the checkpoint ``path``: the one typed, with -o ``path`` and --resume."""
+    argv = list(sys.argv[1:])
+    out = []
+    skip = False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        if a in ("-o", "--output"):
+            skip = True
+            continue
+        if a.startswith("--output=") or (a.startswith("-o") and len(a) > 2) or a == "--resume":
+            continue
+        out.append(a)
+    if not out or out[0] != "project" or str(args.card) not in out:  # called in-process (tests): from args
+        out = ["project", str(args.card)]
+        if getattr(args, "channels", None):
+            out += ["--channels", ",".join(args.channels)]
+    return " ".join(["fastmc", *out, "-o", str(path), "--resume"])
+
+
 def cmd_project(args) -> int:
-    cfg = load_card(args)
+    cfg = select_channels(load_card(args), getattr(args, "channels", None))
     check_output(args.output)
+    existed = args.output is not None and args.output.exists() and not args.resume
     if args.checkpoint_every and args.output is None:
         raise UsageError("--checkpoint-every needs -o OUT.h5 (the checkpoint is written there)")
     if args.resume and args.output is None:
@@ -263,12 +320,18 @@ def cmd_project(args) -> int:
     extra = {"requested_chunks": json.dumps([int(start), int(stop)]),
              "n_devices": len(devs) if args.scheduler is None else 0,
              "scheduler": args.scheduler or ""}
-    prep = prepare(cfg) if args.scheduler is None or args.output is not None else None
+    prep = None
+    if args.scheduler is None or args.output is not None:
+        status(f"preparing {cfg.path}: physics tables (built once, then loaded from the disk cache), setup, "
+               f"channels {', '.join(cfg.channels)} …")
+        prep = prepare(cfg)
+        status(f"prepared in {prep.build_seconds:.1f} s")
 
-    def checkpoint(merged) -> None:
-        write_result(args.output, cfg, merged, projection(cfg, merged), prep, command, complete=False,
+    def checkpoint(merged, path=None) -> None:
+        path = args.output if path is None else path
+        write_result(path, cfg, merged, projection(cfg, merged), prep, command, complete=False,
                      extra_provenance=extra)
-        print(f"checkpoint: {len(merged.chunk_ids)}/{len(wanted)} chunks in {args.output}", file=sys.stderr)
+        status(f"checkpoint: {len(merged.chunk_ids)}/{len(wanted)} chunks in {path}")
 
     every = args.checkpoint_every
     if len(todo) == 0:
@@ -280,40 +343,96 @@ def cmd_project(args) -> int:
                           on_checkpoint=checkpoint if every else None, base=done,
                           log=lambda m: print(m, file=sys.stderr))
     else:
-        result = run(cfg, prep, progress=not args.no_progress, target_rel_err=args.target_rel_err,
-                     max_seconds=args.max_seconds if args.max_seconds is not None else cfg.max_seconds,
-                     chunk_ids=todo, devices=args.devices,
-                     checkpoint_every=every,
-                     on_checkpoint=(lambda part: checkpoint(part if done is None else done.merge(part)))
-                     if every else None)
         if done is not None:
-            result = done.merge(result)
+            status(f"resuming {args.output}: {len(done.chunk_ids)} of {len(wanted)} chunks done, "
+                   f"{len(todo)} to simulate")
+        part = run(cfg, prep, progress=not args.no_progress, target_rel_err=args.target_rel_err,
+                   max_seconds=args.max_seconds if args.max_seconds is not None else cfg.max_seconds,
+                   chunk_ids=todo, devices=args.devices,
+                   checkpoint_every=every,
+                   on_checkpoint=(lambda part: checkpoint(part if done is None else done.merge(part)))
+                   if every else None, log=status, keep_on_interrupt=True)
+        result = part
+        if done is not None:
+            # the merge keeps the tallies; the stop reason and the run's flags are those of this part
+            result = dataclasses.replace(done.merge(part) if len(part.chunk_ids) else done,
+                                         stop_reason=part.stop_reason, interrupted=part.interrupted,
+                                         not_converged=part.not_converged)
+    if len(todo) == 0:
+        result = dataclasses.replace(result, stop_reason="every chunk was already in the checkpoint")
+    if result.interrupted:
+        return _interrupted(args, cfg, result, wanted, checkpoint, existed)
     proj = projection(cfg, result)
     proj["stop_reason"] = result.stop_reason
-    out_path = None
-    if args.output is not None:
-        out_path = str(write_result(args.output, cfg, result, proj, prep, command, complete=True,
-                                    extra_provenance=extra))
+    if result.not_converged:
+        proj["not_converged"] = dict(result.not_converged)
     proj_out = {**{k: v for k, v in proj.items() if k != "cutflow"}, "cutflow": cutflow_json(proj)}
-    proj_out["output"] = out_path
+    proj_out["output"] = str(args.output) if args.output is not None else None
     table = format_table(proj)
     for w in _warnings(proj, result, cfg):
         print(f"fastmc: warning: {w}", file=sys.stderr)
     rate = int(result.n_gen.sum()) / max(result.seconds, 1e-9)
-    log = f"{int(result.n_gen.sum())} primaries in {result.seconds:.1f} s ({rate:.3g}/s); stopped: {result.stop_reason}"
+    log = f"{int(result.n_gen.sum())} primaries in {result.seconds:.1f} s ({rate:.3g}/s)"
+    if result.stop_reason:
+        log += f"; stopped: {result.stop_reason}"
     if args.target_rel_err is not None and not result.stop_reason.startswith("target"):
         print(f"fastmc: warning: {result.stop_reason}", file=sys.stderr)
     if args.json:
         print(table, file=sys.stderr)
         print(log, file=sys.stderr)
-        print(json.dumps(proj_out))
     else:
         print(table)
         print(format_cutflow(proj))
         print(log, file=sys.stderr)
-        if out_path:
-            print(f"wrote {out_path}", file=sys.stderr)
+    sys.stdout.flush()
+    # the table is out before the file is written: an output error never loses the simulation's numbers
+    if args.output is not None:
+        try:
+            write_result(args.output, cfg, result, proj, prep, command, complete=True, extra_provenance=extra)
+        except OSError as err:
+            if args.json:
+                print(json.dumps({**proj_out, "output": None}))
+            raise UsageError(f"-o = {str(args.output)!r}: cannot write the output ({err.strerror or err}); "
+                             "the table above is the result") from None
+    if args.json:
+        print(json.dumps(proj_out))
+    elif args.output is not None:
+        print(f"wrote {args.output}", file=sys.stderr)
     return 0
+
+
+def _interrupted(args, cfg, result, wanted, checkpoint, existed: bool) -> int:
+    """Ctrl-C: the partial table, a checkpoint in -o (resumable with --resume), exit 130."""
+    from fastmc.projection import projection
+
+    n = len(result.chunk_ids)
+    if n == 0:
+        print(f"fastmc: interrupted before the first chunk was finished: nothing to save (0/{len(wanted)} chunks)",
+              file=sys.stderr)
+        return 130
+    proj = projection(cfg, result)
+    if result.not_converged:
+        proj["not_converged"] = dict(result.not_converged)
+    print(f"PARTIAL result (interrupted by Ctrl-C: {n} of {len(wanted)} chunks)")
+    print(format_table(proj))
+    sys.stdout.flush()
+    if args.output is None:
+        print(f"fastmc: interrupted: {n}/{len(wanted)} chunks simulated; nothing saved (no -o given)",
+              file=sys.stderr)
+        return 130
+    path = args.output
+    if existed:
+        # never replace a file that was there before this run (possibly complete) with a partial one
+        path = path.with_name(f"{path.stem}.interrupted{path.suffix}")
+    try:
+        checkpoint(result, path)
+    except OSError as err:
+        print(f"fastmc: error: -o = {str(path)!r}: cannot write the checkpoint ({err.strerror or err})",
+              file=sys.stderr)
+        return 130
+    print(f"fastmc: interrupted: {n}/{len(wanted)} chunks saved in {path}; continue with: "
+          f"{_resume_command(args, path)}", file=sys.stderr)
+    return 130
 
 
 def _header(path: Path, a: dict[str, Any], kind: str) -> None:

@@ -54,6 +54,21 @@ def add_sensitivity(sub) -> None:
                     help="write the HDF5 table here and the exclusion plot beside it (.png)")
     se.add_argument("--json", action="store_true", help="print one JSON object to stdout (table goes to stderr)")
     se.add_argument("--no-progress", action="store_true", help="no progress bars")
+    # the background projection run here when neither --background nor --background-from is given
+    se.add_argument("--n-muons", dest="bkg_n_muons", type=int_in("--n-muons", 1, 10**15), metavar="N",
+                    help="background projection: primaries at most (default: the card's n_muons)")
+    se.add_argument("--max-seconds", type=positive_float("--max-seconds"), metavar="S",
+                    help=f"background projection: wall-time budget (default {BKG_MAX_SECONDS:g} s)")
+    se.add_argument("--target-rel-err", type=positive_float("--target-rel-err"), metavar="F",
+                    help=f"background projection: stop each channel at this relative error (default {BKG_TARGET:g})")
+    from fastmc.cli.project import add_channels_flag
+
+    add_channels_flag(se)
+
+
+# budget of the background projection `fastmc sensitivity` runs itself: a few minutes on 2 cores
+BKG_TARGET = 0.3
+BKG_MAX_SECONDS = 300.0
 
 
 def cmd_sensitivity(args) -> int:
@@ -67,6 +82,11 @@ def cmd_sensitivity(args) -> int:
         raise UsageError("--background and --background-from exclude each other")
     if args.background is None and args.background_err:
         raise UsageError("--background-err needs --background")
+    own = [f for f, v in (("--n-muons", args.bkg_n_muons), ("--max-seconds", args.max_seconds),
+                          ("--target-rel-err", args.target_rel_err), ("--channels", args.channels)) if v is not None]
+    if own and (args.background is not None or args.background_from is not None):
+        raise UsageError(f"{', '.join(own)}: set the background projection run here; not with --background or "
+                         "--background-from")
     sig = cfg.channel_settings["signal"]
     model = args.model or sig.model
     masses = args.masses or list(sig.masses)
@@ -87,13 +107,26 @@ def cmd_sensitivity(args) -> int:
         bkg = background_from_projection(data["projection"], cfg.mot, f"from {args.background_from}")
     else:
         from fastmc.chain import prepare
+        from fastmc.cli.project import select_channels, status
         from fastmc.projection import projection
         from fastmc.run import run
 
-        print(f"projecting the background of {', '.join(cfg.channels)} with the card's {cfg.n_muons} primaries "
-              "(use --background-from PROJ.h5 or --background B to skip)", file=sys.stderr)
-        result = run(cfg, prepare(cfg), progress=not args.no_progress)
-        bkg = background_from_projection(projection(cfg, result), cfg.mot, f"projected: {', '.join(cfg.channels)}")
+        cfg_b = select_channels(cfg, args.channels)
+        if args.bkg_n_muons is not None:
+            cfg_b = cfg_b.with_overrides(n_muons=args.bkg_n_muons)
+        target = BKG_TARGET if args.target_rel_err is None else args.target_rel_err
+        max_s = BKG_MAX_SECONDS if args.max_seconds is None else args.max_seconds
+        status(f"projecting the background of {', '.join(cfg_b.channels)}: each channel until a relative error "
+               f"of {target:g} (--target-rel-err), at most {cfg_b.n_muons} primaries (--n-muons) and {max_s:g} s "
+               "(--max-seconds); use --background-from PROJ.h5 or --background B to skip")
+        prep_b = prepare(cfg_b)
+        result = run(cfg_b, prep_b, progress=not args.no_progress, target_rel_err=target, max_seconds=max_s,
+                     log=status)
+        status(f"background projection: {int(result.n_gen.sum())} primaries in {result.seconds:.0f} s; "
+               f"stopped: {result.stop_reason}")
+        proj_b = projection(cfg_b, result)
+        proj_b["not_converged"] = dict(result.not_converged)
+        bkg = background_from_projection(proj_b, cfg.mot, f"projected: {', '.join(cfg_b.channels)}")
     for w in bkg.warnings:  # the background's diagnostics warned: the limit inherits it (kept in the output)
         print(f"fastmc: warning: {w} (the background of this limit)", file=sys.stderr)
     if bkg.n_selected == 0 and bkg.upper_limit_90 is not None and bkg.upper_limit_90 > 0.1:
