@@ -2,7 +2,7 @@
 unwritable outputs refused up front, --channels, non-converging channels stopped and named, and the
 sensitivity's own background projection with a printed budget.
 
-One small card (the quickstart, 4096-muon chunks: the program the other CLI tests compile too) and
+One small card (the tests' analog card, 4096-muon chunks: the program the other CLI tests compile too) and
 module-scoped runs: an uninterrupted run, and the same run interrupted after two chunks and resumed.
 The tests that simulate are marked slow: the chain's compilation (shared by the whole file, ~50 s on two
 busy cores) dominates; their chunks take seconds.
@@ -25,9 +25,9 @@ import fastmc.run
 from fastmc.cli import main
 from fastmc.run import cannot_converge
 
-from .conftest import ROOT
+from .conftest import ANALOG_CARD, ROOT
 
-CARD = str(ROOT / "runs" / "quickstart.toml")
+CARD = str(ANALOG_CARD)
 SMALL = ["--n-muons", "16384", "--chunk-size", "4096"]  # 4 chunks
 
 
@@ -193,7 +193,7 @@ def test_cannot_converge_rule(n_sel, rel_err, n_done, budget, target, stops):
 
 @pytest.mark.slow
 def test_target_rel_err_stops_and_names_a_channel_that_cannot_converge():
-    # analog selects nothing in the signal region of 4096 quickstart muons: 10 % is out of reach in 16384
+    # analog selects nothing in the signal region of 4096 analog-card muons: 10 % is out of reach in 16384
     code, out, err = call(["project", CARD, *SMALL, "--json", "--no-progress", "--target-rel-err", "0.1"])
     assert code == 0, err
     d = json.loads(out)
