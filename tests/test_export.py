@@ -1,6 +1,6 @@
 """``fastmc export``: pyhf workspaces and ROOT files of a projection, and the truth in saved events.
 
-One tiny projection (analog, 2 × 2048 muons, the quickstart card with a loose first region so that
+One tiny projection (analog, 2 × 4096 muons, the quickstart card with a loose first region so that
 the signal region of the export holds MC events) is made once for the module with ``--save-events``.
 """
 
@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
+import tomllib
 
 import h5py
 import numpy as np
@@ -18,52 +20,42 @@ from fastmc.cli import main
 
 from .conftest import RUNS
 
-MODEL = (RUNS / ".." / "models" / "na64mu_2022.toml").resolve()
+# pyhf 0.7 warns of jsonschema's deprecated RefResolver when it validates a workspace
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
-CARD = f"""
-schema_version = 1
-[run]
-model = "{MODEL}"
-n_muons = 4096
-chunk_size = 2048
-seed = 20221
-mot = 1.98e10
-channels = ["analog"]
-[physics]
-max_interactions = 3
-[trigger]
-counters = ["S4", "Smu"]
-window_ns = 10.0
-[selection.loose]
-cuts = [
-  {{ var = "in_ok", min = 0.5 }},
-  {{ var = "out_ok", min = 0.5 }},
-  {{ var = "p_in_GeV", min = 145.0, max = 175.0 }},
-  {{ var = "p_out_GeV", max = 140.0 }},
-]
-[selection.tight]
-cuts = [
-  {{ var = "in_ok", min = 0.5 }},
-  {{ var = "out_ok", min = 0.5 }},
-  {{ var = "p_in_GeV", min = 145.0, max = 175.0 }},
-  {{ var = "p_out_GeV", max = 80.0 }},
-]
-"""
+
+def _card_text() -> str:
+    """The quickstart card with the signal region's numbers opened up (p_out < 140 GeV, calorimeter
+    cuts at 1e6): analog selects tens of events there in 8192 muons.  Same structure (regions, cut
+    variables, chunk size, --save-events) as tests/test_signal.py's run: the same compiled program
+    (cut values are leaves), so JAX's persistent compilation cache can serve it."""
+    text = (RUNS / "quickstart.toml").read_text()
+    text = text.replace('model = "../models/', f'model = "{(RUNS / ".." / "models").resolve()}/')
+    text = text.replace('{ var = "p_out_GeV", max = 80.0 }', '{ var = "p_out_GeV", max = 140.0 }')
+    for var in ("e_ecal_GeV", "e_veto_MeV", "e_vhcal_GeV", "e_hcal_GeV"):
+        text = re.sub(rf'{{ var = "{var}", max = [0-9.]+ }}', f'{{ var = "{var}", max = 1e6 }}', text)
+    assert text.count("1e6") == 4 and "max = 140.0 }," in text
+    return text
 
 
 @pytest.fixture(scope="module")
 def proj(tmp_path_factory):
     d = tmp_path_factory.mktemp("export")
     card = d / "card.toml"
-    card.write_text(CARD)
+    card.write_text(_card_text())
     out = d / "proj.h5"
-    assert main(["project", str(card), "--save-events", "--no-progress", "--json", "-o", str(out)]) == 0
+    assert main(["project", str(card), "--n-muons", "8192", "--chunk-size", "4096", "--save-events", "--no-progress",
+                 "--json", "-o", str(out)]) == 0
     return out
 
 
 def _one_line_exit2(capsys, argv):
     capsys.readouterr()
-    assert main(argv) == 2
+    try:
+        rc = main(argv)
+    except SystemExit as e:  # argparse's own errors (fastmc.cli.common.Parser.error)
+        rc = e.code
+    assert rc == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("fastmc: error:") and "\n" not in err and "Traceback" not in err, err
     return err
@@ -78,8 +70,8 @@ def test_export_pyhf_limit_agrees_with_fastmc(proj, tmp_path, capsys):
     pyhf = pytest.importorskip("pyhf")
     from fastmc.limits import expected_upper_limit
 
-    b0, s0 = _tally(proj, "loose", "expected"), _tally(proj, "loose", "stat_err")
-    assert _tally(proj, "loose", "n") >= 12  # σ_b/b ≤ 0.3: the regime the tolerance below was measured in
+    b0, s0 = _tally(proj, "signal", "expected"), _tally(proj, "signal", "stat_err")
+    assert _tally(proj, "signal", "n") >= 12  # σ_b/b ≤ 0.3: the regime the tolerance below was measured in
     mot = 1.98e10 * 100.0 / b0  # scaled so that b = 100 events: pyhf's asymptotic formulae apply
     out = tmp_path / "ws.json"
     capsys.readouterr()
@@ -100,7 +92,7 @@ def test_export_pyhf_limit_agrees_with_fastmc(proj, tmp_path, capsys):
     assert spec["observations"] == [{"name": "signal_region", "data": [0.0]}]
     model = pyhf.Workspace(spec).model()
     data = [round(b)] + model.config.auxdata
-    _, exp = pyhf.infer.intervals.upper_limits.upper_limit(data, model, scan=np.linspace(0.0, 80.0, 161), level=0.1)
+    _, exp = pyhf.infer.intervals.upper_limits.upper_limit(data, model, scan=np.linspace(0.0, 80.0, 81), level=0.1)
     mine = expected_upper_limit(b, sb)["s_up"]  # exact Poisson CLs, Gamma prior of the background
     # The asymptotic (pyhf, Cowan et al. EPJC 71 (2011) 1554) and exact limits differ by the
     # discreteness of the count (the exact CLs counts P(n ≤ n_obs), ≈ +0.45 event at b = 10…100 with
@@ -172,7 +164,7 @@ def test_export_root_round_trip(proj, tmp_path, capsys):
     with uproot.open(out) as f:
         t = f["events"].arrays(library="np")
         assert len(t["weight"]) == data["n_events"] > 0
-        for r, region in enumerate(("loose", "tight")):
+        for r, region in enumerate(("signal", "control")):
             in_r = (t["region_mask"] >> r) & 1 == 1
             # Σ of the region's weights = the region's Σw of the tally (float32 log-weights: 1e-5)
             w_r = np.exp(t[f"log_w_region_{region}"][in_r])
@@ -203,14 +195,18 @@ def test_export_saved_events_carry_truth(proj):
     assert np.all(np.isnan(v["truth_decay_z_mm"]))  # muons only: no decay in flight
     has = v["truth_hardest_proc"] >= 0
     assert np.all(np.isfinite(v["truth_hardest_z_mm"][has])) and np.all(v["truth_hardest_GeV"][has] > 0)
-    # energy is conserved: what the muon keeps at MS2 plus its hardest transfer stays below the beam
-    # (160 GeV, 5 % spread) — the true p_out is derived, not copied from the reconstruction
-    assert np.all(v["truth_p_out_GeV"] + v["truth_hardest_GeV"] < 1.2 * 160.0)
-    # and the spectrometer measures it: most selected tracks within 5 % of the truth (a few %
-    # resolution, with the non-Gaussian tails the loose region selects)
-    good = np.abs(v["p_out_GeV"] / v["truth_p_out_GeV"] - 1.0) < 0.05
-    assert good.mean() > 0.6, good.mean()
     assert np.all(v["truth_p_out_GeV"] >= v["truth_p_exit_GeV"] - 1e-3)  # losses downstream only add
+    # events that really lost energy upstream of MS2 (a hardest transfer > 20 GeV in the target
+    # region): energy is conserved (what reaches MS2 plus that transfer stays below the beam, 160 GeV
+    # with its spread), and the spectrometer's reconstruction, from hits, agrees with the true p_out
+    # (a few % resolution; the truth at the setup's exit would be ~10 GeV lower, the HCAL's loss)
+    model = tomllib.loads((RUNS.parent / "models" / "na64mu_2022.toml").read_text())
+    z_ms2 = 1e3 * next(e["z_m"] for e in model["elements"] if e["name"] == "MS2a")
+    hard = (v["truth_hardest_GeV"] > 20.0) & (v["truth_hardest_z_mm"] < z_ms2)
+    assert hard.sum() >= 5
+    assert np.all(v["truth_p_out_GeV"][hard] + v["truth_hardest_GeV"][hard] < 1.1 * 160.0)
+    good = np.abs(v["p_out_GeV"][hard] / v["truth_p_out_GeV"][hard] - 1.0) < 0.05
+    assert good.mean() > 0.8, good.mean()
 
 
 def test_export_bad_inputs_one_line(proj, tmp_path, capsys, monkeypatch):

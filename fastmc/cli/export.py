@@ -104,12 +104,16 @@ def cmd_export(args) -> int:
                                          observed=args.observed)
             meta["projection_file"] = str(args.projection)
             meta["signal_file"] = None if args.signal is None else str(args.signal)
+            import warnings
+
             import pyhf
 
             try:
-                pyhf.Workspace(spec)  # the schema check, before anything is written
-            except Exception as err:  # pyhf's schema errors: a bug of ours, said in one line
-                raise ExportError(f"the workspace fails pyhf's schema check ({type(err).__name__}: {err})") from None
+                with warnings.catch_warnings():  # pyhf 0.7's jsonschema use warns of its own deprecations
+                    warnings.simplefilter("ignore", DeprecationWarning)
+                    pyhf.Workspace(spec)  # the schema check, before anything is written
+            except pyhf.exceptions.InvalidSpecification as err:  # a bug of ours, said in one line
+                raise ExportError(f"the workspace fails pyhf's schema check ({err})") from None
         if args.root is not None:
             summary["root"] = {"path": str(args.root), **write_root(args.root, data)}
             del summary["root"]["branches"]
