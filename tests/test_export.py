@@ -100,6 +100,7 @@ def test_export_pyhf_limit_agrees_with_fastmc(proj, tmp_path, capsys):
     # (≤ 0.6 event at b = 100 for σ_b/b ≤ 0.3, measured): within 1 event (4 % here).  At b ≪ 1
     # they do not both apply: with n_obs = 0 the exact limit is 2.303 events, the asymptotic one ~1.4.
     assert abs(float(exp[2]) - mine) < 1.0, (float(exp[2]), mine)
+    assert meta["fastmc_limits_90cl"]["expected_mu"] == pytest.approx(mine, rel=1e-9)  # mu = events here
 
 
 def test_export_pyhf_zero_event_channels_left_out_and_listed():
@@ -181,6 +182,13 @@ def test_export_root_round_trip(proj, tmp_path, capsys):
             for var in ("e_ecal_GeV", "e_hcal_GeV", "truth_p_out_GeV"):
                 assert np.sum(f[f"hist/{region}/analog/{var}"].values(flow=True)) == pytest.approx(np.sum(w_mot))
         assert json.loads(f["channels"]) == ["analog"]
+    # a region that selected nothing gets empty histograms (the quickstart's signal region, often)
+    from fastmc.export import weighted_hist
+
+    sw, sw2 = weighted_hist(np.zeros(0), np.zeros(0), 10, 0.0, 1.0)
+    assert sw.dtype == sw2.dtype == np.float64 and sw.shape == (12,) and not sw.any()
+    sw, _ = weighted_hist(np.array([-1.0, 0.0, 0.5, 1.0, np.nan]), np.ones(5), 2, 0.0, 1.0)
+    assert list(sw) == [1.0, 1.0, 1.0, 2.0]  # underflow, [0, 0.5), [0.5, 1), overflow (1.0 and NaN)
 
 
 def test_export_saved_events_carry_truth(proj):
@@ -228,6 +236,7 @@ def test_export_bad_inputs_one_line(proj, tmp_path, capsys, monkeypatch):
         (["export", str(proj), "--pyhf", ws, "--mass", "100"], "--mass needs --signal"),
         (["export", str(proj), "--pyhf", str(tmp_path / "ws.txt")], "must end in .json"),
         (["export", str(proj), "--pyhf", "/proc/x/ws.json"], "does not exist"),
+        (["export", str(proj), "--root", str(tmp_path / "x.root"), "--pyhf", "/proc/ws.json"], "cannot write there"),
         (["export", str(proj), "--pyhf", ws, "--observed", "-1"], "--observed"),
         (["export", str(proj), "--pyhf", ws, "--mot", "0"], "--mot"),
         (["export", str(no_ev), "--root", str(tmp_path / "x.root")], "rerun 'fastmc project' with --save-events"),

@@ -1,5 +1,5 @@
 """Command-line interface: ``fastmc project | sensitivity | optimize | plot | inspect | merge | bench | validate``
-and ``fastmc env``.
+, ``fastmc export`` and ``fastmc env``.
 
 Holds no physics.  JAX is imported lazily inside the commands so ``fastmc --help`` and
 ``fastmc --version`` are instant.  Logs and progress go to stderr; tables and JSON to stdout.

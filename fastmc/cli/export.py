@@ -57,6 +57,12 @@ def _check_out(flag: str, path: Path, suffix: str) -> None:
         raise UsageError(f"{flag} = {str(path)!r}: folder {str(parent)!r} does not exist")
     if not os.access(parent, os.W_OK):
         raise UsageError(f"{flag} = {str(path)!r}: folder {str(parent)!r} is not writable")
+    probe = path.with_name(f".{path.name}.probe-{os.getpid()}")  # os.access says yes to root, even in /proc
+    try:
+        probe.touch()
+    except OSError as err:
+        raise UsageError(f"{flag} = {str(path)!r}: cannot write there ({err.strerror or err})") from None
+    probe.unlink()
 
 
 def _need(module: str, flag: str) -> None:
@@ -122,6 +128,15 @@ def cmd_export(args) -> int:
             _write_text(args.pyhf, json.dumps(spec, indent=1) + "\n")
             _write_text(meta_path, json.dumps(meta, indent=1) + "\n")
             summary["pyhf"] = {"path": str(args.pyhf), "metadata": str(meta_path), **meta}
+            for name, e in meta["excluded_channels"].items():
+                ul = "" if e["upper_limit_90"] is None else f" (< {e['upper_limit_90']:.3g} events, 90% CL)"
+                print(f"fastmc: warning: channel {name} selected no MC event: left out of the workspace{ul}; "
+                      f"listed in {meta_path}", file=sys.stderr)
+            if meta["background_total"] < 10.0:
+                lim = meta["fastmc_limits_90cl"]
+                print(f"fastmc: note: background {meta['background_total']:.3g} events: pyhf's asymptotic limits do "
+                      f"not apply below ~10 (fastmc's exact expected limit: mu < {lim['expected_mu']:.4g}); use "
+                      "pyhf's toy-based calculator", file=sys.stderr)
     except ExportError as err:
         raise UsageError(str(err)) from None
     except OSError as err:
