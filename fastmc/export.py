@@ -50,6 +50,7 @@ from typing import Any
 import numpy as np
 
 SIGNAL_REGION = "signal_region"
+MAX_EXACT_COUNT = 1000  # fastmc's exact limits go into the metadata up to this many events
 OBSERVED_2022 = 0  # PRL 132 (2024) 211803: no event in the signal region at 1.98e10 MOT
 
 # the histograms of the ROOT file: variable → (bins, low, high) in the variable's own unit
@@ -216,13 +217,16 @@ def build_workspace(proj: dict[str, Any], *, mot: float | None = None, sens: dic
     }
     # fastmc's own CLs limits (exact Poisson, Gamma prior of the background; fastmc.limits) for
     # comparison: pyhf's asymptotic ones agree within ~1 event at b ≳ 10, not at b ≪ 1
-    from fastmc.limits import cls_upper_limit, expected_upper_limit
+    # (its sums over counts cost ∝ n²: computed up to MAX_EXACT_COUNT events, where they matter)
+    meta["fastmc_limits_90cl"] = None
+    if b_tot + 5.0 * s_tot <= MAX_EXACT_COUNT and observed <= MAX_EXACT_COUNT:
+        from fastmc.limits import cls_upper_limit, expected_upper_limit
 
-    exp = expected_upper_limit(b_tot, s_tot)
-    s_obs = cls_upper_limit(int(observed), b_tot, s_tot)
-    meta["fastmc_limits_90cl"] = {"expected_signal_events": exp["s_up"], "expected_mu": exp["s_up"] / s1,
-                                  "median_background_count": exp["n_obs"], "observed_signal_events": s_obs,
-                                  "observed_mu": s_obs / s1}
+        exp = expected_upper_limit(b_tot, s_tot)
+        s_obs = cls_upper_limit(int(observed), b_tot, s_tot)
+        meta["fastmc_limits_90cl"] = {"expected_signal_events": exp["s_up"], "expected_mu": exp["s_up"] / s1,
+                                      "median_background_count": exp["n_obs"], "observed_signal_events": s_obs,
+                                      "observed_mu": s_obs / s1}
     return spec, meta
 
 

@@ -132,7 +132,7 @@ def cmd_export(args) -> int:
                 ul = "" if e["upper_limit_90"] is None else f" (< {e['upper_limit_90']:.3g} events, 90% CL)"
                 print(f"fastmc: warning: channel {name} selected no MC event: left out of the workspace{ul}; "
                       f"listed in {meta_path}", file=sys.stderr)
-            if meta["background_total"] < 10.0:
+            if meta["background_total"] < 10.0 and meta["fastmc_limits_90cl"] is not None:
                 lim = meta["fastmc_limits_90cl"]
                 print(f"fastmc: note: background {meta['background_total']:.3g} events: pyhf's asymptotic limits do "
                       f"not apply below ~10 (fastmc's exact expected limit: mu < {lim['expected_mu']:.4g}); use "
