@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fastmc import units as u
 from fastmc.beam import sample_beam, sample_primaries
 from fastmc.channels.base import BuildContext, Channel, ChannelParams
 from fastmc.config import RunConfig
@@ -32,7 +33,7 @@ from fastmc.response import detector_response
 from fastmc.rng import STREAM_BEAM, chunk_key, stream_key
 from fastmc.selection import TRIGGER_VAR, Selection, build_selection, final_slots, pass_masks, pass_weights
 from fastmc.tally import chunk_tally
-from fastmc.transport import BRANCH_FORCED, Physics, slot_branches, transport
+from fastmc.transport import BRANCH_FORCED, Physics, kinematics, slot_branches, state_mass, transport
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,6 +123,9 @@ class ChainOutput:
     log_w: jnp.ndarray
     n_overflow: jnp.ndarray
     integrated: dict[str, Any]
+    # the transport's state before and after and its truth record: read by :func:`event_truth` only
+    # where events are saved (references, no computation: the compiled tally program is unchanged)
+    record: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 def simulate_events(setup: Setup, physics: Physics, key_c: jax.Array, opts: ChainOptions, channel: Channel,
@@ -160,7 +164,68 @@ def simulate_events(setup: Setup, physics: Physics, key_c: jax.Array, opts: Chai
     log_w, integrated = _apply_trigger(setup, measured["trigger_prob"], variables, log_w, integrated, soft is not None)
     variables["truth_hadron"] = state["hadron"].astype(dtype) if opts.hadrons else zero
     channel.truth_variables(params, final, variables)
-    return ChainOutput(variables, log_w, truth["n_overflow"], integrated)
+    return ChainOutput(variables, log_w, truth["n_overflow"], integrated,
+                       {"initial": state, "final": final, "slabs": truth["slabs"], "hits": truth["hits"]})
+
+
+# codes of ``truth_hardest_proc`` in the saved events (the order of the physics tables' processes,
+# :data:`fastmc.physics.registry.INTERACTIONS`); −1: no stochastic transfer in any slab
+TRUTH_PROCESS_NAMES = {-1: "none", 0: "ionisation", 1: "bremsstrahlung", 2: "pair", 3: "photonuclear"}
+
+
+def event_truth(setup: Setup, record: dict[str, Any]) -> dict[str, jnp.ndarray]:
+    """Truth variables of the saved events (``fastmc project --save-events``), from the transport.
+
+    * ``truth_p_out_GeV``: true momentum at the ``p_out`` spectrometer's first magnet: the kinetic
+      energy leaving the setup plus the losses recorded in the slabs downstream of that magnet
+      (continuous and stochastic; the few MeV lost in tracker planes and gaps there are neglected),
+      0 where the particle did not reach the spectrometer's first downstream plane (without a
+      ``p_out`` spectrometer: the momentum leaving the setup, 0 where it stopped or was absorbed);
+      ``truth_p_exit_GeV``: the momentum leaving the setup;
+    * ``truth_hardest_GeV``, ``truth_hardest_proc`` (code: :data:`TRUTH_PROCESS_NAMES`),
+      ``truth_hardest_z_mm``: the largest single stochastic energy transfer of the event over all
+      slabs (calorimeters, absorbers — the material-step records the transport keeps; transfers in
+      thin tracker and counter planes are not recorded per process), its process and its z (the
+      slab's entrance + depth × thickness; NaN without one).  A forced interaction (the
+      calorimeter channel's photonuclear vertex) is one of them;
+    * ``truth_decay_z_mm``: where a beam hadron decayed in flight (NaN where none did);
+    * ``truth_final_species``: species index of the outgoing particle (``fastmc.species``), where
+      hadrons are transported.
+    """
+    initial, final, slabs, hits = record["initial"], record["final"], record["slabs"], record["hits"]
+    dtype = final["ekin"].dtype
+    mass = state_mass(final)
+    pmag, _ = kinematics(final["ekin"], mass)
+    out = {"truth_p_exit_GeV": jnp.where(final["alive"], pmag / u.GeV, 0.0).astype(dtype)}
+    spec = [s for s in setup.spectrometers if s.output == "p_out" and s.magnets and s.downstream]
+    if spec:
+        z_mag = setup.element(spec[0].magnets[0]).z
+        ekin = final["ekin"] * final["alive"]
+        for name, rec in slabs.items():
+            after = setup.element(name).z >= z_mag
+            ekin = ekin + jnp.where(after, rec["e_cont"] + jnp.sum(rec["e_proc"], axis=-1), 0.0)
+        p_mag, _ = kinematics(ekin, mass)
+        out["truth_p_out_GeV"] = jnp.where(hits[spec[0].downstream[0]][2], p_mag / u.GeV, 0.0).astype(dtype)
+    else:
+        out["truth_p_out_GeV"] = out["truth_p_exit_GeV"]
+    nan = jnp.full(final["ekin"].shape, jnp.nan, dtype)
+    hardest, proc, z = jnp.zeros_like(nan), jnp.full(nan.shape, -1, jnp.int32), nan
+    for name, rec in slabs.items():
+        el = setup.element(name)
+        harder = rec["hardest"] > hardest
+        hardest = jnp.where(harder, rec["hardest"], hardest)
+        proc = jnp.where(harder, rec["hardest_proc"], proc)
+        z = jnp.where(harder, el.z + rec["hardest_depth"] * el.thickness, z)
+    out["truth_hardest_GeV"] = hardest / u.GeV
+    out["truth_hardest_proc"] = proc
+    out["truth_hardest_z_mm"] = (z / u.mm).astype(dtype)
+    if "decayed" in final and "z_decay" in initial:
+        out["truth_decay_z_mm"] = jnp.where(final["decayed"], initial["z_decay"] / u.mm, jnp.nan).astype(dtype)
+    else:
+        out["truth_decay_z_mm"] = nan
+    if "species" in final:
+        out["truth_final_species"] = final["species"].astype(jnp.int32)
+    return out
 
 
 def trigger_log_prob(p_trig):
@@ -223,7 +288,7 @@ def simulate_chunk(
         final = jnp.asarray(final_slots(selection))
         sel = masks[final]  # (n_regions, B)
         lp_fin = log_p[final] if integrated else jnp.zeros(sel.shape, log_w.dtype)
-        variables = dict(variables)
+        variables = {**variables, **event_truth(setup, out.record)}
         for r, sr, lr in zip(selection.regions, sel, lp_fin):
             variables[f"log_w_region_{r.name}"] = jnp.where(sr, log_w + lr, -jnp.inf)
         log_w = log_w + jnp.take_along_axis(lp_fin, jnp.argmax(sel, axis=0)[None], axis=0)[0]
@@ -247,5 +312,5 @@ def _chunk_variables_jit(setup, physics, key_c, opts, channel, params, showers):
     return out.variables, out.log_w
 
 
-__all__ = ["ChainOptions", "ChainOutput", "Prepared", "SoftMode", "chunk_variables", "prepare", "simulate_chunk",
-           "simulate_events", "trigger_log_prob"]
+__all__ = ["TRUTH_PROCESS_NAMES", "ChainOptions", "ChainOutput", "Prepared", "SoftMode", "chunk_variables",
+           "event_truth", "prepare", "simulate_chunk", "simulate_events", "trigger_log_prob"]

@@ -202,6 +202,9 @@ def _write_run_groups(f, result, projection: dict) -> None:
             eg.create_dataset(key, data=np.asarray(result.events[key]))
         for key, val in result.events["variables"].items():
             eg.create_dataset(key, data=np.asarray(val))
+        from fastmc.chain import TRUTH_PROCESS_NAMES
+
+        eg.attrs["truth_hardest_proc_names"] = json.dumps({str(k): v for k, v in TRUTH_PROCESS_NAMES.items()})
 
 
 def threefry_layout(provenance: dict[str, Any]) -> bool:

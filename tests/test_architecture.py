@@ -25,7 +25,7 @@ KERNELS = ("fastmc.physics", "fastmc.transport", "fastmc.response", "fastmc.reco
            "fastmc.selection")
 DRIVERS = ("fastmc.chain", "fastmc.run", "fastmc.projection", "fastmc.runcard", "fastmc.api", "fastmc.io",
            "fastmc.distributed", "fastmc.sensitivity", "fastmc.optimise", "fastmc.validate", "fastmc.plots",
-           "fastmc.numpy_baseline")
+           "fastmc.numpy_baseline", "fastmc.export")
 
 CHANNEL_MODULES = ("fastmc.channels.analog", "fastmc.channels.hadron_decay", "fastmc.channels.momentum_misreconstruction",
                    "fastmc.channels.calorimeter_nonhermeticity", "fastmc.channels.signal", "fastmc.channels.base")

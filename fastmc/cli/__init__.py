@@ -1,5 +1,5 @@
 """Command-line interface: ``fastmc project | sensitivity | optimize | plot | inspect | merge | bench | validate``
-and ``fastmc env``.
+, ``fastmc export`` and ``fastmc env``.
 
 Holds no physics.  JAX is imported lazily inside the commands so ``fastmc --help`` and
 ``fastmc --version`` are instant.  Logs and progress go to stderr; tables and JSON to stdout.
@@ -16,7 +16,7 @@ import argparse
 import sys
 
 from fastmc import __version__
-from fastmc.cli import bench, env, optimize, plot, project, sensitivity, validate
+from fastmc.cli import bench, env, export, optimize, plot, project, sensitivity, validate
 from fastmc.cli.bench import cmd_bench, peak_rss_mb
 from fastmc.cli.common import EXIT_USAGE, Parser, UsageError
 from fastmc.cli.env import cmd_env
@@ -44,6 +44,7 @@ COMMANDS = {
     "plot": (plot.add_plot, cmd_plot),
     "optimize": (optimize.add_optimize, cmd_optimize),
     "validate": (validate.add_validate, cmd_validate),
+    "export": (export.add_export, export.cmd_export),
 }
 
 
