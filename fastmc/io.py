@@ -255,6 +255,8 @@ def open_kind(path: str | Path) -> str:
         raise ValueError(f"{path}: is a folder, not a fastmc output file")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: file not found")
+    if not h5py.is_hdf5(path):  # a card, an image, an empty file: no HDF5 signature
+        raise ValueError(f"{path}: not an HDF5 file (fastmc's outputs are HDF5: project, sensitivity, optimize -o)")
     try:
         with h5py.File(path, "r") as f:
             kind = file_kind(f)

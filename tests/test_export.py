@@ -1,6 +1,6 @@
 """``fastmc export``: pyhf workspaces and ROOT files of a projection, and the truth in saved events.
 
-One tiny projection (analog, 2 × 4096 muons, the quickstart card with a loose first region so that
+One tiny projection (analog, 2 × 4096 muons, the tests' analog card with a loose first region so that
 the signal region of the export holds MC events) is made once for the module with ``--save-events``.
 """
 
@@ -18,19 +18,19 @@ import pytest
 
 from fastmc.cli import main
 
-from .conftest import RUNS
+from .conftest import ANALOG_CARD, RUNS
 
 # pyhf 0.7 warns of jsonschema's deprecated RefResolver when it validates a workspace
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 
 def _card_text() -> str:
-    """The quickstart card with the signal region's numbers opened up (p_out < 140 GeV, calorimeter
+    """The tests' analog card with the signal region's numbers opened up (p_out < 140 GeV, calorimeter
     cuts at 1e6): analog selects tens of events there in 8192 muons.  Same structure (regions, cut
     variables, chunk size, --save-events) as tests/test_signal.py's run: the same compiled program
     (cut values are leaves), so JAX's persistent compilation cache can serve it."""
-    text = (RUNS / "quickstart.toml").read_text()
-    text = text.replace('model = "../models/', f'model = "{(RUNS / ".." / "models").resolve()}/')
+    text = ANALOG_CARD.read_text()
+    text = text.replace('model = "../../models/', f'model = "{(RUNS / ".." / "models").resolve()}/')
     text = text.replace('{ var = "p_out_GeV", max = 80.0 }', '{ var = "p_out_GeV", max = 140.0 }')
     for var in ("e_ecal_GeV", "e_veto_MeV", "e_vhcal_GeV", "e_hcal_GeV"):
         text = re.sub(rf'{{ var = "{var}", max = [0-9.]+ }}', f'{{ var = "{var}", max = 1e6 }}', text)
@@ -231,7 +231,7 @@ def test_export_bad_inputs_one_line(proj, tmp_path, capsys, monkeypatch):
         (["export", str(proj)], "nothing to export"),
         (["export", str(tmp_path / "missing.h5"), "--pyhf", ws], "file not found"),
         (["export", str(txt), "--pyhf", ws], "not an HDF5 file"),
-        (["export", str(sens), "--pyhf", ws], "not a 'fastmc project' output"),
+        (["export", str(sens), "--pyhf", ws], "a sensitivity output (fastmc sensitivity), not a background projection"),
         (["export", str(proj), "--pyhf", ws, "--signal", str(proj)], "not a 'fastmc sensitivity' output"),
         (["export", str(proj), "--pyhf", ws, "--mass", "100"], "--mass needs --signal"),
         (["export", str(proj), "--pyhf", str(tmp_path / "ws.txt")], "must end in .json"),
