@@ -269,7 +269,8 @@ def simulate_chunk(
     params: ChannelParams | None = None,
     showers: Any = None,
 ):
-    """One chunk → (tally rows (n_slots, N_FIELDS), overflow count, [events])."""
+    """One chunk → (tally rows (n_slots, N_FIELDS), (overflow count, log Σw of the overflowing
+    events in the signal region), [events])."""
     out = simulate_events(setup, physics, key_c, opts, channel, params, showers)
     variables, log_w, integrated = out.variables, out.log_w, out.integrated
     valid = jnp.arange(opts.chunk_size) < n_valid
@@ -280,6 +281,13 @@ def simulate_chunk(
         masks = pass_masks(selection, variables, valid)
         rows = chunk_tally(masks, log_w)
     n_over = jnp.sum(jnp.where(valid, out.n_overflow, 0))
+    # log Σw of the events that reached the interaction cap and pass the signal region (its final
+    # slot): the warning says which share of the estimate they carry
+    sig = final_slots(selection)[0]
+    lw_sig = log_w + log_p[sig] if integrated else log_w
+    over_sel = masks[sig] & (out.n_overflow > 0) & valid
+    lw_over = jax.nn.logsumexp(jnp.where(over_sel, lw_sig, -jnp.inf))
+    n_over = (n_over, lw_over)
     events = None
     if with_events:
         # per region, the event's weight (−inf where the region does not select it): with integrated
@@ -288,7 +296,8 @@ def simulate_chunk(
         final = jnp.asarray(final_slots(selection))
         sel = masks[final]  # (n_regions, B)
         lp_fin = log_p[final] if integrated else jnp.zeros(sel.shape, log_w.dtype)
-        variables = {**variables, **event_truth(setup, out.record)}
+        variables = {**variables, **event_truth(setup, out.record),
+                     "truth_n_overflow": out.n_overflow.astype(log_w.dtype)}  # interactions past the cap
         for r, sr, lr in zip(selection.regions, sel, lp_fin):
             variables[f"log_w_region_{r.name}"] = jnp.where(sr, log_w + lr, -jnp.inf)
         log_w = log_w + jnp.take_along_axis(lp_fin, jnp.argmax(sel, axis=0)[None], axis=0)[0]

@@ -164,6 +164,8 @@ def _write_run_groups(f, result, projection: dict) -> None:
     ch.create_dataset("n_gen", data=result.n_gen.astype(np.int64))
     ch.create_dataset("rows", data=result.rows.astype(np.float64), compression="gzip")
     ch.create_dataset("overflow", data=result.overflow.astype(np.int64))
+    if result.overflow_log_w is not None:  # log Σw of the overflowing events in the signal region
+        ch.create_dataset("overflow_log_w", data=np.asarray(result.overflow_log_w, np.float64))
     if result.active is not None:  # a channel stopped early (--target-rel-err): the chunks it simulated
         ch.create_dataset("active", data=np.asarray(result.active, bool))
     ch.attrs["channels"] = json.dumps(list(result.channels))
@@ -219,6 +221,7 @@ def stored_result(data: dict[str, Any], with_events: bool = False):
     c, ca = data["chunks"], data["chunk_attrs"]
     return RunResult(channels=tuple(ca["channels"]), slots=[tuple(s) for s in ca["slots"]], chunk_ids=c["ids"],
                      rows=c["rows"], n_gen=c["n_gen"], overflow=c["overflow"], active=c.get("active"),
+                     overflow_log_w=c.get("overflow_log_w"),
                      events=data["events"] if with_events else None,
                      seconds=float(data["provenance"].get("wall_seconds", 0.0)))
 

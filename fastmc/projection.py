@@ -36,6 +36,12 @@ def projection_from(mot: float, region0: str, result: RunResult) -> dict[str, An
     for ci, ch in enumerate(result.channels):
         est = tallies[ch][final].estimate(mot, w_ul[ch][final])
         est["overflow_events"] = int(result.overflow[:, ci].sum())
+        if result.overflow_log_w is not None:
+            # the share of the estimate's Σw carried by events that reached the interaction cap
+            m = result.channel_active()[:, ci]
+            lw = np.asarray(result.overflow_log_w)[m, ci][np.argsort(result.chunk_ids[m], kind="stable")]  # chunk order
+            w_over = float(np.exp(np.logaddexp.reduce(lw))) if lw.size else 0.0
+            est["overflow_w_share"] = w_over / est["sum_w"] if w_over > 0 else 0.0
         channels[ch] = est
         if ch != "analog" or len(result.channels) == 1:
             tot += est["expected"]

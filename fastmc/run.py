@@ -61,6 +61,9 @@ class RunResult:
     # (n_c, n_channels) bool: which channel simulated which chunk (None: every channel every chunk).
     # With --target-rel-err a channel that has reached the target stops; the others go on.
     active: np.ndarray | None = None
+    # (n_c, n_channels) log Σw of the events that overflowed and pass the signal region (None: not
+    # recorded, files written before it existed)
+    overflow_log_w: np.ndarray | None = None
     # the loop was stopped by Ctrl-C (KeyboardInterrupt): the result holds the chunks finished before it
     interrupted: bool = False
     # channel → why --target-rel-err stopped it without reaching the target (:func:`cannot_converge`)
@@ -111,6 +114,8 @@ class RunResult:
             rows=np.concatenate([self.rows, other.rows]),
             n_gen=np.concatenate([self.n_gen, other.n_gen]),
             overflow=np.concatenate([self.overflow, other.overflow]),
+            overflow_log_w=(None if self.overflow_log_w is None or other.overflow_log_w is None
+                            else np.concatenate([self.overflow_log_w, other.overflow_log_w])),
             events=merge_events(self.events, other.events),
             seconds=self.seconds + other.seconds,
             channel_seconds=(None if self.channel_seconds is None or other.channel_seconds is None
@@ -215,7 +220,8 @@ def simulate_group(
     identical bits whatever the device count — a shard_map program is compiled differently and is
     not bitwise reproducible.  ``opts`` replaces ``prep.options`` (``fastmc bench``: other chunk
     sizes).  Returns, on the host and stacked over the chunks: tally rows (n, n_slots, N_FIELDS)
-    float64, overflow counts (n,), and the events (None unless ``with_events``).
+    float64, (overflow count, log Σw of the overflowing events in the signal region) (n, 2) float64,
+    and the events (None unless ``with_events``).
     """
     opts = prep.options if opts is None else opts
     ch, params = prep.channels[channel], prep.params[channel]
@@ -224,7 +230,7 @@ def simulate_group(
             prep.setup, prep.physics, prep.selection, chunk_key(seed, int(chunk_ids[0])),
             jnp.int32(n_valid[0]), opts, ch, with_events, params, prep.showers,
         )
-        r, nov = np.asarray(r, dtype=np.float64)[None], np.asarray(nov)[None]
+        r, nov = np.asarray(r, dtype=np.float64)[None], np.asarray(nov, dtype=np.float64)[None]
         ev = None if ev is None else jax.tree_util.tree_map(lambda a: np.asarray(a)[None], ev)
         return r, nov, ev
     outs = []
@@ -237,7 +243,7 @@ def simulate_group(
         nv = jax.device_put(jnp.int32(n_valid[j]), d)
         outs.append(simulate_chunk(st, ph, sl, key, nv, opts, ch, with_events, pa, sh))
     r = np.stack([np.asarray(o[0], dtype=np.float64) for o in outs])
-    nov = np.stack([np.asarray(o[1]) for o in outs])
+    nov = np.stack([np.asarray(o[1], dtype=np.float64) for o in outs])
     ev = None
     if with_events:
         ev = jax.tree_util.tree_map(lambda *a: np.stack([np.asarray(x) for x in a]), *[o[2] for o in outs])
@@ -301,6 +307,7 @@ def run(
     slots = prep.selection.slots()
     rows = np.zeros((len(ids), len(cfg.channels), len(slots), N_FIELDS))
     overflow = np.zeros((len(ids), len(cfg.channels)), dtype=np.int64)
+    overflow_lw = np.full((len(ids), len(cfg.channels)), -np.inf)
     n_gen = np.minimum(cfg.chunk_size, cfg.n_muons - ids * cfg.chunk_size)
     events: dict[str, list] = {k: [] for k in (*EVENT_KEYS, "variables")}
     t0 = time.perf_counter()
@@ -347,7 +354,8 @@ def run(
                 for j, c in enumerate(group):
                     i = done + j
                     rows[i, ci] = r[j]
-                    overflow[i, ci] = int(nov[j])
+                    overflow[i, ci] = int(nov[j, 0])
+                    overflow_lw[i, ci] = nov[j, 1]
                     if ev is not None:
                         # events selected in any region; bit r of region_mask: selected in region r
                         fin = np.asarray(ev["selected"][j])[region_slots]  # (n_regions, B)
@@ -405,6 +413,7 @@ def run(
                 on_checkpoint(RunResult(
                     channels=cfg.channels, slots=slots, chunk_ids=ids[:done].copy(), rows=rows[:done].copy(),
                     n_gen=n_gen[:done].copy(), overflow=overflow[:done].copy(),
+                    overflow_log_w=overflow_lw[:done].copy(),
                     events=_stack_events(events) if cfg.save_events else None,
                     seconds=time.perf_counter() - t0, active=active[:done].copy(),
                 ))
@@ -427,6 +436,7 @@ def run(
             stop_reason += "; reached by " + ", ".join(f"{ch} (after {n} primaries)" for ch, n in reached_at.items())
         stop_reason += "; not converged: " + ", ".join(f"{ch} ({why})" for ch, why in not_converged.items())
     ids, rows, overflow, n_gen, active = ids[:done], rows[:done], overflow[:done], n_gen[:done], active[:done]
+    overflow_lw = overflow_lw[:done]
     ev_out = None
     if cfg.save_events:
         ev_out = _stack_events(events)
@@ -437,6 +447,7 @@ def run(
         rows=rows,
         n_gen=n_gen,
         overflow=overflow,
+        overflow_log_w=overflow_lw,
         events=ev_out,
         seconds=time.perf_counter() - t0,
         stop_reason=stop_reason,

@@ -35,6 +35,9 @@ def _card_text() -> str:
     for var in ("e_ecal_GeV", "e_veto_MeV", "e_vhcal_GeV", "e_hcal_GeV"):
         text = re.sub(rf'{{ var = "{var}", max = [0-9.]+ }}', f'{{ var = "{var}", max = 1e6 }}', text)
     assert text.count("1e6") == 4 and "max = 140.0 }," in text
+    # a low interaction cap, so that selected events overflow it (test_overflow_share_is_that_of_the_events)
+    text = text.replace("max_interactions = 8", "max_interactions = 3")
+    assert "max_interactions = 3" in text
     return text
 
 
@@ -59,6 +62,24 @@ def _one_line_exit2(capsys, argv):
     err = capsys.readouterr().err.strip()
     assert err.startswith("fastmc: error:") and "\n" not in err and "Traceback" not in err, err
     return err
+
+
+def test_overflow_share_is_that_of_the_events(proj):
+    """The share of Σw the overflowing events carry (the overflow warning) is reduced on the device
+    per chunk; the saved events give it independently: Σ w over the signal region's events whose
+    truth_n_overflow > 0, over the region's Σw."""
+    from fastmc.io import read_result
+
+    data = read_result(proj)
+    ev = data["events"]
+    v = ev["variables"]
+    sel = ((np.asarray(ev["region_mask"]) & 1) == 1) & (np.asarray(v["truth_n_overflow"]) > 0)
+    w_events = float(np.exp(np.asarray(v["log_w_region_signal"], np.float64)[sel]).sum())
+    assert sel.sum() >= 3, "the capped card must make selected events overflow"
+    lw = np.asarray(data["chunks"]["overflow_log_w"])[:, 0]
+    assert float(np.exp(lw).sum()) == pytest.approx(w_events, rel=1e-5)  # float32 log-weights summed
+    est = data["projection"]["channels"]["analog"]
+    assert est["overflow_w_share"] == pytest.approx(w_events / est["sum_w"], rel=1e-5)
 
 
 def _tally(path, region, key):

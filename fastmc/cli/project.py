@@ -171,19 +171,33 @@ def cutflow_json(proj: dict[str, Any]) -> dict[str, Any]:
             for ch, regions in proj["cutflow"].items()}
 
 
+def _overflow_share(est: dict[str, Any], region: str) -> str:
+    """How much of the estimate the overflowing events carry (they keep the interactions up to the
+    cap and lose the rest: their weight is what a raised cap could change)."""
+    share = est.get("overflow_w_share")
+    if share is None:
+        return ""
+    if share == 0.0:
+        return f"; none of them passes region '{region}'"
+    return f"; they carry {share:.2%} of the channel's Σw in region '{region}'"
+
+
 def _warnings(proj: dict[str, Any], result, cfg) -> list[str]:
     out = []
     act = result.channel_active()
     for ci, ch in enumerate(result.channels):
         n_total = int(result.n_gen[act[:, ci]].sum())
         over = int(result.overflow[:, ci].sum())
+        share = _overflow_share(proj["channels"].get(ch, {}), proj["region"])
         if over and over / n_total > cfg.physics.overflow_tolerance:
             out.append(
                 f"channel {ch}: {over} interaction-slot overflows in {n_total} muons exceed "
-                f"physics.overflow_tolerance = {cfg.physics.overflow_tolerance:g}; raise physics.max_interactions"
+                f"physics.overflow_tolerance = {cfg.physics.overflow_tolerance:g}{share}; "
+                "raise physics.max_interactions"
             )
         elif over:
-            out.append(f"channel {ch}: {over} interaction-slot overflow(s) in {n_total} muons (cap reached; counted)")
+            out.append(f"channel {ch}: {over} interaction-slot overflow(s) in {n_total} muons (cap reached; counted)"
+                       f"{share}")
     from fastmc.tally import diagnose
 
     for name, c in proj["channels"].items():
