@@ -257,7 +257,7 @@ def test_export_bad_inputs_one_line(proj, tmp_path, capsys, monkeypatch):
         (["export", str(proj), "--pyhf", ws, "--mass", "100"], "--mass needs --signal"),
         (["export", str(proj), "--pyhf", str(tmp_path / "ws.txt")], "must end in .json"),
         (["export", str(proj), "--pyhf", "/proc/x/ws.json"], "does not exist"),
-        (["export", str(proj), "--root", str(tmp_path / "x.root"), "--pyhf", "/proc/ws.json"], "cannot write there"),
+        (["export", str(proj), "--root", str(tmp_path / "x.root"), "--pyhf", "/proc/ws.json"], "cannot create a file"),
         (["export", str(proj), "--pyhf", ws, "--observed", "-1"], "--observed"),
         (["export", str(proj), "--pyhf", ws, "--mot", "0"], "--mot"),
         (["export", str(no_ev), "--root", str(tmp_path / "x.root")], "rerun 'fastmc project' with --save-events"),

@@ -90,27 +90,28 @@ def load_card(args) -> Any:
     return cfg.with_overrides(**changes) if changes else cfg
 
 
-def check_output(path: Path | None) -> None:
-    """Refuse an ``-o`` path that cannot become an HDF5 file, before anything is simulated."""
+def check_output(path: Path | None, flag: str = "-o", suffixes: tuple[str, ...] = (".h5", ".hdf5")) -> None:
+    """Refuse an output path (``flag``) that cannot become a file ending in one of ``suffixes``,
+    before anything is simulated or converted."""
     if path is None:
         return
     if path.exists() and path.is_dir():
-        raise UsageError(f"-o = {str(path)!r}: is a directory")
+        raise UsageError(f"{flag} = {str(path)!r}: is a directory")
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
-        raise UsageError(f"-o = {str(path)!r}: folder {str(parent)!r} does not exist")
+        raise UsageError(f"{flag} = {str(path)!r}: folder {str(parent)!r} does not exist")
     if not os.access(parent, os.W_OK):
-        raise UsageError(f"-o = {str(path)!r}: folder {str(parent)!r} is not writable")
-    if path.suffix not in (".h5", ".hdf5"):
-        raise UsageError(f"-o = {str(path)!r}: output must end in .h5 or .hdf5")
+        raise UsageError(f"{flag} = {str(path)!r}: folder {str(parent)!r} is not writable")
+    if path.suffix not in suffixes:
+        raise UsageError(f"{flag} = {str(path)!r}: output must end in {' or '.join(suffixes)}")
     # the permission bits do not tell (root, read-only file systems, /proc): create a file beside the
-    # target, as the atomic writer will (fastmc.io.atomic_h5), and remove it
+    # target, as the atomic writers will (fastmc.io.atomic_h5), and remove it
     probe = parent / f".{path.name}.probe-{os.getpid()}"
     try:
         with open(probe, "xb"):
             pass
     except OSError as err:
-        raise UsageError(f"-o = {str(path)!r}: cannot create a file in folder {str(parent)!r} "
+        raise UsageError(f"{flag} = {str(path)!r}: cannot create a file in folder {str(parent)!r} "
                          f"({err.strerror or err})") from None
     try:
         probe.unlink()

@@ -15,7 +15,7 @@ import os
 import sys
 from pathlib import Path
 
-from fastmc.cli.common import UsageError, int_in, positive_float
+from fastmc.cli.common import UsageError, check_output, int_in, positive_float
 
 INSTALL = "pip install 'fastmc[export]'"
 
@@ -47,24 +47,6 @@ def add_export(sub) -> None:
                     help="muons on target of the workspace (default: the file's; expectations scale with it)")
 
 
-def _check_out(flag: str, path: Path, suffix: str) -> None:
-    if path.suffix != suffix:
-        raise UsageError(f"{flag} = {str(path)!r}: output must end in {suffix}")
-    if path.exists() and path.is_dir():
-        raise UsageError(f"{flag} = {str(path)!r}: is a directory")
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise UsageError(f"{flag} = {str(path)!r}: folder {str(parent)!r} does not exist")
-    if not os.access(parent, os.W_OK):
-        raise UsageError(f"{flag} = {str(path)!r}: folder {str(parent)!r} is not writable")
-    probe = path.with_name(f".{path.name}.probe-{os.getpid()}")  # os.access says yes to root, even in /proc
-    try:
-        probe.touch()
-    except OSError as err:
-        raise UsageError(f"{flag} = {str(path)!r}: cannot write there ({err.strerror or err})") from None
-    probe.unlink()
-
-
 def _need(module: str, flag: str) -> None:
     if importlib.util.find_spec(module) is None:
         raise UsageError(f"{flag} needs the Python package {module}: {INSTALL}")
@@ -90,10 +72,10 @@ def cmd_export(args) -> int:
     if args.mass is not None and args.signal is None:
         raise UsageError("--mass needs --signal SENS.h5")
     if args.pyhf is not None:
-        _check_out("--pyhf", args.pyhf, ".json")
+        check_output(args.pyhf, "--pyhf", (".json",))
         _need("pyhf", "--pyhf")
     if args.root is not None:
-        _check_out("--root", args.root, ".root")
+        check_output(args.root, "--root", (".root",))
         _need("uproot", "--root")
     from fastmc.export import ExportError, build_workspace, load_projection, load_sensitivity, write_root
 
