@@ -90,20 +90,16 @@ def load_projection(path: str | Path, with_events: bool = False) -> dict[str, An
 
 
 def load_sensitivity(path: str | Path) -> dict[str, Any]:
-    """A ``fastmc sensitivity`` output (:func:`fastmc.sensitivity.read_sensitivity`)."""
-    import h5py
+    """A ``fastmc sensitivity`` output (:func:`fastmc.sensitivity.read_sensitivity`); any other file
+    is refused in one line (:func:`fastmc.io.open_kind`)."""
+    from fastmc.io import open_kind
 
-    path = Path(path)
-    if not path.is_file():
-        raise ExportError(f"--signal = {str(path)!r}: file not found")
     try:
-        with h5py.File(path, "r") as f:
-            ok = "sensitivity" in f and "signal_events_g1" in f["sensitivity"] and "g_up" in f["sensitivity"]
-    except OSError:
-        raise ExportError(f"--signal = {str(path)!r}: not an HDF5 file "
-                          "(expected a 'fastmc sensitivity' output)") from None
-    if not ok:
-        raise ExportError(f"--signal = {str(path)!r}: not a 'fastmc sensitivity' output (no /sensitivity table)")
+        kind = open_kind(path)
+    except (FileNotFoundError, ValueError) as err:
+        raise ExportError(f"--signal = {str(path)!r}: {err}") from None
+    if kind != "sensitivity":
+        raise ExportError(f"--signal = {str(path)!r}: not a 'fastmc sensitivity' output (a {kind} output)")
     from fastmc.sensitivity import read_sensitivity
 
     return read_sensitivity(path)
@@ -272,9 +268,9 @@ def _th1d(name: str, title: str, x: np.ndarray, w: np.ndarray, bins: int, lo: fl
 
 def write_root(path: str | Path, data: dict[str, Any]) -> dict[str, Any]:
     """Write the events and histograms (module docstring) to ``path`` atomically; returns a summary."""
-    import os
-
     import uproot
+
+    from fastmc.io import atomic_path
 
     arrays = event_arrays(data)
     channels = list(data["chunk_attrs"]["channels"])
@@ -282,10 +278,8 @@ def write_root(path: str | Path, data: dict[str, Any]) -> dict[str, Any]:
     proj = data["projection"]
     n_gen = np.array([proj["channels"][c]["n_generated"] for c in channels], np.float64)
     per_gen = float(proj["mot"]) / n_gen[arrays["channel"]]  # events at MOT per unit MC weight
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     hists = []
-    try:
+    with atomic_path(path) as tmp:
         with uproot.recreate(tmp) as f:
             f["events"] = arrays
             f["channels"] = json.dumps(channels)
@@ -306,8 +300,4 @@ def write_root(path: str | Path, data: dict[str, Any]) -> dict[str, Any]:
                         f[name] = _th1d(var, f"{var} ({region}, {chname}; events at MOT {proj['mot']:g})",
                                         arrays[var][sel], w_r[sel], bins, lo, hi)
                         hists.append(name)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return {"events": int(len(arrays["weight"])), "branches": sorted(arrays), "histograms": hists}

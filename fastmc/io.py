@@ -105,20 +105,26 @@ def write_header(f, kind: str, command_line: str, prov: dict[str, Any] | None) -
 
 
 @contextlib.contextmanager
-def atomic_h5(path: Path):
-    """An HDF5 file opened for writing under a temporary name beside ``path`` and renamed into
-    place only when the block succeeds: a failure never leaves a partial file over a good one."""
-    import h5py
-
+def atomic_path(path: str | Path):
+    """A temporary path beside ``path`` to write to; renamed onto ``path`` only when the block
+    succeeds, removed otherwise: a failure never leaves a partial file over a good one."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        with h5py.File(tmp, "w") as f:
-            yield f
+        yield tmp
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+@contextlib.contextmanager
+def atomic_h5(path: Path):
+    """An HDF5 file opened for writing, atomically (:func:`atomic_path`)."""
+    import h5py
+
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        yield f
 
 
 def write_result(
@@ -140,15 +146,9 @@ def write_result(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_h5(path) as f:
-        f.attrs["fastmc_version"] = fastmc.__version__
-        f.attrs["schema_version"] = fastmc.SCHEMA_VERSION
-        f.attrs["created"] = _dt.datetime.now(_dt.UTC).isoformat()
-        f.attrs["command_line"] = command_line or " ".join(sys.argv)
-        f.attrs["kind"] = "projection"
+        write_header(f, "projection", command_line or " ".join(sys.argv),
+                     {**provenance(cfg, result, prepared), **(extra_provenance or {})})
         f.attrs["complete"] = bool(complete)
-        prov = f.create_group("provenance")
-        for k, v in {**provenance(cfg, result, prepared), **(extra_provenance or {})}.items():
-            prov.attrs[k] = json.dumps(v) if isinstance(v, (list, dict)) else v
         g = f.create_group("config")
         g.attrs["json"] = json.dumps(cfg.to_dict())
         g.attrs["run_card"] = Path(cfg.path).read_text() if Path(cfg.path).is_file() else ""

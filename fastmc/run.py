@@ -429,11 +429,9 @@ def run(
     finally:
         if bar is not None:
             bar.close()
-    if target_rel_err is not None and on.any() and reached_at:
+    if reached_at and (on.any() or not_converged):  # (all reached: the reason says so already)
         stop_reason += "; reached by " + ", ".join(f"{ch} (after {n} primaries)" for ch, n in reached_at.items())
     if not_converged:
-        if reached_at and not on.any():
-            stop_reason += "; reached by " + ", ".join(f"{ch} (after {n} primaries)" for ch, n in reached_at.items())
         stop_reason += "; not converged: " + ", ".join(f"{ch} ({why})" for ch, why in not_converged.items())
     ids, rows, overflow, n_gen, active = ids[:done], rows[:done], overflow[:done], n_gen[:done], active[:done]
     overflow_lw = overflow_lw[:done]

@@ -11,7 +11,6 @@ import argparse
 import importlib.util
 import json
 import math
-import os
 import sys
 from pathlib import Path
 
@@ -53,14 +52,11 @@ def _need(module: str, flag: str) -> None:
 
 
 def _write_text(path: Path, text: str) -> None:
-    """Write ``text`` under a temporary name and rename it into place (never a partial file)."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    """Write ``text`` atomically (:func:`fastmc.io.atomic_path`: never a partial file)."""
+    from fastmc.io import atomic_path
+
+    with atomic_path(path) as tmp:
         tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def cmd_export(args) -> int:
