@@ -141,19 +141,43 @@ def _slab_constants(setup: Setup, sh, dtype, proposal) -> dict:
     return c
 
 
-def _shower_rows(c: dict, sh, rows: dict, proposal=None, temperature=None):
+def _em_rows(c: dict, sh, i, e_h, t0, x_src, y_src, uu, is_em):
+    """(R, n) energies deposited per slab by the EM showers of the rows with ``is_em``
+    (:func:`_shower_rows`)."""
+    tb, hw, hwy, xc, yc = c["tb"], c["hw"], c["hwy"], c["xc"], c["yc"]
+    z_eff_i = c["z_eff"][i]
+    split = lambda cdf: cdf[..., 1:] - cdf[..., :-1]  # noqa: E731  (R, n+1) cumulative → (R, n) per slab
+    # --- EM: GFLASH profile with per-shower fluctuations
+    alpha, beta_ = gflash_parameters(jnp.maximum(e_h, 1.0), z_eff_i, normal_from_uniform(uu[:, 0]),
+                                     normal_from_uniform(uu[:, 1]))
+    depth = tb - t0[:, None]  # (R, n+1) boundaries' depths from the shower start [X0]
+    frac_em = split(gamma_cdf(alpha[:, None], beta_[:, None], depth))
+    if sh.lateral:
+        t_max = ((alpha - 1.0) / beta_)[:, None]  # (R, 1)
+        e_sh = jnp.maximum(e_h, 1.0)[:, None]
+        cont = [em_square_containment(tau, e_sh, z_eff_i[:, None], c["r_moliere"][i][:, None], hw,
+                                      xc - x_src[:, None], yc - y_src[:, None], hwy) for tau in LATERAL_TAUS]
+        moment = split(gamma_moment(alpha[:, None], beta_[:, None], depth))
+        frac_em = depth_averaged_containment(cont[0], cont[1], LATERAL_TAUS[0] * t_max, LATERAL_TAUS[1] * t_max,
+                                             frac_em, moment)
+    return jnp.where(is_em, e_h, 0.0)[:, None] * frac_em
+
+
+def _shower_rows(c: dict, sh, rows: dict, proposal=None, temperature=None, em: bool = True, had: bool = True):
     """The showers of R source rows, each one (event, source slab) pair: ``rows`` holds ``slab`` (R,)
     int, the slab's hardest transfer ``e_h``, its process ``proc`` and relative depth ``f``, the
     muon's position ``x``, ``y`` at the slab's exit face, and its uniforms ``uu`` (R, 11) and ``uc``
     (R, 3).  Returns the energies deposited per slab (R, n), log P/Q (R,) and the extra-track flag
-    (R,) int32 (:func:`shower_deposits`).  A row whose transfer does not shower gives zeros."""
+    (R,) int32 (:func:`shower_deposits`).  A row whose transfer does not shower gives zeros.  ``em``,
+    ``had`` (static): the EM and the photonuclear showers are computed (a part left out gives zeros:
+    exact for rows whose transfer is not of that kind)."""
     i, e_h, proc, f = rows["slab"], rows["e_h"], rows["proc"], rows["f"]
     x_src, y_src, uu, uc = rows["x"], rows["y"], rows["uu"], rows["uc"]
     tb, sb, hw, hwy, xc, yc = c["tb"], c["sb"], c["hw"], c["hwy"], c["xc"], c["yc"]
     n = hw.shape[0]
     dtb, dsb = tb[1:] - tb[:-1], sb[1:] - sb[:-1]  # (n,)
     x0, lam = c["x0"], c["lam"]
-    x0_i, lam_i, z_eff_i = x0[i], lam[i], c["z_eff"][i]  # (R,): the source slab's
+    x0_i, lam_i = x0[i], lam[i]  # (R,): the source slab's
     showered = e_h > sh.threshold
     is_had = showered & (proc == PROC_PHOTONUCLEAR)
     is_em = showered & ~is_had
@@ -177,20 +201,13 @@ def _shower_rows(c: dict, sh, rows: dict, proposal=None, temperature=None):
             frac = frac * square_containment(radius, hw, xc - xa[:, None], yc - ya[:, None], hwy)
         return energy[:, None] * frac
 
-    # --- EM: GFLASH profile with per-shower fluctuations
-    alpha, beta_ = gflash_parameters(jnp.maximum(e_h, 1.0), z_eff_i, normal_from_uniform(uu[:, 0]),
-                                     normal_from_uniform(uu[:, 1]))
-    depth = tb - t0[:, None]  # (R, n+1) boundaries' depths from the shower start [X0]
-    frac_em = split(gamma_cdf(alpha[:, None], beta_[:, None], depth))
-    if sh.lateral:
-        t_max = ((alpha - 1.0) / beta_)[:, None]  # (R, 1)
-        e_sh = jnp.maximum(e_h, 1.0)[:, None]
-        cont = [em_square_containment(tau, e_sh, z_eff_i[:, None], c["r_moliere"][i][:, None], hw,
-                                      xc - x_src[:, None], yc - y_src[:, None], hwy) for tau in LATERAL_TAUS]
-        moment = split(gamma_moment(alpha[:, None], beta_[:, None], depth))
-        frac_em = depth_averaged_containment(cont[0], cont[1], LATERAL_TAUS[0] * t_max, LATERAL_TAUS[1] * t_max,
-                                             frac_em, moment)
-    dep = jnp.where(is_em, e_h, 0.0)[:, None] * frac_em
+    dep = jnp.zeros(e_h.shape + (n,), e_h.dtype)
+    log_w = jnp.zeros(e_h.shape, e_h.dtype)
+    extra = jnp.zeros(e_h.shape, jnp.int32)
+    if em:
+        dep = _em_rows(c, sh, i, e_h, t0, x_src, y_src, uu, is_em)
+    if not had:
+        return dep, log_w, extra
     # --- photonuclear: a leading neutral hadron or not
     f_ln, z_min = sh.leading_neutral, sh.z_min
     ln = uu[:, 2] < f_ln
@@ -234,7 +251,6 @@ def _shower_rows(c: dict, sh, rows: dict, proposal=None, temperature=None):
     sb_eff = jnp.concatenate([jnp.zeros_like(width[:, :1]), jnp.cumsum(width, axis=-1)], axis=-1)
     s0_eff = jnp.take_along_axis(sb_eff, i[:, None], axis=-1)[:, 0] + f * dsb[i]
     tau_rem = sb_eff[:, -1] - s0_eff
-    log_w = jnp.zeros(e_h.shape, e_h.dtype)
     if proposal is not None:
         ln_b, tau_b, lw = proposal.propose_fate(uu, tau, tau_rem, f_ln, z_min, carry)
         log_w = jnp.where(tgt & is_had, lw, 0.0)
@@ -282,17 +298,16 @@ def _shower_rows(c: dict, sh, rows: dict, proposal=None, temperature=None):
     # an extra track in the downstream spectrometer (probability e^{−L/λ_I}, L in interaction lengths)
     if "sb_sp" in c:
         extra = (lc & c["before"][i] & (s_c >= c["sb_sp"])).astype(jnp.int32)
-    else:
-        extra = jnp.zeros(e_h.shape, jnp.int32)
     return dep, log_w, extra
 
 
-def _compacted_rows(c: dict, sh, rows: dict, flag, bsz: int, n: int, proposal, block: int, dep, dtype):
+def _compacted_rows(c: dict, sh, rows: dict, flag, bsz: int, n: int, proposal, block: int, init, em: bool, had: bool):
     """The sums per event of :func:`_shower_rows` over the rows with ``flag`` (their transfer
     showers; every other row gives zeros): the flagged rows are put first (stable, from a cumsum of
     the flag), cut into ⌈B·n / block⌉ blocks of ``block`` rows, and a ``lax.scan`` over the blocks
     runs the row kernel only on those holding a flagged row (``lax.cond``); the results are added
-    to ``dep`` (B, n) by event.  Returns (dep, log_w (B,), extra tracks (B,))."""
+    to ``init`` = (dep (B, n), log_w (B,), extra tracks (B,)) by event, which it returns.  ``em``,
+    ``had``: the parts of the row kernel run (exact where ``flag`` marks only rows of that kind)."""
     total = flag.shape[0]
     nblk = -(-total // block)
     fi = flag.astype(jnp.int32)
@@ -306,19 +321,18 @@ def _compacted_rows(c: dict, sh, rows: dict, flag, bsz: int, n: int, proposal, b
         acc, lw_acc, ex_acc = carry
         idx = jax.lax.dynamic_slice(order, (b * block,), (block,))
         valid = b * block + slot < n_sh  # padding and unflagged rows: masked out
-        d, lw, ex = _shower_rows(c, sh, {k: v[idx] for k, v in rows.items()}, proposal)
+        d, lw, ex = _shower_rows(c, sh, {k: v[idx] for k, v in rows.items()}, proposal, None, em, had)
         ev = jnp.where(valid, idx // n, bsz - 1)  # non-decreasing: flagged rows keep the event order
         acc = acc.at[ev].add(jnp.where(valid[:, None], d, 0.0), indices_are_sorted=True)
-        if proposal is not None:
+        if had and proposal is not None:
             lw_acc = lw_acc.at[ev].add(jnp.where(valid, lw, 0.0), indices_are_sorted=True)
-        if "sb_sp" in c:
+        if had and "sb_sp" in c:
             ex_acc = ex_acc.at[ev].add(jnp.where(valid, ex, 0), indices_are_sorted=True)
         return acc, lw_acc, ex_acc
 
     def body(carry, b):
         return jax.lax.cond(b * block < n_sh, run, lambda _, cy: cy, b, carry), None
 
-    init = (dep, jnp.zeros((bsz,), dtype), jnp.zeros((bsz,), jnp.int32))
     out, _ = jax.lax.scan(body, init, jnp.arange(nblk, dtype=jnp.int32))
     return out
 
@@ -382,6 +396,10 @@ def shower_deposits(setup: Setup, truth: dict, sh, key_r: jax.Array, proposal: L
         log_w = jnp.sum(lw.reshape(bsz, n), axis=1)
         n_extra = jnp.sum(ex.reshape(bsz, n), axis=1)
     else:
-        dep, log_w, n_extra = _compacted_rows(c, sh, rows, showered.reshape(-1), bsz, n, proposal, block, dep, dtype)
+        # EM and photonuclear showers apart: each row runs only its own kind's part of the kernel
+        is_had = (showered & (rows["proc"].reshape(bsz, n) == PROC_PHOTONUCLEAR)).reshape(-1)
+        out = (dep, jnp.zeros((bsz,), dtype), jnp.zeros((bsz,), jnp.int32))
+        out = _compacted_rows(c, sh, rows, showered.reshape(-1) & ~is_had, bsz, n, proposal, block, out, True, False)
+        dep, log_w, n_extra = _compacted_rows(c, sh, rows, is_had, bsz, n, proposal, block, out, False, True)
     counts = {"extra_tracks_p_out": n_extra.astype(jnp.int32)}
     return {el.name: jnp.maximum(dep[:, i], 0.0) for i, el in enumerate(slabs)}, log_w, counts
