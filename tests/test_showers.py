@@ -442,3 +442,66 @@ def test_calo_bias_reproduces_lateral_escapes_of_high_z_neutrals():
     assert o_a.sum() >= 100
     z = (wo.mean() - o_a.mean()) / math.hypot(wo.std() / math.sqrt(n), o_a.std() / math.sqrt(n))
     assert abs(z) < 4, (wo.mean(), o_a.mean(), z)
+
+
+def _random_truth(setup, n, seed):
+    """Truth with a hard transfer in every slab of every event: 10 MeV–100 GeV (log-uniform, about
+    half above the 1 GeV threshold), a random process (half photonuclear) at a random depth, and
+    exit positions spread over three beam-spot σ (some outside the active areas)."""
+    rng = np.random.default_rng(seed)
+    sig = 3.0 * float(setup.beam.spot_sigma)
+    slabs, at = {}, {}
+    for el in (e for e in setup.elements if e.kind == "slab"):
+        e_h = 10.0 ** rng.uniform(1.0, 5.0, n)
+        proc = np.where(rng.uniform(size=n) < 0.5, showers.PROC_PHOTONUCLEAR, rng.integers(0, 3, n))
+        e_proc = np.zeros((n, 4))
+        e_proc[np.arange(n), proc] = e_h
+        f32 = lambda a: jnp.asarray(a, jnp.float32)  # noqa: E731
+        at[el.name] = (f32(sig * rng.standard_normal(n)), f32(sig * rng.standard_normal(n)), jnp.ones((n,), bool))
+        slabs[el.name] = {"e_cont": f32(rng.uniform(0.0, 50.0, n)), "e_proc": f32(e_proc), "hardest": f32(e_h),
+                          "hardest_proc": jnp.asarray(proc, jnp.int32), "hardest_depth": f32(rng.uniform(size=n)),
+                          "e_other": f32(np.zeros(n))}
+    return {"slabs": slabs, "at": at}
+
+
+def test_shower_deposits_compacted_rows_equal_every_row():
+    """The compacted shower kernel (only the showered (event, source slab) rows, EM and photonuclear
+    apart, in blocks of 64 rows: dozens of blocks run) gives the row kernel's result on every row
+    (block_rows=0), with the calorimeter_nonhermeticity proposal, leading neutral and charged
+    hadrons, and punch-through tracks (the quickstart setup, 7 slabs, one shower source per slab).
+    Tolerance: float32 rounding of the per-event sums (a few ulp of the event's energy)."""
+    from fastmc.channels.calorimeter_nonhermeticity import CaloBias
+    from fastmc.config import ShowerSettings
+    from fastmc.geometry import build_setup, setup_materials
+    from fastmc.response import shower_deposits
+    from fastmc.runcard import load_run
+
+    cfg = load_run(ROOT / "runs" / "quickstart.toml")
+    mats, index = setup_materials(cfg.model)
+    setup = build_setup(cfg.model, index)
+    sh = showers.build_shower_params(mats, ShowerSettings(model="profile", leading_neutral=0.3, leading_charged=0.5,
+                                                          z_min=0.5))
+    bias = CaloBias(q_neutral=jnp.asarray(0.5), beta=jnp.asarray(0.5), z_focus=jnp.asarray(0.02),
+                    v_min=jnp.asarray(0.1), pt_widen=jnp.asarray(5.0), target="ECAL")
+    n, block = 256, 64
+    truth = _random_truth(setup, n, 7)
+    hard = np.stack([np.asarray(r["hardest"]) for r in truth["slabs"].values()], 1)
+    had = np.stack([np.asarray(r["hardest_proc"]) for r in truth["slabs"].values()], 1) == showers.PROC_PHOTONUCLEAR
+    showered = hard > float(sh.threshold)
+    assert (showered & had).sum() > 5 * block and (showered & ~had).sum() > 5 * block  # several blocks each
+    run = jax.jit(lambda t, k, b: shower_deposits(setup, t, sh, k, b, block_rows=block))
+    every = jax.jit(lambda t, k, b: shower_deposits(setup, t, sh, k, b, block_rows=0))
+    key = jax.random.key(11)
+    for proposal in (bias,):
+        dep, lw, counts = run(truth, key, proposal)
+        dep0, lw0, counts0 = every(truth, key, proposal)
+        scale = hard.sum(1)
+        for name in dep:
+            a, b = np.asarray(dep0[name]), np.asarray(dep[name])
+            assert np.all(np.abs(b - a) <= 1e-5 * np.abs(a) + 1e-6 * scale + 1e-3), name
+        np.testing.assert_allclose(np.asarray(lw), np.asarray(lw0), rtol=1e-5, atol=1e-6)
+        extra, extra0 = np.asarray(counts["extra_tracks_p_out"]), np.asarray(counts0["extra_tracks_p_out"])
+        np.testing.assert_array_equal(extra, extra0)
+        assert extra.sum() > 0  # punch-through tracks are counted
+        assert float(sum(np.asarray(v).sum() for v in dep.values())) > 0.1 * float(scale.sum())
+        assert np.count_nonzero(np.asarray(lw)) > n // 8  # the proposal's weights are summed (ECAL's)
