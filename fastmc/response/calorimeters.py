@@ -168,8 +168,8 @@ def shower_deposits(setup: Setup, truth: dict, sh, key_r: jax.Array, proposal: L
         e_par = jnp.maximum(energy, 1.0 * u.GeV)
         a, b, d, _ = bock_parameters(e_par)
         share = bock_em_share(e_par, x0_start, lam_start)
-        g_em = split(gamma_cdf(a[..., None], b, tb - t_start[..., None]))
-        g_h = split(gamma_cdf(a[..., None], d, sb - s_start[..., None]))
+        g_em = split(gamma_cdf(a[..., None], b, tb - t_start[..., None], sh.gamma_table))
+        g_h = split(gamma_cdf(a[..., None], d, sb - s_start[..., None], sh.gamma_table))
         frac = share[..., None] * g_em + (1.0 - share[..., None]) * sh.h_over_e * g_h
         if sh.lateral:  # one radial profile for the whole shower (its π⁰ part included)
             radius = hadron_lateral_radius(lam_start, sh.hadron_r95)[..., None]
@@ -180,13 +180,13 @@ def shower_deposits(setup: Setup, truth: dict, sh, key_r: jax.Array, proposal: L
     alpha, beta_ = gflash_parameters(jnp.maximum(e_h, 1.0), z_eff, normal_from_uniform(uu[..., 0]),
                                      normal_from_uniform(uu[..., 1]))
     depth = tb - t0[..., None]  # (B, n_src, n+1) boundaries' depths from the shower start [X0]
-    frac_em = split(gamma_cdf(alpha[..., None], beta_[..., None], depth))
+    frac_em = split(gamma_cdf(alpha[..., None], beta_[..., None], depth, sh.gamma_table))
     if sh.lateral:
         t_max = ((alpha - 1.0) / beta_)[..., None]  # (B, n_src, 1)
         e_sh = jnp.maximum(e_h, 1.0)[..., None]
         cont = [em_square_containment(tau, e_sh, z_eff[:, None], sh.r_moliere[mats][:, None], hw,
                                       xc - x_src[..., None], yc - y_src[..., None], hwy) for tau in LATERAL_TAUS]
-        moment = split(gamma_moment(alpha[..., None], beta_[..., None], depth))
+        moment = split(gamma_moment(alpha[..., None], beta_[..., None], depth, sh.gamma_table))
         frac_em = depth_averaged_containment(cont[0], cont[1], LATERAL_TAUS[0] * t_max, LATERAL_TAUS[1] * t_max,
                                              frac_em, moment)
     # the muon's own deposit (all but the showering transfer) is seen only inside the slab's active
