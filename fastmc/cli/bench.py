@@ -149,7 +149,7 @@ def _print_bench(res: dict, out) -> None:
         print(f"program of channel {p['channel']} (chunk {p['chunk_size']}, 1 device): compile {p['compile_s']:.2f} s "
               f"(first call {p['first_call_s']:.2f} s, next {p['run_s']:.2f} s)", file=out)
     print(f"full chain: channel {res['channel']}", file=out)
-    print(f"{'chunk size':>11}{'muons':>12}{'seconds':>10}{'muons/s':>14}{'first call (compile) s':>25}{'devices':>9}",
+    print(f"{'chunk size':>11}{'muons':>12}{'seconds':>10}{'muons/s':>14}{'first call s':>25}{'devices':>9}",
           file=out)
     for r in res["results"]:
         print(f"{r['chunk_size']:>11}{r['muons']:>12}{r['seconds']:>10.2f}{r['muons_per_s']:>14.4g}"
