@@ -75,6 +75,7 @@ def provenance(cfg, result, prepared=None) -> dict[str, Any]:
         "backend": jax.default_backend(),
         "devices": ", ".join(str(d) for d in jax.devices()),
         "x64": bool(jax.config.jax_enable_x64),
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),  # the user's XLA options (compile, devices, threads)
         "threefry_partitionable": bool(jax.config.jax_threefry_partitionable),  # fastmc.rng: which bits a key gives
         "seed": cfg.seed,
         "chunk_size": cfg.chunk_size,

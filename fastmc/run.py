@@ -224,30 +224,69 @@ def simulate_group(
     and the events (None unless ``with_events``).
     """
     opts = prep.options if opts is None else opts
-    ch, params = prep.channels[channel], prep.params[channel]
     if len(devices) == 1:
-        r, nov, ev = simulate_chunk(
-            prep.setup, prep.physics, prep.selection, chunk_key(seed, int(chunk_ids[0])),
-            jnp.int32(n_valid[0]), opts, ch, with_events, params, prep.showers,
-        )
+        r, nov, ev = simulate_chunk(*_chunk_args(prep, channel, seed, int(chunk_ids[0]), n_valid[0], None, placed,
+                                                 with_events, opts))
         r, nov = np.asarray(r, dtype=np.float64)[None], np.asarray(nov, dtype=np.float64)[None]
         ev = None if ev is None else jax.tree_util.tree_map(lambda a: np.asarray(a)[None], ev)
         return r, nov, ev
     outs = []
     for j, c in enumerate(chunk_ids):
-        d = devices[j]
-        if (d, channel) not in placed:
-            placed[(d, channel)] = jax.device_put((prep.setup, prep.physics, prep.selection, params, prep.showers), d)
-        st, ph, sl, pa, sh = placed[(d, channel)]
-        key = jax.device_put(chunk_key(seed, int(c)), d)
-        nv = jax.device_put(jnp.int32(n_valid[j]), d)
-        outs.append(simulate_chunk(st, ph, sl, key, nv, opts, ch, with_events, pa, sh))
+        outs.append(simulate_chunk(*_chunk_args(prep, channel, seed, int(c), n_valid[j], devices[j], placed,
+                                                with_events, opts)))
     r = np.stack([np.asarray(o[0], dtype=np.float64) for o in outs])
     nov = np.stack([np.asarray(o[1], dtype=np.float64) for o in outs])
     ev = None
     if with_events:
         ev = jax.tree_util.tree_map(lambda *a: np.stack([np.asarray(x) for x in a]), *[o[2] for o in outs])
     return r, nov, ev
+
+
+def _chunk_args(prep: Prepared, channel: str, seed: int, chunk: int, n_valid, device, placed: dict,
+                with_events: bool, opts: ChainOptions) -> tuple:
+    """The arguments of :func:`fastmc.chain.simulate_chunk` for one chunk, as :func:`simulate_group`
+    passes them: uncommitted (``device`` None: one device) or placed on ``device`` (inputs kept in
+    ``placed`` per (device, channel))."""
+    ch, params = prep.channels[channel], prep.params[channel]
+    if device is None:
+        return (prep.setup, prep.physics, prep.selection, chunk_key(seed, chunk), jnp.int32(n_valid), opts, ch,
+                with_events, params, prep.showers)
+    if (device, channel) not in placed:
+        placed[(device, channel)] = jax.device_put((prep.setup, prep.physics, prep.selection, params, prep.showers),
+                                                   device)
+    st, ph, sl, pa, sh = placed[(device, channel)]
+    key = jax.device_put(chunk_key(seed, chunk), device)
+    nv = jax.device_put(jnp.int32(n_valid), device)
+    return st, ph, sl, key, nv, opts, ch, with_events, pa, sh
+
+
+def compile_programs(prep: Prepared, channels, devices: list, placed: dict, with_events: bool = False,
+                     opts: ChainOptions | None = None, workers: int | None = None) -> dict[str, float]:
+    """Compile the program of every channel in ``channels`` (for each of ``devices``, as
+    :func:`simulate_group` will call it) concurrently, in ``workers`` threads (default: one per CPU
+    core): XLA compiles one program on one core and releases the GIL meanwhile, so a card's channels
+    compile in about the time of the slowest rather than of the sum.  The compiled programs land
+    in JAX's cache (later calls do not compile again; same programs, same bits).  Returns each
+    channel's wall seconds from the start to its last program compiled."""
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
+    opts = prep.options if opts is None else opts
+    devs = [None] if len(devices) == 1 else list(devices)
+    # placing the inputs (and building the arguments) first, here: ``placed`` is not shared across threads
+    jobs = [(ch, _chunk_args(prep, ch, 0, 0, opts.chunk_size, d, placed, with_events, opts)) for ch in channels
+            for d in devs]
+    t0 = time.perf_counter()
+
+    def one(job):
+        simulate_chunk.lower(*job[1]).compile()
+        return job[0], time.perf_counter() - t0
+
+    out: dict[str, float] = {}
+    with ThreadPoolExecutor(max_workers=min(len(jobs), workers or os.cpu_count() or 1)) as ex:
+        for ch, dt in ex.map(one, jobs):
+            out[ch] = max(out.get(ch, 0.0), dt)
+    return out
 
 
 def run(
@@ -332,6 +371,10 @@ def run(
     placed: dict = {}
     interrupted = False
     try:
+        if len(cfg.channels) > 1 or n_dev > 1:
+            say(f"compiling {len(cfg.channels)} channel program(s) on {n_dev} device(s) concurrently …")
+            secs = compile_programs(prep, cfg.channels, devs[:n_dev], placed, cfg.save_events)
+            say("compiled: " + ", ".join(f"{ch} {s:.1f} s" for ch, s in secs.items()))
         for group in chunk_groups(ids, n_dev):
             n_grp = len(group)
             # what the group adds is kept only once every channel has run it (Ctrl-C in between drops it)
@@ -470,4 +513,4 @@ def _stack_events(events: dict[str, list]) -> dict[str, Any]:
 
 
 __all__ = ["EVENT_KEYS", "Prepared", "RunResult", "cannot_converge", "chunk_groups", "merge_events", "n_chunks",
-           "prepare", "run", "select_devices", "simulate_group"]
+           "compile_programs", "prepare", "run", "select_devices", "simulate_group"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -236,3 +237,13 @@ def test_cli_target_rel_err_stops_early(capsys):
     for ch in d["channels"].values():
         assert ch["rel_err"] <= 0.5
         assert ch["n_generated"] < 65536  # stopped before the card's budget of 4 chunks
+
+
+def test_provenance_records_xla_flags():
+    from types import SimpleNamespace
+
+    from fastmc.io import provenance
+    from fastmc.runcard import load_run
+
+    prov = provenance(load_run(ANALOG_CARD), SimpleNamespace(chunk_ids=np.arange(0), seconds=0.0))
+    assert prov["xla_flags"] == os.environ.get("XLA_FLAGS", "")

@@ -268,7 +268,14 @@ def test_bench_json_devices_and_numpy(tmp_path):
     d = json.loads(r.stdout)
     assert [(x["devices"], x["chunk_size"]) for x in d["results"]] == [(1, CHUNK)]
     assert all(x["muons_per_s"] > 0 and x["first_call_s"] > 0 for x in d["results"])
+    # each channel's program compiled alone (quickstart: hadron_decay, analog), and the XLA options
+    assert [p["channel"] for p in d["programs"]] == ["hadron_decay", "analog"]
+    assert all(p["compile_s"] > 0 and p["first_call_s"] > p["run_s"] > 0 for p in d["programs"])
+    assert "xla_flags" in d and d["channel"] == "analog"
+    assert d["full_chain_muons_per_core_s"] * (os.cpu_count() or 1) == pytest.approx(d["results"][0]["muons_per_s"])
     nb = d["numpy"]
+    assert nb["speedup_jax_per_core_over_numpy"] == pytest.approx(
+        nb["jax_muons_per_s"] / (os.cpu_count() or 1) / nb["numpy_muons_per_s"])
     assert nb["jax_muons_per_s"] > 0 and nb["numpy_muons_per_s"] > 0 and nb["elements"] > 10
     # the NumPy port transports the same way (1024 muons, exit-energy spread ≈ 12 GeV)
     assert abs(nb["mean_exit_ekin_GeV"]["jax"] - nb["mean_exit_ekin_GeV"]["numpy"]) < 2.0

@@ -122,6 +122,9 @@ class ShowerParams:
     hadron_r95: Any  # 95 % lateral containment radius of hadronic showers [λ_I]
     leading_charged: Any  # P(one charged hadron carries z ≥ z_min of a photonuclear transfer | no leading neutral)
     dedx_mip: Any  # (n_mat,) minimum-ionising dE/dx [MeV/mm] (a punch-through hadron's deposits)
+    # the P(α, x) table of gamma_cdf as a leaf: an argument of the compiled program, not a 0.94 MB
+    # constant embedded once per call site (compile time)
+    gamma_table: Any = None
     lateral: bool = static_field(default=True)  # lateral containment in the slabs' square apertures
 
 
@@ -160,6 +163,7 @@ def build_shower_params(materials, settings, dtype=None) -> ShowerParams:
         hadron_r95=jnp.asarray(settings.hadron_r95_lambda, dt),
         leading_charged=jnp.asarray(settings.leading_charged, dt),
         dedx_mip=jnp.asarray([mip_dedx_mm(m) for m in materials], dt),
+        gamma_table=jnp.asarray(_gamma_table(), dt),
         lateral=bool(settings.lateral),
     )
 
@@ -232,11 +236,13 @@ def _gamma_table():
     return build()
 
 
-def gamma_cdf(alpha, beta, t):
-    """P(α, β·t) for t ≥ 0 (0 for t ≤ 0): the CDF of a Gamma(α, rate β) profile, by table."""
+def gamma_cdf(alpha, beta, t, tab=None):
+    """P(α, β·t) for t ≥ 0 (0 for t ≤ 0): the CDF of a Gamma(α, rate β) profile, by table
+    (``tab``: :attr:`ShowerParams.gamma_table`, the same table passed as an array; default: the
+    module's, a constant of the compiled program)."""
     import jax.numpy as jnp
 
-    tab = jnp.asarray(_gamma_table(), dtype=jnp.result_type(float))
+    tab = jnp.asarray(_gamma_table(), dtype=jnp.result_type(float)) if tab is None else tab
     fa = jnp.clip((alpha - _A0) / (_A1 - _A0) * (_NA - 1), 0.0, _NA - 1.000001)
     ia = jnp.floor(fa).astype(jnp.int32)
     wa = fa - ia
@@ -316,9 +322,9 @@ def hadron_lateral_radius(lam_mm, r95_lambda):
     return r95_lambda * lam_mm / SQRT19
 
 
-def gamma_moment(alpha, beta, t):
+def gamma_moment(alpha, beta, t, tab=None):
     """∫₀ᵗ s·g(s) ds of the Gamma(α, rate β) density g: (α/β)·P(α + 1, βt) (by the same table)."""
-    return alpha / beta * gamma_cdf(alpha + 1.0, beta, t)
+    return alpha / beta * gamma_cdf(alpha + 1.0, beta, t, tab)
 
 
 def depth_averaged_containment(c1, c2, t1, t2, dcdf, dmoment):

@@ -154,13 +154,13 @@ def _em_rows(c: dict, sh, i, e_h, t0, x_src, y_src, uu, is_em):
     alpha, beta_ = gflash_parameters(jnp.maximum(e_h, 1.0), z_eff_i, normal_from_uniform(uu[:, 0]),
                                      normal_from_uniform(uu[:, 1]))
     depth = tb - t0[:, None]  # (R, n+1) boundaries' depths from the shower start [X0]
-    frac_em = split(gamma_cdf(alpha[:, None], beta_[:, None], depth))
+    frac_em = split(gamma_cdf(alpha[:, None], beta_[:, None], depth, sh.gamma_table))
     if sh.lateral:
         t_max = ((alpha - 1.0) / beta_)[:, None]  # (R, 1)
         e_sh = jnp.maximum(e_h, 1.0)[:, None]
         cont = [em_square_containment(tau, e_sh, z_eff_i[:, None], c["r_moliere"][i][:, None], hw,
                                       xc - x_src[:, None], yc - y_src[:, None], hwy) for tau in LATERAL_TAUS]
-        moment = split(gamma_moment(alpha[:, None], beta_[:, None], depth))
+        moment = split(gamma_moment(alpha[:, None], beta_[:, None], depth, sh.gamma_table))
         frac_em = depth_averaged_containment(cont[0], cont[1], LATERAL_TAUS[0] * t_max, LATERAL_TAUS[1] * t_max,
                                              frac_em, moment)
     return jnp.where(is_em, e_h, 0.0)[:, None] * frac_em
@@ -196,8 +196,8 @@ def _shower_rows(c: dict, sh, rows: dict, proposal=None, temperature=None, em: b
         e_par = jnp.maximum(energy, 1.0 * u.GeV)
         a, b, d, _ = bock_parameters(e_par)
         share = bock_em_share(e_par, x0_start, lam_start)
-        g_em = split(gamma_cdf(a[:, None], b, tb - t_start[:, None]))
-        g_h = split(gamma_cdf(a[:, None], d, sb - s_start[:, None]))
+        g_em = split(gamma_cdf(a[:, None], b, tb - t_start[:, None], sh.gamma_table))
+        g_h = split(gamma_cdf(a[:, None], d, sb - s_start[:, None], sh.gamma_table))
         frac = share[:, None] * g_em + (1.0 - share[:, None]) * sh.h_over_e * g_h
         if sh.lateral:  # one radial profile for the whole shower (its π⁰ part included)
             radius = hadron_lateral_radius(lam_start, sh.hadron_r95)[:, None]

@@ -123,10 +123,13 @@ def tracker_hits(setup: Setup, truth: dict, key_r: jax.Array, proposal: HitPropo
     eff, f_t, pick, sig, sig_t, road = (col(a) for a in ("efficiency", "tail_fraction", "pickup", "resolution",
                                                          "tail_sigma", "road"))
     uu = uniforms(jax.random.fold_in(key_r, 10_000), (n_p, bsz, 5), dtype)
-    p = category_probabilities(eff, f_t, pick) * jnp.ones((n_p, bsz, 1), dtype)  # (P, B, 4)
+    p1 = category_probabilities(eff, f_t, pick)  # (P, 1, 4)
+    p = p1 * jnp.ones((n_p, bsz, 1), dtype)  # (P, B, 4), for a proposal
     log_w = jnp.zeros((bsz,), dtype)
     z1, z2 = normal_from_uniform(uu[..., 1]), normal_from_uniform(uu[..., 2])
-    cat = draw_category(p, uu[..., 0])
+    # the cumulative sum on (P, 1, 4), not on the batch-sized p (with constant rates XLA would fold
+    # a (P, B, 4) cumsum at compile time): the same numbers per muon
+    cat = draw_category(p1, uu[..., 0])
     width = jnp.where(cat == 1, sig_t, sig)
     off_x = jnp.where(cat == 3, (2 * uu[..., 3] - 1) * road, width * z1)
     off_y = jnp.where(cat == 3, (2 * uu[..., 4] - 1) * road, width * z2)
