@@ -120,7 +120,10 @@ def transport(
     ``lax.switch`` picks one of three kernels per slot: no material (magnets), *thin* (one
     interaction slot: trackers, counters — mean count < THIN_LAMBDA) and *thick* (the run's
     ``max_interactions`` slots).  ``branches`` (static, from :func:`slot_branches`) says which;
-    by default every material slot is thick.
+    by default every material slot is thick.  In the hard mode without deflection forcing both compute
+    their interaction slots compacted (same laws, :func:`fastmc.transport.step._sparse_slots`): a thin
+    slot only for the muons that interact (``SPARSE_THIN``), a thick one two slots for every muon and
+    all of them for the muons with more interactions (``SPARSE_THICK``).
 
     Energy radiated in thin planes: the stochastic transfers of the material step of an element that
     is not a slab (a tracker or counter plane: bremsstrahlung photons, pairs, knock-ons, photonuclear
