@@ -489,46 +489,48 @@ def _sparse_slots(tables, mat, k: int, sparse: tuple[int, int], n, cum, ekin_in,
 
     Rows with N ≤ k_main: ``k_main`` slots from ``u_main`` (their own uniforms), padded with unused
     slots (depth 1, ΔE 0: exactly what the unused slots of a K-slot step give).  Rows with
-    N > k_main (the rarer ones): gathered (static size ``cap``) and computed with all K slots from
-    uniforms drawn from ``key_side``.  If more than ``cap`` rows have N > k_main, a ``lax.cond`` on that
-    count computes every row with K slots from ``key_side`` instead — the law does not depend on the
-    cap, only the cost.  In both cases N and everything after the slots come from the same columns
-    of the step, and the slot uniforms of a row are independent of N, so the law is the K-slot
-    step's (tests/test_sparse_slots.py compares both with matched uniforms).
+    N > k_main (the rarer ones) are gathered in index order and computed with all K slots, ``cap``
+    rows at a time: a ``lax.scan`` over the ⌈B/cap⌉ pieces (static) whose body runs (``lax.cond`` on
+    a scalar) only while rows are left, piece p with uniforms drawn from ``fold_in(key_side, p)``.
+    So the law does not depend on the cap, only the cost; one K-slot block is compiled.  N and
+    everything after the slots come from the same columns of the step, and the slot uniforms of a
+    row are independent of N, so the law is the K-slot step's (tests/test_sparse_slots.py compares
+    both with matched uniforms).
     """
     k_main, cap = sparse
     bsz = n.shape[0]
     dtype = ekin_in.dtype
     width = (3 + N_KICK_UNIFORMS) * k
-
-    def full(_):
-        return _slot_block(tables, mat, k, n, cum, ekin_in, d_cont, uniforms(key_side, (bsz, width), dtype))
-
-    if cap >= bsz:
-        return full(None)
+    pad = k - k_main
+    e_end = jnp.maximum(ekin_in - d_cont, 1.0)[:, None]
+    zeros = jnp.zeros((bsz, pad), dtype)
+    main = (jnp.ones((bsz, pad), dtype), jnp.zeros((bsz, pad), jnp.int32), jnp.broadcast_to(e_end, (bsz, pad)),
+            zeros, zeros, zeros)
+    if k_main:
+        part = _slot_block(tables, mat, k_main, jnp.minimum(n, k_main), cum, ekin_in, d_cont, u_main)
+        main = tuple(jnp.concatenate([a, b], axis=1) for a, b in zip(part, main))
     big = n > k_main
+    count = jnp.sum(big)
+    n_pieces = -(-bsz // cap)
+    order = jnp.nonzero(big, size=n_pieces * cap, fill_value=bsz)[0].reshape(n_pieces, cap)
 
-    def buffered(_):
-        pad = k - k_main
-        e_end = jnp.maximum(ekin_in - d_cont, 1.0)[:, None]
-        zeros = jnp.zeros((bsz, pad), dtype)
-        main = (jnp.ones((bsz, pad), dtype), jnp.zeros((bsz, pad), jnp.int32), jnp.broadcast_to(e_end, (bsz, pad)),
-                zeros, zeros, zeros)
-        if k_main:
-            part = _slot_block(tables, mat, k_main, jnp.minimum(n, k_main), cum, ekin_in, d_cont, u_main)
-            main = tuple(jnp.concatenate([a, b], axis=1) for a, b in zip(part, main))
-        idx = jnp.nonzero(big, size=cap, fill_value=bsz)[0]
+    def take(x, idx):
+        return jnp.take(x, idx, axis=0, mode="clip")
 
-        def take(x):
-            return jnp.take(x, idx, axis=0, mode="clip")
+    def piece(out, xs):
+        p, idx = xs
 
-        mat_b = mat if jnp.ndim(mat) == 0 else take(jnp.asarray(mat))
-        n_b = jnp.where(idx < bsz, take(n), 0)
-        side = _slot_block(tables, mat_b, k, n_b, take(cum), take(ekin_in), take(d_cont),
-                           uniforms(key_side, (cap, width), dtype))
-        return tuple(a.at[idx].set(b, mode="drop") for a, b in zip(main, side))
+        def run(out):
+            mat_b = mat if jnp.ndim(mat) == 0 else take(jnp.asarray(mat), idx)
+            n_b = jnp.where(idx < bsz, take(n, idx), 0)
+            side = _slot_block(tables, mat_b, k, n_b, take(cum, idx), take(ekin_in, idx), take(d_cont, idx),
+                               uniforms(jax.random.fold_in(key_side, p), (cap, width), dtype))
+            return tuple(a.at[idx].set(b, mode="drop") for a, b in zip(out, side))
 
-    return jax.lax.cond(jnp.sum(big) > cap, full, buffered, None)
+        return jax.lax.cond(p * cap < count, run, lambda out: out, out), None
+
+    out, _ = jax.lax.scan(piece, main, (jnp.arange(n_pieces), order))
+    return out
 
 
 def drift(physics: Physics, state: dict, mat, length, density_scale, uu: jnp.ndarray) -> dict:
