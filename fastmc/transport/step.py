@@ -472,11 +472,11 @@ def _slot_block(tables, mat, k: int, n, cum, ekin_in, d_cont, us):
 SPARSE_THIN = (0, 32)
 """(k_main, B/cap) of the thin kernel: the one interaction slot is computed only for the muons that
 interact (P ≤ 1 − e^{−THIN_LAMBDA} ≈ 0.02 by construction of the thin slots, ~1e-4 … 2e-3 in the 2022
-setup), gathered into B/32 rows."""
+setup), gathered in pieces of B/32 rows (one piece runs in the 2022 setup; more only if needed)."""
 
 SPARSE_THICK = (2, 8)
 """(k_main, B/cap) of the thick kernel: two slots for every muon, all K for the muons with N > 2
-(P = 9.5 % at λ = 1.08, a 2022 HCAL module at 160 GeV) gathered into B/8 rows."""
+(P = 9.5 % at λ = 1.08, a 2022 HCAL module at 160 GeV) gathered in pieces of B/8 rows."""
 
 
 def sparse_cap(bsz: int, spec: tuple[int, int]) -> tuple[int, int]:
