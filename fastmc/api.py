@@ -27,6 +27,7 @@ from fastmc.physics.scattering import build_scattering_params
 from fastmc.physics.tables import enable_compilation_cache
 from fastmc.rng import chunk_key, uniforms
 from fastmc.transport import Physics, material_step, n_step_uniforms
+from fastmc.transport.step import SPARSE_THICK, SPARSE_THIN, sparse_cap
 
 
 def resolve_material(name: str):
@@ -66,8 +67,11 @@ def _propagate_chunk(physics, key, ekin0, mats, lengths, n: int, ks: tuple[int, 
     }
     total = None
     for i, k in enumerate(ks):
-        uu = uniforms(jax.random.fold_in(key, i), (n, n_step_uniforms(k)), dtype)
-        state, rec = material_step(physics, state, mats[i], lengths[i], jnp.asarray(1.0, dtype), k, uu)
+        # compacted interaction slots, as in fastmc.transport.transport (same laws)
+        sparse = sparse_cap(n, SPARSE_THIN if k == 1 else SPARSE_THICK) if k else None
+        uu = uniforms(jax.random.fold_in(key, i), (n, n_step_uniforms(k if sparse is None else sparse[0])), dtype)
+        state, rec = material_step(physics, state, mats[i], lengths[i], jnp.asarray(1.0, dtype), k, uu,
+                                   sparse=sparse, key_side=jax.random.fold_in(jax.random.fold_in(key, i), 1))
         if total is None:
             total = dict(rec)
         else:

@@ -26,6 +26,8 @@ from fastmc.transport.hadrons import decay_in_flight, hadron_slot_before_materia
 from fastmc.transport.step import (
     N_PROC,
     REC_KEYS,
+    SPARSE_THICK,
+    SPARSE_THIN,
     ForcedVertex,
     Physics,
     StepForcing,
@@ -35,6 +37,7 @@ from fastmc.transport.step import (
     kinematics,
     material_step,
     n_step_uniforms,
+    sparse_cap,
     split_reference_lengths,
     state_mass,
 )
@@ -117,7 +120,10 @@ def transport(
     ``lax.switch`` picks one of three kernels per slot: no material (magnets), *thin* (one
     interaction slot: trackers, counters — mean count < THIN_LAMBDA) and *thick* (the run's
     ``max_interactions`` slots).  ``branches`` (static, from :func:`slot_branches`) says which;
-    by default every material slot is thick.
+    by default every material slot is thick.  In the hard mode without deflection forcing both compute
+    their interaction slots compacted (same laws, :func:`fastmc.transport.step._sparse_slots`): a thin
+    slot only for the muons that interact (``SPARSE_THIN``), a thick one two slots for every muon and
+    all of them for the muons with more interactions (``SPARSE_THICK``).
 
     Energy radiated in thin planes: the stochastic transfers of the material step of an element that
     is not a slab (a tracker or counter plane: bremsstrahlung photons, pairs, knock-ons, photonuclear
@@ -178,17 +184,22 @@ def transport(
         "overflow": jnp.zeros((bsz,), bool),
     }
 
-    def make_material(k: int):
+    def make_material(k: int, spec: tuple[int, int] | None = None):
+        # compacted interaction slots (same laws, fewer rows: step._sparse_slots) in the hard mode
+        # without deflection forcing
+        sparse = None if spec is None or setup_ref is not None or forcing is not None else sparse_cap(bsz, spec)
+
         def step(st, a, key):
-            uu = uniforms(key, (bsz, n_step_uniforms(k)), dtype)
+            uu = uniforms(key, (bsz, n_step_uniforms(k if sparse is None else sparse[0])), dtype)
             st, rec = material_step(physics, st, a["mat"], a["length"], a["dscale"], k, uu, a.get("length_ref"),
-                                    forcing, a.get("tilt"))
+                                    forcing, a.get("tilt"), sparse=sparse, key_side=jax.random.fold_in(key, 1))
             rec["e_other"] = zero
             return st, {key_: rec[key_] for key_ in empty_rec}
 
         return step
 
-    kernels = [lambda st, a, key: (st, empty_rec), make_material(1), make_material(max_interactions)]
+    kernels = [lambda st, a, key: (st, empty_rec), make_material(1, SPARSE_THIN),
+               make_material(max_interactions, SPARSE_THICK)]
     if forced_vertex is not None:  # the BRANCH_FORCED kernel: a forced interaction in the target slot
 
         def force_kernel(st, a, key):

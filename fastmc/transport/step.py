@@ -52,7 +52,7 @@ from fastmc.physics.straggling import (
     sample_radiative_fluctuation,
 )
 from fastmc.physics.straggling import N_UNIFORMS as N_ION_UNIFORMS
-from fastmc.rng import normal_from_uniform
+from fastmc.rng import normal_from_uniform, uniforms
 from fastmc.species import SPECIES_K, SPECIES_MU, SPECIES_PI, species_masses
 
 N_STRAGGLE_UNIFORMS = N_ION_UNIFORMS + N_RAD_UNIFORMS
@@ -191,8 +191,15 @@ def material_step(
     length_ref: jnp.ndarray | None = None,
     forcing: StepForcing | None = None,
     tilt_on: jnp.ndarray | None = None,
+    sparse: tuple[int, int] | None = None,
+    key_side: jax.Array | None = None,
 ) -> tuple[dict[str, jnp.ndarray], dict[str, jnp.ndarray]]:
     """Transport through ``length`` mm of material ``mat``; ``uu`` has shape (B, n_step_uniforms(k)).
+
+    Compacted interaction slots (``sparse = (k_main, cap)``, static; hard mode without forcing
+    only): same laws, computed on fewer rows (:func:`_sparse_slots`).  ``uu`` then has shape
+    (B, n_step_uniforms(k_main)) and the slot uniforms of the muons with more than k_main
+    interactions are drawn from ``key_side``.
 
     Deflection forcing (``forcing``, a :class:`StepForcing`; ``tilt_on`` ∈ {0, 1} flags this slot,
     and the state carries ``tilt_c``, ``kick_force``, ``kick_sign``, ``tilt_x``, ``tilt_v``,
@@ -242,10 +249,14 @@ def material_step(
         ratio = jnp.where(lam_ref > 0, length / jnp.where(lam_ref > 0, length_ref, 1.0), 1.0)
         lw_count = n * jnp.log(jnp.maximum(ratio, 1e-300)) - (lam - lam_ref)
     overflow = overflow & alive
+    if sparse is not None and (forcing is not None or length_ref is not None):
+        raise ValueError("material_step: sparse slots need the hard mode without forcing")
+    kc = k if sparse is None else sparse[0]  # interaction slots laid out in uu
 
     # ordered depths (fractions of the length) of the N interactions; unused slots parked at 1
     slot = jnp.arange(k)
-    depth = sort_slots(jnp.where(slot[None, :] < n[:, None], uu[:, 2 : 2 + k], 1.0))
+    if sparse is None:
+        depth = sort_slots(jnp.where(slot[None, :] < n[:, None], uu[:, 2 : 2 + k], 1.0))
     cum = jnp.cumsum(xs, axis=-1) / jnp.maximum(xs_tot, 1e-30)[:, None]
 
     # Continuous (sub-cut) loss over the whole step, once: Δc = E_in − R⁻¹(R(E_in) − L).  The
@@ -261,7 +272,18 @@ def material_step(
     hardest_depth = jnp.zeros_like(ekin_in)
     kick_force = forcing is not None
     tilt_axis = "x" if forcing is None else forcing.axis
-    if k:
+    if k and sparse is not None:
+        k0c = 2 + 3 * kc + N_SCAT_UNIFORMS
+        u_main = jnp.concatenate([uu[:, 2 : 2 + 3 * kc], uu[:, k0c : k0c + N_KICK_UNIFORMS * kc]], axis=1)
+        depth, proc, e_at, de_k, kx, ky = _sparse_slots(tables, mat, k, sparse, n, cum, ekin_in, d_cont, u_main,
+                                                        key_side)
+        for j in range(k):
+            e_proc = e_proc + jax.nn.one_hot(proc[:, j], N_PROC, dtype=ekin_in.dtype) * de_k[:, j, None]
+            harder = de_k[:, j] > hardest
+            hardest = jnp.where(harder, de_k[:, j], hardest)
+            hardest_proc = jnp.where(harder, proc[:, j], hardest_proc)
+            hardest_depth = jnp.where(harder, depth[:, j], hardest_depth)
+    elif k:
         # process choice and v for all K slots in one vectorised look-up, from E_in − Δc·d
         e_at = jnp.maximum(ekin_in[:, None] - d_cont[:, None] * depth, 1.0)
         u_proc = uu[:, 2 + k : 2 + 2 * k]
@@ -295,7 +317,11 @@ def material_step(
     # of slot j turns the direction by p_T/p_after and displaces the exit point by that angle
     # times the remaining depth (1 − d_j)·L
     kick_tx = kick_ty = kick_dx = kick_dy = jnp.zeros_like(ekin_in)
-    if k:
+    if k and sparse is not None:
+        kick_tx, kick_ty = jnp.sum(kx, axis=-1), jnp.sum(ky, axis=-1)
+        rest = jnp.asarray(length)[..., None] * (1.0 - depth)
+        kick_dx, kick_dy = jnp.sum(kx * rest, axis=-1), jnp.sum(ky * rest, axis=-1)
+    elif k:
         k0 = 2 + 3 * k + N_SCAT_UNIFORMS
         uk = uu[:, k0 : k0 + N_KICK_UNIFORMS * k].reshape(ekin_in.shape[0], k, N_KICK_UNIFORMS)
         de_k = jnp.stack(de_all, axis=-1)
@@ -337,7 +363,7 @@ def material_step(
         xi = tables.xi_per_mm[jnp.asarray(mat, jnp.int32)] * path / beta2
         b = beta2 / t_max
         var_rad = jnp.maximum(var - fluctuation_variance(xi, t_cut, b), 0.0)
-        us = uu[:, n_step_uniforms(k) - N_STRAGGLE_UNIFORMS :]
+        us = uu[:, n_step_uniforms(kc) - N_STRAGGLE_UNIFORMS :]
         fluct = sample_fluctuation(xi, t_cut, us[:, :N_ION_UNIFORMS], b) + sample_radiative_fluctuation(
             var_rad, t_cut, us[:, N_ION_UNIFORMS:])
     else:
@@ -379,7 +405,7 @@ def material_step(
         jnp.maximum(p_mid, 1.0),
         beta_mid,
         path,
-        uu[:, 2 + 3 * k : 2 + 3 * k + N_SCAT_UNIFORMS],
+        uu[:, 2 + 3 * kc : 2 + 3 * kc + N_SCAT_UNIFORMS],
         model=physics.scattering_model,
         lever=lever,
         tilt=None if tilt_on is None else state["tilt_c"] * tilt_on,
@@ -415,6 +441,96 @@ def material_step(
         lr_force = scat["force_lr"] + (lr_kick if k else 0.0)
         new["kick_lr"] = state["kick_lr"] + jnp.where(alive & (tilt_on > 0), lr_force, 0.0)
     return new, rec
+
+
+def _slot_block(tables, mat, k: int, n, cum, ekin_in, d_cont, us):
+    """The K interaction slots of a step for the rows given (steps 2–3 of the module docstring and
+    the kicks), exactly as :func:`material_step` computes them without forcing.  ``us`` (R, 10·K
+    columns: depths K | process choice K | v K | kicks N_KICK_UNIFORMS·K).  Returns (R, K) arrays:
+    depth, process, energy at the interaction E_in − Δc·d, transfer ΔE (0 in unused slots), kick x, y."""
+    m = u.muon_mass_c2
+    slot = jnp.arange(k)
+    depth = sort_slots(jnp.where(slot[None, :] < n[:, None], us[:, :k], 1.0))
+    e_at = jnp.maximum(ekin_in[:, None] - d_cont[:, None] * depth, 1.0)
+    proc = jnp.sum(us[:, k : 2 * k, None] > cum[:, None, :-1], axis=-1).astype(jnp.int32)
+    v = sample_v_from_u(tables, mat, proc, e_at, us[:, 2 * k : 3 * k])
+    active = slot[None, :] < n[:, None]
+    lost = jnp.zeros_like(ekin_in)
+    e_before, de_all = [], []
+    for j in range(k):
+        avail = jnp.maximum(e_at[:, j] - lost, 0.0)
+        de = jnp.where(active[:, j], jnp.minimum(v[:, j] * (avail + m), avail), 0.0)
+        e_before.append(avail)
+        de_all.append(de)
+        lost = lost + de
+    de_k = jnp.stack(de_all, axis=-1)
+    uk = us[:, 3 * k : 3 * k + N_KICK_UNIFORMS * k].reshape(ekin_in.shape[0], k, N_KICK_UNIFORMS)
+    kx, ky = kick_angles(proc, jnp.stack(e_before, axis=-1), de_k, uk)
+    return depth, proc, e_at, de_k, kx, ky
+
+
+SPARSE_THIN = (0, 32)
+"""(k_main, B/cap) of the thin kernel: the one interaction slot is computed only for the muons that
+interact (P ≤ 1 − e^{−THIN_LAMBDA} ≈ 0.02 by construction of the thin slots, ~1e-4 … 2e-3 in the 2022
+setup), gathered in pieces of B/32 rows (one piece runs in the 2022 setup; more only if needed)."""
+
+SPARSE_THICK = (2, 8)
+"""(k_main, B/cap) of the thick kernel: two slots for every muon, all K for the muons with N > 2
+(P = 9.5 % at λ = 1.08, a 2022 HCAL module at 160 GeV) gathered in pieces of B/8 rows."""
+
+
+def sparse_cap(bsz: int, spec: tuple[int, int]) -> tuple[int, int]:
+    """(k_main, cap) for a batch of ``bsz`` from a ``SPARSE_*`` spec."""
+    return spec[0], max(1, min(bsz, bsz // spec[1]))
+
+
+def _sparse_slots(tables, mat, k: int, sparse: tuple[int, int], n, cum, ekin_in, d_cont, u_main, key_side):
+    """:func:`_slot_block` for all rows, computed on fewer rows (same laws, same count N).
+
+    Rows with N ≤ k_main: ``k_main`` slots from ``u_main`` (their own uniforms), padded with unused
+    slots (depth 1, ΔE 0: exactly what the unused slots of a K-slot step give).  Rows with
+    N > k_main (the rarer ones) are gathered in index order and computed with all K slots, ``cap``
+    rows at a time: a ``lax.scan`` over the ⌈B/cap⌉ pieces (static) whose body runs (``lax.cond`` on
+    a scalar) only while rows are left, piece p with uniforms drawn from ``fold_in(key_side, p)``.
+    So the law does not depend on the cap, only the cost; one K-slot block is compiled.  N and
+    everything after the slots come from the same columns of the step, and the slot uniforms of a
+    row are independent of N, so the law is the K-slot step's (tests/test_sparse_slots.py compares
+    both with matched uniforms).
+    """
+    k_main, cap = sparse
+    bsz = n.shape[0]
+    dtype = ekin_in.dtype
+    width = (3 + N_KICK_UNIFORMS) * k
+    pad = k - k_main
+    e_end = jnp.maximum(ekin_in - d_cont, 1.0)[:, None]
+    zeros = jnp.zeros((bsz, pad), dtype)
+    main = (jnp.ones((bsz, pad), dtype), jnp.zeros((bsz, pad), jnp.int32), jnp.broadcast_to(e_end, (bsz, pad)),
+            zeros, zeros, zeros)
+    if k_main:
+        part = _slot_block(tables, mat, k_main, jnp.minimum(n, k_main), cum, ekin_in, d_cont, u_main)
+        main = tuple(jnp.concatenate([a, b], axis=1) for a, b in zip(part, main))
+    big = n > k_main
+    count = jnp.sum(big)
+    n_pieces = -(-bsz // cap)
+    order = jnp.nonzero(big, size=n_pieces * cap, fill_value=bsz)[0].reshape(n_pieces, cap)
+
+    def take(x, idx):
+        return jnp.take(x, idx, axis=0, mode="clip")
+
+    def piece(out, xs):
+        p, idx = xs
+
+        def run(out):
+            mat_b = mat if jnp.ndim(mat) == 0 else take(jnp.asarray(mat), idx)
+            n_b = jnp.where(idx < bsz, take(n, idx), 0)
+            side = _slot_block(tables, mat_b, k, n_b, take(cum, idx), take(ekin_in, idx), take(d_cont, idx),
+                               uniforms(jax.random.fold_in(key_side, p), (cap, width), dtype))
+            return tuple(a.at[idx].set(b, mode="drop") for a, b in zip(out, side))
+
+        return jax.lax.cond(p * cap < count, run, lambda out: out, out), None
+
+    out, _ = jax.lax.scan(piece, main, (jnp.arange(n_pieces), order))
+    return out
 
 
 def drift(physics: Physics, state: dict, mat, length, density_scale, uu: jnp.ndarray) -> dict:
