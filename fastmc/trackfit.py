@@ -67,7 +67,6 @@ from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import jax.numpy as jnp
-from jax import lax
 
 from fastmc import units as u
 from fastmc.geometry import Setup, Spectrometer
