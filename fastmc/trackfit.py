@@ -126,9 +126,10 @@ def scattering_covariance(z, z_scatter, x_over_X0, p_GeV, mass=u.muon_mass_c2):
 # over B, as every kernel of fastmc; (ii) the batched LAPACK calls on CPU hung (threads asleep on a
 # futex) for B ≳ 2000 inside one jitted fit with several of them (scipy-openblas 0.3.30, multithreaded;
 # OPENBLAS_NUM_THREADS=1 cured it).  Unrolled over the static n (n ≤ ~10 planes: n³/6 multiply-adds of
-# (B,) vectors, which XLA fuses into a few loops over B; a fori_loop over (n, n, B) arrays moved the
-# whole matrix n times, 3-4x slower and no faster to compile, issue #25).  A triangular factor is a
-# list of rows, L[i][j] (B,) for j ≤ i.
+# (B,) vectors, which XLA fuses into a few loops over B).  Measured on the quickstart reconstruction
+# (issue #25): ~3.7x faster than a fori_loop over (n, n, B) arrays (which moved the whole matrix n
+# times), for ~1 s more compile; unrolled shrinking slices (A[j:, j:]) were slower and compiled no
+# faster.  A triangular factor is a list of rows, L[i][j] (B,) for j ≤ i.
 def _cholesky(C):
     """Lower L with L Lᵀ = C for C (n, n, B) symmetric positive definite: outer-product (right-looking)
     Cholesky, column j = A[:, j]/√A[j, j], then A −= col colᵀ (Golub & Van Loan, "Matrix
