@@ -67,7 +67,6 @@ from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import jax.numpy as jnp
-from jax import lax
 
 from fastmc import units as u
 from fastmc.geometry import Setup, Spectrometer
@@ -126,48 +125,52 @@ def scattering_covariance(z, z_scatter, x_over_X0, p_GeV, mass=u.muon_mass_c2):
 # Written out instead of jnp.linalg.cholesky / lax.linalg.triangular_solve: (i) batch-last, elementwise
 # over B, as every kernel of fastmc; (ii) the batched LAPACK calls on CPU hung (threads asleep on a
 # futex) for B ≳ 2000 inside one jitted fit with several of them (scipy-openblas 0.3.30, multithreaded;
-# OPENBLAS_NUM_THREADS=1 cured it).  Each is a fori_loop of the static trip count n (no data-dependent
-# loop; a loop rather than an unrolled triple sum keeps the compile time at a few seconds).
+# OPENBLAS_NUM_THREADS=1 cured it).  Unrolled over the static n (n ≤ ~10 planes: n³/6 multiply-adds of
+# (B,) vectors, which XLA fuses into a few loops over B).  Measured on the quickstart reconstruction
+# (issue #25): ~3.7x faster than a fori_loop over (n, n, B) arrays (which moved the whole matrix n
+# times), for ~1 s more compile; unrolled shrinking slices (A[j:, j:]) were slower and compiled no
+# faster.  A triangular factor is a list of rows, L[i][j] (B,) for j ≤ i.
 def _cholesky(C):
     """Lower L with L Lᵀ = C for C (n, n, B) symmetric positive definite: outer-product (right-looking)
     Cholesky, column j = A[:, j]/√A[j, j], then A −= col colᵀ (Golub & Van Loan, "Matrix
-    Computations", 4th ed., ch. 4).  Rows and columns that are those of the identity stay so in L."""
+    Computations", 4th ed., ch. 4), in that order of operations.  Returns rows L[i][j] (B,), j ≤ i.
+    Rows and columns that are those of the identity stay so in L."""
     n = C.shape[0]
     tiny = jnp.finfo(C.dtype).tiny
-    rows = jnp.arange(n)[:, None]
-
-    def body(j, carry):
-        A, L = carry
-        col = A[:, j] / jnp.sqrt(jnp.maximum(A[j, j], tiny))
-        col = jnp.where(rows >= j, col, 0.0)
-        return A - col[:, None] * col[None, :], L.at[:, j].set(col)
-
-    return lax.fori_loop(0, n, body, (C, jnp.zeros_like(C)))[1]
+    A = [[C[i, j] for j in range(i + 1)] for i in range(n)]
+    L = [[None] * (i + 1) for i in range(n)]
+    for j in range(n):
+        d = jnp.sqrt(jnp.maximum(A[j][j], tiny))
+        for i in range(j, n):
+            L[i][j] = A[i][j] / d
+        for i in range(j + 1, n):
+            for k in range(j + 1, i + 1):
+                A[i][k] = A[i][k] - L[i][j] * L[k][j]
+    return L
 
 
 def _solve_lower(L, b):
-    """y with L y = b; L (n, n, B) lower, b (n, r, B) (column-oriented forward substitution)."""
-    n = L.shape[0]
-
-    def body(j, carry):
-        b, y = carry
-        yj = b[j] / L[j, j]
-        return b - L[:, j][:, None] * yj[None], y.at[j].set(yj)
-
-    return lax.fori_loop(0, n, body, (b, jnp.zeros_like(b)))[1]
+    """y with L y = b; L rows (n of them), b (n, r, B) (forward substitution, column order)."""
+    n = len(L)
+    y = []
+    for i in range(n):
+        bi = b[i]
+        for k in range(i):
+            bi = bi - L[i][k][None] * y[k]
+        y.append(bi / L[i][i][None])
+    return jnp.stack(y)
 
 
 def _solve_upper_t(L, y):
-    """x with Lᵀ x = y; L (n, n, B) lower, y (n, r, B) (column-oriented back substitution)."""
-    n = L.shape[0]
-
-    def body(t, carry):
-        y, x = carry
-        i = n - 1 - t
-        xi = y[i] / L[i, i]
-        return y - L[i][:, None] * xi[None], x.at[i].set(xi)
-
-    return lax.fori_loop(0, n, body, (y, jnp.zeros_like(y)))[1]
+    """x with Lᵀ x = y; L rows (n of them), y (n, r, B) (back substitution, column order)."""
+    n = len(L)
+    x = [None] * n
+    for i in range(n - 1, -1, -1):
+        yi = y[i]
+        for k in range(n - 1, i, -1):
+            yi = yi - L[k][i][None] * x[k]
+        x[i] = yi / L[i][i][None]
+    return jnp.stack(x)
 
 
 def _inv_spd(N):
@@ -200,7 +203,7 @@ def _inv_spd(N):
 
 
 class _Whitener(NamedTuple):
-    """L of the masked covariance (n, n, B), or the resolutions (n, B) when C is diagonal."""
+    """L of the masked covariance (rows, :func:`_cholesky`), or the resolutions (n, B) when C is diagonal."""
 
     L: Any
     present: Any  # (n, B) bool
@@ -208,13 +211,13 @@ class _Whitener(NamedTuple):
     def white(self, rhs):
         """L⁻¹ P rhs for rhs (n, r, B); absent rows are exactly zero."""
         rhs = jnp.where(self.present[:, None], rhs, 0.0)
-        if self.L.ndim == 2:
+        if not isinstance(self.L, list):
             return rhs / self.L[:, None]
         return _solve_lower(self.L, rhs)
 
     def white_t(self, rhs):
         """P L⁻ᵀ rhs (the transpose map, for the estimator's weights)."""
-        out = rhs / self.L[:, None] if self.L.ndim == 2 else _solve_upper_t(self.L, rhs)
+        out = rhs / self.L[:, None] if not isinstance(self.L, list) else _solve_upper_t(self.L, rhs)
         return jnp.where(self.present[:, None], out, 0.0)
 
 
@@ -280,6 +283,7 @@ def fit_track(
     p_min_scatter_GeV: float = 1.0,
     mass: float = u.muon_mass_c2,
     incoming: Planes | None = None,
+    n_up: int | None = None,
 ) -> dict[str, jnp.ndarray]:
     """Global fit of one spectrometer (module docstring); every output is a (B,) array.
 
@@ -292,6 +296,9 @@ def fit_track(
     ``incoming``: an optional separate segment (the track before the target): straight lines in
     both projections, reported against the upstream arm (kink = slope_up − slope_in); its θ0 is
     evaluated at ``p_scatter_GeV`` (the beam momentum before the target), never refitted.
+    ``n_up`` (static, optional): the planes are ordered so that only the first ``n_up`` can be upstream
+    of the lenses and only the others downstream (a plane outside its range belongs to neither arm);
+    then each arm's straight-line fit factorises its own block of C only (the same fit, less work).
 
     Keys: ok (global fit defined in both projections: ≥ 1 hit on each side, ≥ 3 hits),
     p_GeV, sigma_p_GeV (= σ_λ/λ², first order), qop_per_GeV (λ), sigma_qop_per_GeV, u0_mm, t0,
@@ -316,6 +323,10 @@ def fit_track(
 
     up = z < jnp.min(z_kick)
     down = z > jnp.max(z_kick)
+    n_arm = n_up  # static: planes [0, n_up) can only be upstream, [n_up, n) only downstream
+    if n_arm is not None:
+        up = up & (jnp.arange(n) < n_arm)
+        down = down & (jnp.arange(n) >= n_arm)
     n_hits = jnp.sum(present, axis=0)
     n_up = jnp.sum(present & up[:, None], axis=0)
     n_dn = jnp.sum(present & down[:, None], axis=0)
@@ -366,11 +377,17 @@ def fit_track(
     # matching: straight lines of each arm (GLS with the same C restricted to the arm), both at z̄;
     # the residual r = (g_dn − g_up)·m is linear in the measurements, so var r = dᵀ C d with the full
     # C (the arms are correlated through the scatterers they share); the same d in both projections
+    # (with n_up, each arm's covariance block alone is factorised: the other planes' rows are those of
+    # the identity in the masked C, so they only pad the arm's factor and whitened rows with zeros)
     arms = []
-    for arm in (up, down):
-        w = _whitener(sig2, c_ms, present & arm[:, None])
-        (tb, Nb, _, okb_a), (tv, Nv, _, okv_a), Aw = _line_at_ref(w, z, z_ref, mb, mv)
-        arms.append((tb, Nb, tv, Nv, okb_a & okv_a, _value_weights(w, Aw, Nb)))
+    for arm, sl in ((up, slice(0, n_arm)), (down, slice(n_arm, n))):
+        if n_arm is None:
+            sl = slice(0, n)
+        cs = None if c_ms is None else c_ms[sl, sl]
+        w = _whitener(sig2[sl], cs, (present & arm[:, None])[sl])
+        (tb, Nb, _, okb_a), (tv, Nv, _, okv_a), Aw = _line_at_ref(w, z[sl], z_ref, mb[sl], mv[sl])
+        g = jnp.zeros_like(mb).at[sl].set(_value_weights(w, Aw, Nb))
+        arms.append((tb, Nb, tv, Nv, okb_a & okv_a, g))
     (tb_u, Nb_u, tv_u, Nv_u, ok_u, g_u), (tb_d, _, tv_d, _, ok_d, g_d) = arms
     match_ok = ok_u & ok_d & (n_up >= 2) & (n_dn >= 2)
     out["match_ok"] = match_ok
@@ -480,5 +497,6 @@ def fit_spectrometer(
     if spectrometer.incoming:
         inc = planes_of(setup, tuple(spectrometer.incoming), hits, spectrometer.plane, x_over_X0)
         incoming = add_gap_scatterers(inc, gap_X0_mm)
+    # the model orders upstream trackers, magnets, downstream trackers in z (fastmc.config.model)
     return fit_track(planes, z_kick, bl, charge=setup.beam.charge, p_scatter_GeV=p_scatter_GeV,
-                     ms_iterations=ms_iterations, incoming=incoming)
+                     ms_iterations=ms_iterations, incoming=incoming, n_up=len(spectrometer.upstream))

@@ -408,3 +408,30 @@ def test_trackfit_gap_medium_gauss_points_integrate_a_uniform_medium_exactly(geo
     print(f"\n[gap] air X0 {air / 1e3:.1f} m: total x/X0 {(z.max() - z.min()) / air:.4f}; "
           f"sqrt C_MS(last plane) {np.sqrt(ref[-1, -1]):.3f} mm at {p} GeV/c")
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-9)
+
+
+def test_trackfit_arm_blocks_equal_the_full_masked_covariance(geo):
+    """fit_track with n_up (each arm factorises its own block of C, as fit_spectrometer does) equals
+    the fit that factorises the whole masked C per arm (n_up=None), with scattering and ~15 % of the hits missing: same flags, numbers to float32 rounding."""
+    import jax
+    import jax.numpy as jnp
+
+    from fastmc.trackfit import fit_track, planes_of
+
+    n_ev = 2000
+    ev = simulate(geo, 7, np.random.default_rng(8).uniform(10.0, 160.0, B), ms=True)
+    ev["present"] = np.random.default_rng(9).random(ev["mb"].shape) > 0.15
+    ev["mb"] = np.where(ev["present"], ev["mb"], np.nan)  # absent hits may carry anything
+    hits = {k: tuple(a[:n_ev] for a in v) for k, v in hits_of(geo, ev).items()}
+    spec, setup = geo["spec"], geo["setup"]
+    pl = planes_of(setup, geo["names"], hits, spec.plane, dict(zip(geo["names"], geo["xx0"])))
+    fit = jax.jit(lambda pl, n_up: fit_track(pl, geo["zk"], geo["bl"], p_scatter_GeV=SEED_P, ms_iterations=0,
+                                             n_up=n_up), static_argnums=1)
+    full, blocks = fit(pl, None), fit(pl, len(spec.upstream))
+    assert 0.5 < float(jnp.mean(full["match_ok"])) < 0.99  # both kinds of events are there
+    for k in full:
+        a, b = np.asarray(full[k], float), np.asarray(blocks[k], float)
+        np.testing.assert_array_equal(np.isfinite(a), np.isfinite(b), err_msg=k)
+        f = np.isfinite(a)
+        np.testing.assert_array_equal(a[~f], b[~f], err_msg=k)
+        np.testing.assert_allclose(b[f], a[f], rtol=1e-5, err_msg=k)
