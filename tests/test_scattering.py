@@ -430,3 +430,37 @@ def test_scattering_gaussian_displacement_correlation_pdg(params):
         err = (1 - rho**2) / math.sqrt(N_MU)  # std. error of a sample correlation
         assert abs(rho - math.sqrt(3) / 2) < 5 * err
         assert np.std(y) / (length * t0 / math.sqrt(3)) == pytest.approx(1.0, abs=5 / math.sqrt(2 * N_MU))
+
+
+def test_scattering_sparse_single_slots_match_dense(params):
+    """``sparse`` (slots only for the muons with a candidate, in pieces) gives the dense result
+    to float32 rounding, with and without forcing, and the same gradient in p."""
+    n = 3000
+    k = jax.random.key(11)
+    u = jax.random.uniform(k, (n, S.N_UNIFORMS)).at[:, 4].multiply(0.3)  # many candidates (N ≥ 2 too)
+    p = P_MU * (0.2 + jax.random.uniform(jax.random.fold_in(k, 1), (n,)))
+    beta = p / jnp.sqrt(p * p + units.muon_mass_c2**2)
+    length = jnp.where(jnp.arange(n) % 7 == 0, 0.0, 56.0).astype(jnp.float32)
+    force = (jax.random.uniform(jax.random.fold_in(k, 2), (n,)) < 0.5).astype(jnp.float32)
+    sign = jnp.where(jnp.arange(n) % 2 == 0, 1.0, -1.0)
+    for kw in ({}, dict(force=force, force_sign=sign, tilt_axis="y")):
+        dense = jax.jit(lambda p: S.sample_scattering_info(params, 0, p, beta, length, u, **kw))(p)
+        assert 0 < int(jnp.sum(dense["n_single"] > 0)) < n // 2 and int(jnp.max(dense["n_single"])) >= 2
+        for pieces in (S.SPARSE_SINGLE, 7):
+            sp = jax.jit(lambda p: S.sample_scattering_info(params, 0, p, beta, length, u, sparse=pieces, **kw))(p)
+            for key, a in dense.items():
+                a, b = np.asarray(a), np.asarray(sp[key])
+                if a.dtype.kind in "bi":
+                    assert np.array_equal(a, b), key
+                    continue
+                fin = np.isfinite(a)
+                assert np.array_equal(fin, np.isfinite(b)) and np.array_equal(a[~fin], b[~fin]), key
+                scale = np.max(np.abs(a[fin])) + 1e-30
+                assert np.all(np.abs(a[fin] - b[fin]) <= 1e-6 * scale), (key, pieces)
+
+    def loss(pm, sparse):
+        r = S.sample_scattering_info(params, 0, pm, beta, length, u, sparse=sparse)
+        return jnp.sum(r["dtheta_x"] ** 2 + r["dy"] ** 2)
+
+    g_d, g_s = (np.asarray(jax.jit(jax.grad(lambda pm: loss(pm, s)))(p)) for s in (None, S.SPARSE_SINGLE))
+    assert np.all(np.isfinite(g_s)) and np.allclose(g_s, g_d, rtol=1e-5, atol=1e-6 * np.max(np.abs(g_d)))

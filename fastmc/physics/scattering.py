@@ -100,7 +100,9 @@ scatter happens at a uniform depth s in [0, L] and displaces by theta_x (L - s).
 Randomness: the sampler takes uniforms (STYLE.md), ``u`` of shape (B, N_UNIFORMS):
 columns 0-3 → four normals (x: angle/offset, y: angle/offset), column 4 → number of single
 scatters (inverse Poisson CDF, survival form for float32 precision), then for each of the
-N_SINGLE_MAX slots: (element+polar angle, azimuth, depth, form-factor acceptance).
+N_SINGLE_MAX slots: (element+polar angle, azimuth, depth, form-factor acceptance).  The slots
+are computed only for the muons with at least one candidate when ``sparse`` is given
+(:func:`sample_scattering_info`; most muons have none): same columns, same law.
 
 Smoothness: all outputs are pathwise-differentiable in pmag, beta and length_mm; the integer
 draws (count, thinning) are piecewise constant, so gradients are those of the continuous parts.
@@ -112,6 +114,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.nn import sigmoid as jax_sigmoid
@@ -404,10 +407,118 @@ def overflow_probability(params: ScatteringParams, mat: Any, pmag: Any, beta: An
     return jnp.where(s["pos"], _poisson_survival(s["lam"], N_SINGLE_MAX)[N_SINGLE_MAX], 0.0)
 
 
+def _normals(uc: Any) -> tuple[Any, Any, Any, Any]:
+    """(z_x_offset, z_x_angle, z_y_offset, z_y_angle): standard normals of the clipped uniform
+    columns 0-3 by inverse CDF.  (Box–Muller pairs were measured ~3x dearer on the CPU backend:
+    XLA's cos/sin cost more than its rational ndtri.)"""
+    z = ndtri(uc[:, :N_GAUSS_UNIFORMS])
+    return z[:, 0], z[:, 1], z[:, 2], z[:, 3]
+
+
+def _single_scatters(params: ScatteringParams, u: Any, uc: Any, n: Any, lam: Any, lam_el: Any, chi_a2: Any,
+                     ff: Any, tc2: Any, pmag: Any, Ls: Any, forced: Any, force_sign: Any, tilt_axis: str,
+                     dtype: Any) -> tuple[Any, ...]:
+    """The N_SINGLE_MAX single-scatter slots of the rows given (step 2 of the module docstring).
+
+    ``u``, ``uc`` (R, N_PER_SINGLE·N_SINGLE_MAX): the slot columns, raw and clipped; ``n`` (R,):
+    the Poisson count; per-row quantities of :func:`_setup` (``lam_el``, ``chi_a2``, ``ff``: (R, n_el));
+    ``forced`` None (no forcing) or (R,) bool.  Returns the sums over the accepted scatters of
+    (θx, θy, θx·L(1 − depth), θy·L(1 − depth)), their number (int32) and log q/p of the forcing."""
+    cand_any = lam > 0
+    cum = jnp.cumsum(lam_el, axis=-1)  # (R, n_el)
+    lam_safe = jnp.where(cand_any, lam, 1.0)
+    n_el = lam_el.shape[-1]
+    zero = jnp.zeros(n.shape, dtype)
+    tx_s, ty_s, dx_s, dy_s, lr_s = zero, zero, zero, zero, zero
+    n_acc = jnp.zeros(n.shape, jnp.int32)
+    for k in range(N_SINGLE_MAX):
+        cols = N_PER_SINGLE * k
+        # element choice and polar angle from one uniform (mixture inverse CDF)
+        w = uc[:, cols] * lam_safe
+        idx = jnp.minimum(jnp.sum((w[:, None] >= cum).astype(jnp.int32), axis=-1), n_el - 1)
+        lo = jnp.take_along_axis(cum - lam_el, idx[:, None], axis=-1)[:, 0]
+        le = jnp.take_along_axis(lam_el, idx[:, None], axis=-1)[:, 0]
+        v = jnp.clip((w - lo) / jnp.where(le > 0, le, 1.0), _TINY_U, 1.0)
+        if forced is not None:
+            v = jnp.where(forced, jnp.maximum(v**FORCE_ANGLE_POWER, 1e-30), v)
+        a2 = jnp.take_along_axis(chi_a2, idx[:, None], axis=-1)[:, 0]
+        ffk = jnp.take_along_axis(ff, idx[:, None], axis=-1)[:, 0]
+        # N(>theta) ∝ 1/(theta^2 + a^2): theta^2 = (theta_cut^2 + a^2)/v - a^2
+        th2 = (tc2 + a2) / v - a2
+        th2 = jnp.minimum(th2, 1.0)  # small-angle model: at most 1 rad (never reached with FF)
+        th = jnp.sqrt(jnp.maximum(th2, 0.0))
+        u_phi = uc[:, cols + 1]
+        if forced is not None:
+            u_phi, lr_phi = half_circle_azimuth(u_phi, forced, tilt_axis, force_sign)
+        phi = 2.0 * math.pi * u_phi
+        depth = uc[:, cols + 2]  # fraction of L at which the scatter happens
+        cand = (k < n) & cand_any
+        keep = cand
+        if params.nuclear_size:
+            q2 = pmag * pmag * th2
+            f2 = _form_factor2(params, ffk, q2)
+            f2q = f2 ** (1.0 / 3.0)
+            keep = keep & (u[:, cols + 3] < (jnp.where(forced, f2q, f2) if forced is not None else f2))
+        if forced is not None:
+            # log q/p: angle law (v^A has density (1/A) v^(1/A − 1)), azimuth (2 on the side), FF
+            lr = -math.log(FORCE_ANGLE_POWER) + (1.0 / FORCE_ANGLE_POWER - 1.0) * jnp.log(v) + lr_phi
+            if params.nuclear_size:
+                lr = lr + jnp.where(keep, jnp.log(f2q) - jnp.log(jnp.maximum(f2, 1e-37)),
+                                    jnp.log1p(-jnp.minimum(f2q, 1.0 - 1e-7))
+                                    - jnp.log1p(-jnp.minimum(f2, 1.0 - 1e-7)))
+            lr_s = lr_s + jnp.where(cand, lr, 0.0)
+        kf = keep.astype(dtype)
+        tx = kf * th * jnp.cos(phi)
+        ty = kf * th * jnp.sin(phi)
+        tx_s = tx_s + tx
+        ty_s = ty_s + ty
+        dx_s = dx_s + tx * Ls * (1.0 - depth)
+        dy_s = dy_s + ty * Ls * (1.0 - depth)
+        n_acc = n_acc + keep.astype(jnp.int32)
+    return tx_s, ty_s, dx_s, dy_s, n_acc, lr_s
+
+
+SPARSE_SINGLE = 16
+"""Pieces of the compacted single-scatter slots (``sparse`` of :func:`sample_scattering_info`):
+the muons with a candidate (P = 1 − e^{−λ} ≈ 0.1–0.15 in the 2022 setup) are gathered in pieces of
+B/16 rows; the cost follows the number of such muons, the law does not depend on it."""
+
+
+def _sparse_single(pieces: int, row_fn: Any, n: Any, rows: tuple[Any, ...], out_dtypes: tuple[Any, ...]):
+    """``row_fn(n, *rows)`` (-> per-row outputs of dtypes ``out_dtypes``) for the rows with n ≥ 1
+    only, zero elsewhere: those rows gathered in index order, ``cap`` = B/``pieces`` rows at a
+    time, a ``lax.scan`` over the static ⌈B/cap⌉ pieces whose body runs (``lax.cond`` on a scalar)
+    only while rows are left; the pieces' results scattered back once.  Exact for any count (each row keeps
+    its own uniforms), as fastmc.transport.step._sparse_slots."""
+    bsz = n.shape[0]
+    cap = max(1, min(bsz, bsz // pieces))
+    n_pieces = -(-bsz // cap)
+    has = n > 0
+    count = jnp.sum(has)
+    order = jnp.nonzero(has, size=n_pieces * cap, fill_value=bsz)[0].reshape(n_pieces, cap)
+
+    def piece(_, xs):
+        p, idx = xs
+
+        def run(idx):
+            n_b = jnp.where(idx < bsz, jnp.take(n, idx, axis=0, mode="clip"), 0)
+            return tuple(row_fn(n_b, *(None if a is None else jnp.take(a, idx, axis=0, mode="clip") for a in rows)))
+
+        def skip(idx):
+            return tuple(jnp.zeros((cap,), dt) for dt in out_dtypes)
+
+        return None, jax.lax.cond(p * cap < count, run, skip, idx)
+
+    _, ys = jax.lax.scan(piece, None, (jnp.arange(n_pieces), order))
+    flat = order.reshape(-1)
+    out = tuple(jnp.zeros((bsz,), dt).at[flat].set(y.reshape(-1), mode="drop") for dt, y in zip(out_dtypes, ys))
+    return out
+
+
 def sample_scattering_info(params: ScatteringParams, mat: Any, pmag: Any, beta: Any,
                            length_mm: Any, u: Any, model: str = "highland_single",
                            lever: tuple[Any, Any] | None = None, tilt: Any = None, tilt_axis: str = "x",
-                           force: Any = None, force_sign: Any = None) -> dict:
+                           force: Any = None, force_sign: Any = None, sparse: int | None = None) -> dict:
     """As :func:`sample_scattering`, returning a dict with also ``n_single`` (accepted single
     scatters, int32), ``overflow`` (bool: the Poisson draw exceeded N_SINGLE_MAX and was capped),
     ``theta0`` (Highland), ``theta_core`` (the core-width reference of ``params.core``; Highland
@@ -424,20 +535,28 @@ def sample_scattering_info(params: ScatteringParams, mat: Any, pmag: Any, beta: 
     fraction within the chosen element, so larger angles), kept with probability |F|^(2/3)
     instead of |F|², and its azimuth drawn on the half circle of side ``force_sign`` in
     projection ``tilt_axis``.  ``force_lr`` (B,) returns log q/p of that proposal at the realised
-    candidates for every muon (forced or not), for the caller's mixture weight."""
+    candidates for every muon (forced or not), for the caller's mixture weight.
+
+    ``sparse`` (static, JAX only; e.g. :data:`SPARSE_SINGLE`): compute the single-scatter slots
+    only for the muons with at least one candidate, in that many pieces of the batch
+    (:func:`_sparse_single`) — same columns, same law, cost ∝ the number of such muons.  None:
+    every slot for every muon (NumPy-compatible)."""
     if model not in ("highland", "highland_single"):
         raise ValueError(f"unknown scattering model {model!r}")
     s = _setup(params, mat, pmag, beta, length_mm)
     dtype, pos, Ls = s["dtype"], s["pos"], s["Ls"]
     u = jnp.asarray(u, dtype)
     uc = jnp.clip(u, _TINY_U, 1.0 - _TINY_U)
-    z = ndtri(uc[:, :N_GAUSS_UNIFORMS])
+    z_xo, z_xa, z_yo, z_ya = _normals(uc)
     sig = s["theta0"] if model == "highland" else s["sigma_g"]
     if tilt is not None:
         shift = jnp.asarray(tilt, dtype) * sig
-        z = z.at[:, 1 if tilt_axis == "x" else 3].add(shift)
-    dthx = sig * z[:, 1]
-    dthy = sig * z[:, 3]
+        if tilt_axis == "x":
+            z_xa = z_xa + shift
+        else:
+            z_ya = z_ya + shift
+    dthx = sig * z_xa
+    dthy = sig * z_ya
     gauss_angle = dthx if tilt_axis == "x" else dthy
     if lever is None:  # scattering uniform along the step: PDG RPP 2024 eqs. 34.20-21
         c_ind, c_ang = 1.0 / math.sqrt(12.0), 0.5
@@ -446,67 +565,33 @@ def sample_scattering_info(params: ScatteringParams, mat: Any, pmag: Any, beta: 
         # units of L, ∫w = 1): Cov(x, θ) = L σ² m1, Var x = L² σ² m2 (uniform w: 1/2, 1/3)
         m1, m2 = lever
         c_ind, c_ang = jnp.sqrt(jnp.maximum(m2 - m1 * m1, 0.0)), m1
-    dx = Ls * sig * (z[:, 0] * c_ind + c_ang * z[:, 1])
-    dy = Ls * sig * (z[:, 2] * c_ind + c_ang * z[:, 3])
+    dx = Ls * sig * (z_xo * c_ind + c_ang * z_xa)
+    dy = Ls * sig * (z_yo * c_ind + c_ang * z_ya)
     n_acc = jnp.zeros(dthx.shape, jnp.int32)
     overflow = jnp.zeros(dthx.shape, bool)
+    force_lr = jnp.zeros(dthx.shape, dtype)
     if model == "highland_single":
-        lam, lam_el = s["lam"], s["lam_el"]
+        lam = s["lam"]
         surv = _poisson_survival(lam, N_SINGLE_MAX)
         ucount = u[:, N_GAUSS_UNIFORMS]
         n = sum((ucount < surv[k]).astype(jnp.int32) for k in range(N_SINGLE_MAX))
         overflow = ucount < surv[N_SINGLE_MAX]
-        cum = jnp.cumsum(lam_el, axis=-1)  # (B, n_el)
-        lam_safe = jnp.where(lam > 0, lam, 1.0)
-        n_el = lam_el.shape[-1]
-        if force is not None:
-            forced = jnp.asarray(force, dtype) > 0
-        force_lr = jnp.zeros(dthx.shape, dtype)
-        for k in range(N_SINGLE_MAX):
-            cols = N_GAUSS_UNIFORMS + 1 + N_PER_SINGLE * k
-            # element choice and polar angle from one uniform (mixture inverse CDF)
-            w = uc[:, cols] * lam_safe
-            idx = jnp.minimum(jnp.sum((w[:, None] >= cum).astype(jnp.int32), axis=-1), n_el - 1)
-            lo = jnp.take_along_axis(cum - lam_el, idx[:, None], axis=-1)[:, 0]
-            le = jnp.take_along_axis(lam_el, idx[:, None], axis=-1)[:, 0]
-            v = jnp.clip((w - lo) / jnp.where(le > 0, le, 1.0), _TINY_U, 1.0)
-            if force is not None:
-                v = jnp.where(forced, jnp.maximum(v**FORCE_ANGLE_POWER, 1e-30), v)
-            a2 = jnp.take_along_axis(s["chi_a2"], idx[:, None], axis=-1)[:, 0]
-            ffk = jnp.take_along_axis(s["ff"], idx[:, None], axis=-1)[:, 0]
-            tc2 = s["tc2"][:, 0]
-            # N(>theta) ∝ 1/(theta^2 + a^2): theta^2 = (theta_cut^2 + a^2)/v - a^2
-            th2 = (tc2 + a2) / v - a2
-            th2 = jnp.minimum(th2, 1.0)  # small-angle model: at most 1 rad (never reached with FF)
-            th = jnp.sqrt(jnp.maximum(th2, 0.0))
-            u_phi = uc[:, cols + 1]
-            if force is not None:
-                u_phi, lr_phi = half_circle_azimuth(u_phi, forced, tilt_axis, force_sign)
-            phi = 2.0 * math.pi * u_phi
-            depth = uc[:, cols + 2]  # fraction of L at which the scatter happens
-            cand = (k < n) & (lam > 0)
-            keep = cand
-            if params.nuclear_size:
-                q2 = s["pmag"] * s["pmag"] * th2
-                f2 = _form_factor2(params, ffk, q2)
-                f2q = f2 ** (1.0 / 3.0)
-                keep = keep & (u[:, cols + 3] < (jnp.where(forced, f2q, f2) if force is not None else f2))
-            if force is not None:
-                # log q/p: angle law (v^A has density (1/A) v^(1/A − 1)), azimuth (2 on the side), FF
-                lr = -math.log(FORCE_ANGLE_POWER) + (1.0 / FORCE_ANGLE_POWER - 1.0) * jnp.log(v) + lr_phi
-                if params.nuclear_size:
-                    lr = lr + jnp.where(keep, jnp.log(f2q) - jnp.log(jnp.maximum(f2, 1e-37)),
-                                        jnp.log1p(-jnp.minimum(f2q, 1.0 - 1e-7))
-                                        - jnp.log1p(-jnp.minimum(f2, 1.0 - 1e-7)))
-                force_lr = force_lr + jnp.where(cand, lr, 0.0)
-            kf = keep.astype(dtype)
-            tx = kf * th * jnp.cos(phi)
-            ty = kf * th * jnp.sin(phi)
-            dthx = dthx + tx
-            dthy = dthy + ty
-            dx = dx + tx * Ls * (1.0 - depth)
-            dy = dy + ty * Ls * (1.0 - depth)
-            n_acc = n_acc + keep.astype(jnp.int32)
+        forced = None if force is None else jnp.asarray(force, dtype) > 0
+        sign = None if force is None else jnp.broadcast_to(jnp.asarray(force_sign), dthx.shape)
+        c0 = N_GAUSS_UNIFORMS + 1
+
+        def rows_fn(n_r, u_r, uc_r, lam_r, lam_el_r, a2_r, ff_r, tc2_r, p_r, ls_r, forced_r, sign_r):
+            return _single_scatters(params, u_r, uc_r, n_r, lam_r, lam_el_r, a2_r, ff_r, tc2_r, p_r, ls_r,
+                                    forced_r, sign_r, tilt_axis, dtype)
+
+        rows = (u[:, c0:], uc[:, c0:], lam, s["lam_el"], s["chi_a2"], s["ff"], s["tc2"][:, 0], s["pmag"], Ls,
+                forced, sign)
+        if sparse is None:
+            tx, ty, sx, sy, n_acc, force_lr = rows_fn(n, *rows)
+        else:
+            tx, ty, sx, sy, n_acc, force_lr = _sparse_single(sparse, rows_fn, n, rows,
+                                                             (dtype,) * 4 + (jnp.int32, dtype))
+        dthx, dthy, dx, dy = dthx + tx, dthy + ty, dx + sx, dy + sy
     zero = jnp.zeros_like(dthx)
     return dict(
         dtheta_x=jnp.where(pos, dthx, zero), dtheta_y=jnp.where(pos, dthy, zero),

@@ -44,7 +44,12 @@ from fastmc.physics import (
 )
 from fastmc.physics.deflection import N_KICK_UNIFORMS, PROC_PHOTONUCLEAR, muon_kick_pt
 from fastmc.physics.scattering import N_UNIFORMS as N_SCAT_UNIFORMS
-from fastmc.physics.scattering import half_circle_azimuth, sample_scattering, sample_scattering_info
+from fastmc.physics.scattering import (
+    SPARSE_SINGLE,
+    half_circle_azimuth,
+    sample_scattering,
+    sample_scattering_info,
+)
 from fastmc.physics.straggling import (
     N_RAD_UNIFORMS,
     fluctuation_variance,
@@ -412,6 +417,7 @@ def material_step(
         tilt_axis=tilt_axis,
         force=state["kick_force"] * tilt_on if kick_force else None,
         force_sign=state["kick_sign"] if kick_force else None,
+        sparse=SPARSE_SINGLE,
     )
     dtx, dty = scat["dtheta_x"] + kick_tx, scat["dtheta_y"] + kick_ty
     dx, dy = scat["dx"] + kick_dx, scat["dy"] + kick_dy
