@@ -29,7 +29,7 @@ def hadron_slot_before_material(physics, st, a, gap_mat, gap_scale, uu_drift, ke
     concerns decays within a slab (≈ 2 % of the decays before the 2022 ECAL).
 
     Where no particle of the batch is a live hadron (a muon beam with a 1e-8 hadron admixture;
-    every slot behind the decay region of the hadron_decay channel) all of this is one gap drift
+    every slot behind the region where decays are forced) all of this is one gap drift
     for every particle: a ``lax.cond`` on that batch-wide flag runs just the drift there (same law,
     same draws; the hadron work was a third of the transport's time in the quickstart chain).
     """
