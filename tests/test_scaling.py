@@ -83,7 +83,9 @@ assert np.array_equal(four.chunk_ids, np.arange(7))
 assert np.array_equal(four.rows, np.load({str(tmp_path / "ref_rows.npy")!r})), "rows differ from one device"
 print("OK", four.rows.shape)
 """
-    env = _env(tmp_path, XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    # FASTMC_COMPILE_JOBS=2: the four devices' programs are compiled beforehand, two at a time
+    # (run.compile_programs), and the run then uses them: the same bits
+    env = _env(tmp_path, XLA_FLAGS="--xla_force_host_platform_device_count=4", FASTMC_COMPILE_JOBS="2")
     r = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and "OK" in r.stdout, r.stderr[-3000:]
     # asking for more devices than there are: one line, exit 2
@@ -319,3 +321,17 @@ def test_numpy_baseline_is_the_same_algorithm():
             np.testing.assert_allclose(v, a, rtol=0, atol=2e-5 * scale, err_msg=f"{c} (mat {m}, {length} mm, K={k})")
         # the scattering really has a single-scatter tail and the kicks really act (not a trivial pass)
         assert model == "highland_single"
+
+
+def test_compile_jobs_reads_the_environment(monkeypatch):
+    from fastmc.config import ConfigError
+    from fastmc.run import compile_jobs
+
+    monkeypatch.delenv("FASTMC_COMPILE_JOBS", raising=False)
+    assert compile_jobs() == 1
+    monkeypatch.setenv("FASTMC_COMPILE_JOBS", "3")
+    assert compile_jobs() == 3
+    for bad in ("0", "two", "-1"):
+        monkeypatch.setenv("FASTMC_COMPILE_JOBS", bad)
+        with pytest.raises(ConfigError, match="FASTMC_COMPILE_JOBS"):
+            compile_jobs()
