@@ -263,9 +263,10 @@ def _chunk_args(prep: Prepared, channel: str, seed: int, chunk: int, n_valid, de
 
 def compile_jobs() -> int:
     """How many channel programs :func:`run` compiles at once: ``$FASTMC_COMPILE_JOBS`` (default 1,
-    each channel compiled with its first chunk).  With 2 on the 2-core reference machine the
-    quickstart starts ~10 s sooner (65 s instead of 75 s cold) but peaks at 3.8 GB of memory instead
-    of 2.2 GB (two XLA compilations in memory at once), so it is an opt-in."""
+    each channel compiled with its first chunk).  On the 2-core reference machine 2 gained nothing
+    (quickstart cold: 64.6 s against 65.0 s one by one) and peaked at 3.8 GB of memory instead of
+    2.2 GB (two XLA compilations in memory at once), so it is an opt-in for machines with more
+    cores and memory."""
     raw = os.environ.get("FASTMC_COMPILE_JOBS", "1")
     try:
         jobs = int(raw)
