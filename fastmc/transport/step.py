@@ -152,6 +152,22 @@ def sort_slots(x: jnp.ndarray) -> jnp.ndarray:
     return jnp.stack(cols, axis=-1)
 
 
+def _slot_losses(e_at, v, active, k: int) -> tuple[list, list]:
+    """The interactions of the slots in depth order: slot j takes ΔE_j = min(v_j (E_j + m), E_j)
+    of what is left, E_j = E_at,j − (earlier transfers), 0 in unused slots.  Returns the lists of
+    E_j (the energy before each interaction) and ΔE_j, each (R,) per slot."""
+    m = u.muon_mass_c2
+    lost = jnp.zeros_like(e_at[:, 0])
+    e_before, de_all = [], []
+    for j in range(k):
+        avail = jnp.maximum(e_at[:, j] - lost, 0.0)
+        de = jnp.where(active[:, j], jnp.minimum(v[:, j] * (avail + m), avail), 0.0)
+        e_before.append(avail)
+        de_all.append(de)
+        lost = lost + de
+    return e_before, de_all
+
+
 def _poisson_count(lam: jnp.ndarray, u0: jnp.ndarray, k: int) -> tuple[jnp.ndarray, jnp.ndarray]:
     """N ~ Poisson(lam) by inverse CDF, capped at k; also the overflow flag (N would exceed k)."""
     term = jnp.exp(-lam)
@@ -305,14 +321,9 @@ def material_step(
         proc = jnp.sum(u_proc[:, :, None] > cum[:, None, :-1], axis=-1).astype(jnp.int32)
         v = sample_v_from_u(tables, mat, proc, e_at, uu[:, 2 + 2 * k : 2 + 3 * k])
         active = slot[None, :] < n[:, None]
-        lost = jnp.zeros_like(ekin_in)
-        e_before, de_all = [], []
+        e_before, de_all = _slot_losses(e_at, v, active, k)
         for j in range(k):
-            avail = jnp.maximum(e_at[:, j] - lost, 0.0)
-            de = jnp.where(active[:, j], jnp.minimum(v[:, j] * (avail + m), avail), 0.0)
-            e_before.append(avail)
-            de_all.append(de)
-            lost = lost + de
+            de = de_all[j]
             e_proc = e_proc + jax.nn.one_hot(proc[:, j], N_PROC, dtype=ekin_in.dtype) * de[:, None]
             harder = de > hardest
             hardest = jnp.where(harder, de, hardest)
@@ -454,21 +465,13 @@ def _slot_block(tables, mat, k: int, n, cum, ekin_in, d_cont, us):
     the kicks), exactly as :func:`material_step` computes them without forcing.  ``us`` (R, 10·K
     columns: depths K | process choice K | v K | kicks N_KICK_UNIFORMS·K).  Returns (R, K) arrays:
     depth, process, energy at the interaction E_in − Δc·d, transfer ΔE (0 in unused slots), kick x, y."""
-    m = u.muon_mass_c2
     slot = jnp.arange(k)
     depth = sort_slots(jnp.where(slot[None, :] < n[:, None], us[:, :k], 1.0))
     e_at = jnp.maximum(ekin_in[:, None] - d_cont[:, None] * depth, 1.0)
     proc = jnp.sum(us[:, k : 2 * k, None] > cum[:, None, :-1], axis=-1).astype(jnp.int32)
     v = sample_v_from_u(tables, mat, proc, e_at, us[:, 2 * k : 3 * k])
     active = slot[None, :] < n[:, None]
-    lost = jnp.zeros_like(ekin_in)
-    e_before, de_all = [], []
-    for j in range(k):
-        avail = jnp.maximum(e_at[:, j] - lost, 0.0)
-        de = jnp.where(active[:, j], jnp.minimum(v[:, j] * (avail + m), avail), 0.0)
-        e_before.append(avail)
-        de_all.append(de)
-        lost = lost + de
+    e_before, de_all = _slot_losses(e_at, v, active, k)
     de_k = jnp.stack(de_all, axis=-1)
     uk = us[:, 3 * k : 3 * k + N_KICK_UNIFORMS * k].reshape(ekin_in.shape[0], k, N_KICK_UNIFORMS)
     kx, ky = kick_angles(proc, jnp.stack(e_before, axis=-1), de_k, uk)
