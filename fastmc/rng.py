@@ -4,7 +4,10 @@ The unit of randomness is the chunk: ``key_c = fold_in(key(seed), chunk_index)``
 chunk, independent *streams* (beam, transport, response, channel) are ``fold_in(key_c, STREAM)``
 and, where a stream draws per element, ``fold_in(key_stream, element_index)``.  Every draw is one
 batch-major array, so a muon's numbers depend only on (seed, chunk, stream, element, position in
-the chunk): results are bitwise independent of how chunks are grouped into jobs or devices.
+the chunk): results are bitwise independent of how chunks are grouped into jobs or devices.  The
+compacted kernels (the transport's interaction slots beyond the first, :mod:`fastmc.transport.step`)
+draw their side uniforms per position in the compacted buffer: a function of the chunk alone too,
+and independent of what decided the compaction (a separate key), so the law is unchanged.
 
 There is no global RNG anywhere in fastmc.
 """
